@@ -1,0 +1,1 @@
+"""blobgen: turns linked freestanding PIE objects into loadable blobs and their C/Python descriptions."""

@@ -1,0 +1,1 @@
+"""Image directory: the checkpoint model, its files, their validation and display."""

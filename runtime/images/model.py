@@ -1,0 +1,288 @@
+"""The checkpoint model: what a dump records and a restore consumes.
+
+One frozen dataclass per concept (a Vma, a PageRun, a ThreadCore, ...), so
+the /proc readers, the parasite results, the image files and the restore
+all speak the same types. The image codec (images/codec.py) derives the
+on-disk JSON from these declarations and validates against them, so a field
+added here is written, read and checked without further code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+PAGE_SIZE = 4096
+
+# Highest user address + 1 on x86_64 with 4-level paging (TASK_SIZE).
+TASK_SIZE = 0x7FFFFFFFF000
+
+NSIG = 64
+NR_RLIMITS = 16
+NR_ITIMERS = 3
+
+
+class VmaKind(enum.Enum):
+    """What a mapping is, as far as restore must treat it differently."""
+
+    ANON = "anon"
+    FILE = "file"
+    HEAP = "heap"
+    STACK = "stack"
+    VDSO = "vdso"
+    VVAR = "vvar"
+    VVAR_VCLOCK = "vvar_vclock"
+
+
+class FdKind(enum.Enum):
+    """How restore brings a descriptor back."""
+
+    FILE = "file"  # reopened by path with flags and offset
+    CHR = "chr"  # a character device reopened by path (/dev/null-like)
+    INHERIT = "inherit"  # --shell-job stdio: the restoring caller's own fd of that number
+
+
+class RseqCase(enum.Enum):
+    """Which rule applied to a thread's rseq state at dump (issue: rseq)."""
+
+    OUTSIDE = "outside"  # not inside a critical section
+    ABORT = "abort"  # IP was inside; moved to abort_ip
+    NO_RESTART = "no_restart"  # IP kept; rseq_cs written back after restore
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    prot: int  # PROT_READ | PROT_WRITE | PROT_EXEC
+    shared: bool  # MAP_SHARED (else MAP_PRIVATE)
+    kind: VmaKind
+    growsdown: bool = False  # MAP_GROWSDOWN (the stack)
+    path: str | None = None  # backing file for FILE mappings
+    offset: int = 0  # file offset in bytes
+    name: str = ""  # the pathname column of /proc/PID/maps, as the kernel printed it
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class PageRun:
+    """nr_pages pages at vaddr, stored contiguously at offset in the pages file.
+
+    Runs are sorted by vaddr and stored back to back, so restore reads the
+    pages file sequentially straight into place.
+    """
+
+    vaddr: int
+    nr_pages: int
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return self.nr_pages * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Registers:
+    """struct user_regs_struct, field for field."""
+
+    r15: int
+    r14: int
+    r13: int
+    r12: int
+    rbp: int
+    rbx: int
+    r11: int
+    r10: int
+    r9: int
+    r8: int
+    rax: int
+    rcx: int
+    rdx: int
+    rsi: int
+    rdi: int
+    orig_rax: int
+    rip: int
+    cs: int
+    eflags: int
+    rsp: int
+    ss: int
+    fs_base: int
+    gs_base: int
+    ds: int
+    es: int
+    fs: int
+    gs: int
+
+
+@dataclass(frozen=True)
+class SigAltStack:
+    sp: int
+    size: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class RseqCs:
+    """struct rseq_cs, the descriptor rseq_cs pointed to at dump."""
+
+    version: int
+    flags: int
+    start_ip: int
+    post_commit_offset: int
+    abort_ip: int
+
+
+@dataclass(frozen=True)
+class Rseq:
+    """A thread's rseq registration (PTRACE_GET_RSEQ_CONFIGURATION) and its state at dump."""
+
+    address: int
+    size: int
+    signature: int
+    case: RseqCase = RseqCase.OUTSIDE
+    rseq_cs: int = 0  # the value of (struct rseq).rseq_cs at dump
+    cs: RseqCs | None = None
+
+
+@dataclass(frozen=True)
+class ThreadCore:
+    """One thread's CPU and signal state; xstate bytes live in xstate-TID.img."""
+
+    tid: int
+    regs: Registers
+    blocked: int  # signal mask, bit (sig - 1)
+    altstack: SigAltStack
+    clear_child_tid: int
+    pending: tuple[bytes, ...] = ()  # raw 128-byte siginfo of thread-private pending signals
+    rseq: Rseq | None = None
+
+
+@dataclass(frozen=True)
+class SigAction:
+    handler: int
+    flags: int
+    restorer: int
+    mask: int
+
+
+@dataclass(frozen=True)
+class ITimer:
+    interval_sec: int
+    interval_usec: int
+    value_sec: int
+    value_usec: int
+
+
+@dataclass(frozen=True)
+class RLimit:
+    cur: int
+    max: int
+
+
+@dataclass(frozen=True)
+class Creds:
+    uids: tuple[int, int, int, int]  # real, effective, saved, fs
+    gids: tuple[int, int, int, int]
+    groups: tuple[int, ...]
+    cap_inheritable: int
+    cap_permitted: int
+    cap_effective: int
+    cap_bounding: int
+    cap_ambient: int
+    no_new_privs: bool = False
+
+
+@dataclass(frozen=True)
+class MmFields:
+    """The fields prctl(PR_SET_MM, PR_SET_MM_MAP) sets."""
+
+    start_code: int
+    end_code: int
+    start_data: int
+    end_data: int
+    start_brk: int
+    brk: int
+    start_stack: int
+    arg_start: int
+    arg_end: int
+    env_start: int
+    env_end: int
+    auxv: tuple[int, ...]  # (type, value) pairs flattened, ending with AT_NULL
+    exe: str  # the /proc/PID/exe target
+
+
+@dataclass(frozen=True)
+class VdsoSymbol:
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class VdsoInfo:
+    """The dumped [vdso] and its vvar companions; the code itself is in vdso-PID.img."""
+
+    vdso_start: int
+    vdso_size: int
+    sha256: str
+    symbols: tuple[VdsoSymbol, ...]
+    vvar_start: int | None = None
+    vvar_size: int = 0
+    vvar_vclock_start: int | None = None
+    vvar_vclock_size: int = 0
+    proxy: bool = False  # this [vdso] is a proxy this tool installed (a patched old vDSO)
+
+
+@dataclass(frozen=True)
+class Fd:
+    fd: int
+    kind: FdKind
+    path: str = ""
+    flags: int = 0  # open flags as /proc/PID/fdinfo reports them (octal there)
+    pos: int = 0
+    mode: int = 0  # st_mode of the file
+    cloexec: bool = False
+
+
+@dataclass(frozen=True)
+class Process:
+    """Everything about one process except page data and xstate bytes."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    comm: str
+    personality: int
+    umask: int
+    cwd: str
+    root: str
+    dumpable: int
+    creds: Creds
+    mm: MmFields
+    rlimits: tuple[RLimit, ...]  # NR_RLIMITS entries, in RLIMIT_* order
+    sigactions: tuple[SigAction, ...]  # NSIG entries, [i] is signal i + 1
+    itimers: tuple[ITimer, ...]  # REAL, VIRTUAL, PROF
+    shared_pending: tuple[bytes, ...]  # raw 128-byte siginfo, process-wide pending
+    vmas: tuple[Vma, ...]  # sorted by start, non-overlapping
+    page_runs: tuple[PageRun, ...]  # sorted by vaddr, stored back to back
+    fds: tuple[Fd, ...]
+    threads: tuple[ThreadCore, ...]  # threads[0] is the leader
+    vdso: VdsoInfo | None = None
+    shell_job: bool = False
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The directory's table of contents and the facts a restore checks first."""
+
+    format_version: int
+    tool: str
+    kernel_release: str
+    xsave_features: int  # XCR0 of the dumping CPU (the xstate components present)
+    xstate_size: int
+    root_pid: int
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256

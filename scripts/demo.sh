@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets everything up (scripts/setup.sh) and runs the live demo: a running
+# program is dumped, killed, restored, and seen to continue where it was.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec python3 scripts/demo.py "$@"

@@ -1,0 +1,99 @@
+"""The live demo: a running program is dumped, killed, restored, and continues.
+
+It drives the real command line (`python -m runtime dump|show|restore`) on a
+real `python3` process that prints a growing sequence into a file, and then
+checks the sequence after restore continues with no gap and no repeat.
+"""
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+COUNTER_PROGRAM = """
+import time
+i = 0
+while True:
+    print(i, flush=True)
+    i += 1
+    time.sleep(0.1)
+"""
+
+console = Console()
+
+
+def runtime(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "runtime", *args]
+    console.print(f"[bold]$ {' '.join(command[1:])}[/bold]")
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.stdout.strip():
+        console.print(result.stdout.rstrip(), markup=False, highlight=False)
+    if result.returncode != 0:
+        console.print(f"[red]failed ({result.returncode}): {result.stderr.strip()}[/red]")
+        raise SystemExit(1)
+    return result
+
+
+def numbers(log: Path) -> list[int]:
+    return [int(line) for line in log.read_text().split()]
+
+
+def become_subreaper() -> None:
+    """The restored process outlives `restore -d`; as subreaper we get to reap it."""
+    PR_SET_CHILD_SUBREAPER = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def main() -> int:
+    repo = Path(__file__).resolve().parent.parent
+    os.chdir(repo)
+    become_subreaper()
+    with tempfile.TemporaryDirectory(prefix="revive-demo-") as tmp:
+        log = Path(tmp) / "counter.log"
+        images = Path(tmp) / "images"
+        with open(log, "w") as out:
+            target = subprocess.Popen(
+                [sys.executable, "-c", COUNTER_PROGRAM],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            )
+        pid = target.pid
+        time.sleep(1.0)
+        before = numbers(log)
+        console.print(f"target pid {pid} is counting: ... {before[-3:]}")
+
+        runtime("dump", "-t", str(pid), "-D", str(images))
+        target.wait()  # the dump killed it; reap it so its pid is free again
+        dumped = numbers(log)
+        console.print(f"dumped and killed; last number written: {dumped[-1]}")
+        time.sleep(0.5)
+        if numbers(log) != dumped:
+            console.print("[red]the log moved while the target was dead[/red]")
+            return 1
+
+        runtime("show", str(images))
+        runtime("restore", "-D", str(images), "-d")
+        try:
+            time.sleep(1.0)
+            after = numbers(log)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        resumed = after[len(dumped):]
+        console.print(f"restored pid {pid} continued: {resumed[:5]} ...")
+        if not resumed or after != list(range(len(after))):
+            console.print("[red]the sequence did not continue without gap or repeat[/red]")
+            return 1
+        console.print(f"[green]ok: {len(resumed)} more numbers, none missing, none repeated[/green]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

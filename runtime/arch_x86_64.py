@@ -1,0 +1,187 @@
+"""Everything x86_64-specific: registers, syscall numbers, restart codes, xstate, rt_sigframe.
+
+Why one module: the kernel's register layout, its syscall numbers, the way
+an interrupted syscall is restarted and the signal frame rt_sigreturn reads
+are all architecture facts. Keeping them here means a second architecture
+is a new file, and the infection (which builds a frame so the parasite can
+return to the task's own context) and the restore (whose restorer returns
+into the dumped context the same way) share one frame builder.
+"""
+
+import ctypes
+import struct
+from dataclasses import dataclass
+
+from ptrace.binding.linux_struct import user_regs_struct
+
+UserRegs = user_regs_struct  # struct user_regs_struct, as PTRACE_GETREGS fills it
+
+NT_PRSTATUS = 1
+NT_X86_XSTATE = 0x202
+
+# Syscall numbers the runtime injects or recognises (arch/x86/entry/syscalls/syscall_64.tbl).
+NR_READ = 0
+NR_WRITE = 1
+NR_CLOSE = 3
+NR_MMAP = 9
+NR_MPROTECT = 10
+NR_MUNMAP = 11
+NR_RT_SIGRETURN = 15
+NR_NANOSLEEP = 35
+NR_GETPID = 39
+NR_FTRUNCATE = 77
+NR_FUTEX = 202
+NR_RESTART_SYSCALL = 219
+NR_CLOCK_NANOSLEEP = 230
+NR_MEMFD_CREATE = 319
+NR_PIDFD_OPEN = 434
+NR_PIDFD_GETFD = 438
+
+SYSCALL_INSN = b"\x0f\x05"
+SYSCALL_INSN_LEN = len(SYSCALL_INSN)
+
+# Values a syscall interrupted by a signal leaves in rax (include/linux/errno.h);
+# the kernel turns them into a restart or -EINTR when it returns to user mode.
+ERESTARTSYS = 512
+ERESTARTNOINTR = 513
+ERESTARTNOHAND = 514
+ERESTART_RESTARTBLOCK = 516
+RESTART_CODES = (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND)
+
+# The sigset the kernel uses on x86_64 is 64 bits; SIGKILL/SIGSTOP bits are ignored by it.
+SIGSET_ALL = (1 << 64) - 1
+
+# struct _fpx_sw_bytes magic values and uc_flags (arch/x86/include/uapi/asm/sigcontext.h, ucontext.h).
+FP_XSTATE_MAGIC1 = 0x46505853
+FP_XSTATE_MAGIC2 = 0x46505845
+FP_XSTATE_MAGIC2_SIZE = 4
+FXSAVE_SW_BYTES_OFFSET = 464  # sw_reserved inside the 512-byte legacy fxsave area
+XSAVE_HEADER_OFFSET = 512
+UC_FP_XSTATE = 0x1
+UC_SIGCONTEXT_SS = 0x2
+UC_STRICT_RESTORE_SS = 0x4
+XSTATE_ALIGN = 64
+XSTATE_PROBE_SIZE = 64 * 1024  # larger than any xsave area; the kernel shrinks the iovec
+
+SIGINFO_SIZE = 128
+# rt_sigframe: pretcode (8) + ucontext: uc_flags (8), uc_link (8), uc_stack (24),
+# sigcontext (256), uc_sigmask (8) + siginfo (128).
+UCONTEXT_OFFSET = 8
+SIGCONTEXT_OFFSET = UCONTEXT_OFFSET + 8 + 8 + 24
+SIGCONTEXT_SIZE = 256
+SIGMASK_OFFSET = SIGCONTEXT_OFFSET + SIGCONTEXT_SIZE
+SIGINFO_OFFSET = SIGMASK_OFFSET + 8
+RT_SIGFRAME_SIZE = SIGINFO_OFFSET + SIGINFO_SIZE
+
+_SIGCONTEXT_GPRS = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+                    "rdi", "rsi", "rbp", "rbx", "rdx", "rax", "rcx", "rsp", "rip", "eflags")
+
+
+def signed(value: int) -> int:
+    """A register's 64-bit value as the signed long the kernel compares."""
+    return ctypes.c_long(value).value
+
+
+def copy_regs(regs: UserRegs) -> UserRegs:
+    return UserRegs.from_buffer_copy(regs)
+
+
+def set_syscall_args(regs: UserRegs, nr: int, args: tuple[int, ...]) -> None:
+    """Load nr and up to six arguments the way the syscall instruction expects them."""
+    if len(args) > 6:
+        raise ValueError(f"syscall {nr}: at most 6 arguments, got {len(args)}")
+    regs.rax = nr
+    for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+        setattr(regs, name, value & SIGSET_ALL)
+
+
+def syscall_result(regs: UserRegs) -> int:
+    return signed(regs.rax)
+
+
+def resume_registers(regs: UserRegs) -> UserRegs:
+    """The registers the task must resume with if it returns by rt_sigreturn.
+
+    A task stopped inside a syscall shows rax = -ERESTART* and rip just after
+    the syscall instruction; the kernel would restart it when returning to
+    user mode without a handler. rt_sigreturn does not do that, so the frame
+    must already hold the restart: back up over the instruction and reload
+    the number (restart_syscall for a RESTARTBLOCK syscall).
+    """
+    resume = copy_regs(regs)
+    if signed(regs.orig_rax) < 0:
+        return resume
+    code = -signed(regs.rax)
+    if code in RESTART_CODES:
+        resume.rax = regs.orig_rax
+        resume.rip = regs.rip - SYSCALL_INSN_LEN
+    elif code == ERESTART_RESTARTBLOCK:
+        resume.rax = NR_RESTART_SYSCALL
+        resume.rip = regs.rip - SYSCALL_INSN_LEN
+    return resume
+
+
+@dataclass(frozen=True)
+class XstateInfo:
+    """What the xsave area's software-reserved bytes say about this CPU and kernel."""
+
+    size: int  # bytes of the user (non-compacted) xsave area
+    features: int  # XCR0 as the kernel exposes it (the xfeatures present)
+
+
+def xstate_info(xstate: bytes) -> XstateInfo:
+    """What a PTRACE_GETREGSET NT_X86_XSTATE buffer says: its size, and XCR0.
+
+    The kernel exports XCR0 in the first word of the fxsave area's
+    sw_reserved bytes of the ptrace copy (USER_XSTATE_XCR0_WORD); the
+    signal frame's fx_sw_bytes live at the same place, so the frame builder
+    overwrites that word.
+    """
+    (features,) = struct.unpack_from("<Q", xstate, FXSAVE_SW_BYTES_OFFSET)
+    return XstateInfo(size=len(xstate), features=features)
+
+
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) & ~(alignment - 1)
+
+
+def rt_sigframe_size(xstate_size: int | None) -> int:
+    """Bytes build_rt_sigframe needs from a 64-byte aligned frame address."""
+    if xstate_size is None:
+        return RT_SIGFRAME_SIZE
+    return _align(RT_SIGFRAME_SIZE, XSTATE_ALIGN) + xstate_size + FP_XSTATE_MAGIC2_SIZE
+
+
+def build_rt_sigframe(regs, xstate: bytes | None, sigmask: int, frame_addr: int) -> tuple[bytes, int]:
+    """An rt_sigframe at frame_addr that rt_sigreturn turns back into regs, xstate and sigmask.
+
+    regs: anything with user_regs_struct's attribute names (UserRegs or the
+    checkpoint model's Registers). Returns the frame bytes (to be written at
+    frame_addr) and the rsp rt_sigreturn must be entered with: the kernel
+    finds the frame at rsp - 8, where a handler's `ret` popped pretcode.
+    """
+    if frame_addr % XSTATE_ALIGN:
+        raise ValueError(f"rt_sigframe address {frame_addr:#x} is not {XSTATE_ALIGN}-byte aligned")
+    frame = bytearray(rt_sigframe_size(None if xstate is None else len(xstate)))
+    fpstate_addr = 0
+    uc_flags = UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS
+    if xstate is not None:
+        fp_off = _align(RT_SIGFRAME_SIZE, XSTATE_ALIGN)
+        fpstate_addr = frame_addr + fp_off
+        frame[fp_off:fp_off + len(xstate)] = xstate
+        features = xstate_info(xstate).features
+        # fx_sw_bytes tell rt_sigreturn the area is a full xsave image and how large it is;
+        # magic2 right after it proves the size.
+        struct.pack_into("<IIQI", frame, fp_off + FXSAVE_SW_BYTES_OFFSET,
+                         FP_XSTATE_MAGIC1, len(xstate) + FP_XSTATE_MAGIC2_SIZE, features, len(xstate))
+        frame[fp_off + FXSAVE_SW_BYTES_OFFSET + 20:fp_off + XSAVE_HEADER_OFFSET] = bytes(28)
+        struct.pack_into("<I", frame, fp_off + len(xstate), FP_XSTATE_MAGIC2)
+        uc_flags |= UC_FP_XSTATE
+    struct.pack_into("<Q", frame, UCONTEXT_OFFSET, uc_flags)
+    struct.pack_into("<18Q", frame, SIGCONTEXT_OFFSET, *(getattr(regs, n) & SIGSET_ALL for n in _SIGCONTEXT_GPRS))
+    # cs, gs, fs, ss as u16, then err, trapno, oldmask, cr2, fpstate, reserved[8].
+    struct.pack_into("<4H", frame, SIGCONTEXT_OFFSET + 18 * 8, regs.cs & 0xFFFF, regs.gs & 0xFFFF,
+                     regs.fs & 0xFFFF, regs.ss & 0xFFFF)
+    struct.pack_into("<Q", frame, SIGCONTEXT_OFFSET + 18 * 8 + 8 + 4 * 8, fpstate_addr)
+    struct.pack_into("<Q", frame, SIGMASK_OFFSET, sigmask & SIGSET_ALL)
+    return bytes(frame), frame_addr + UCONTEXT_OFFSET

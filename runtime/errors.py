@@ -1,0 +1,103 @@
+"""The runtime's exception hierarchy: one type per failure domain.
+
+Why one module: the CLI turns any ReviveError into one line and exit status
+1, so every failure must arrive as one of these, with the PID, file or field
+it concerns already in its message. OS errors are translated at the boundary
+that knows the context (the ptrace layer, the /proc readers, the image
+loader) with `raise ... from`, never swallowed.
+"""
+
+import os
+
+
+class ReviveError(Exception):
+    """Base of every error the runtime reports to its user."""
+
+
+class ProcessError(ReviveError):
+    """A process cannot be operated on; the message names its PID."""
+
+    def __init__(self, pid: int, reason: str):
+        self.pid = pid
+        self.reason = reason
+        super().__init__(f"pid {pid}: {reason}")
+
+
+class NoSuchProcess(ProcessError):
+    def __init__(self, pid: int, reason: str = "no such process"):
+        super().__init__(pid, reason)
+
+
+class ZombieProcess(ProcessError):
+    def __init__(self, pid: int, reason: str = "is a zombie (exited, not yet reaped by its parent)"):
+        super().__init__(pid, reason)
+
+
+class AccessDenied(ProcessError):
+    def __init__(self, pid: int, reason: str = "operation not permitted"):
+        super().__init__(pid, reason)
+
+
+class KernelThread(ProcessError):
+    def __init__(self, pid: int, reason: str = "is a kernel thread"):
+        super().__init__(pid, reason)
+
+
+class AlreadyTraced(ProcessError):
+    def __init__(self, pid: int, tracer: int):
+        self.tracer = tracer
+        super().__init__(pid, f"already traced by pid {tracer}")
+
+
+class OwnProcess(ProcessError):
+    def __init__(self, pid: int, reason: str = "is the runtime's own process"):
+        super().__init__(pid, reason)
+
+
+class PtraceError(ReviveError):
+    """A ptrace request failed: names the request, the task and the errno."""
+
+    def __init__(self, tid: int, request: str, errno: int, detail: str = ""):
+        self.tid = tid
+        self.request = request
+        self.errno = errno
+        text = f"pid {tid}: ptrace {request} failed: {os.strerror(errno)}"
+        super().__init__(f"{text} ({detail})" if detail else text)
+
+
+class InfectError(ReviveError):
+    """Putting the parasite in, talking to it, or taking it out failed."""
+
+    def __init__(self, pid: int, reason: str):
+        self.pid = pid
+        self.reason = reason
+        super().__init__(f"pid {pid}: {reason}")
+
+
+class DumpError(ReviveError):
+    """A checkpoint cannot be taken; names the PID and what is not supported or failed."""
+
+    def __init__(self, pid: int, reason: str):
+        self.pid = pid
+        self.reason = reason
+        super().__init__(f"pid {pid}: {reason}")
+
+
+class RestoreError(ReviveError):
+    """A restore failed after the image was validated; names the PID or file."""
+
+    def __init__(self, what: str | int, reason: str):
+        self.what = what
+        self.reason = reason
+        prefix = f"pid {what}" if isinstance(what, int) else str(what)
+        super().__init__(f"{prefix}: {reason}")
+
+
+class ImageError(ReviveError):
+    """An image file is missing, truncated, corrupt or inconsistent; names file and field."""
+
+    def __init__(self, file: str, field: str, reason: str):
+        self.file = file
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{file}: {field}: {reason}" if field else f"{file}: {reason}")

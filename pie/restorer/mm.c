@@ -1,0 +1,153 @@
+/*
+ * The address space steps: clear the old one, set the mm fields, map the
+ * target's VMAs, fill their pages from the pages image and protect them.
+ *
+ * Mappings are made writable first because preadv writes the page data
+ * through them; the final protections come after, in protect_vmas.
+ */
+#include "restore.h"
+#include "syscall.h"
+
+#define PROT_READ 0x1
+#define PROT_WRITE 0x2
+#define MAP_SHARED 0x01
+#define MAP_FIXED_NOREPLACE 0x100000
+#define PR_SET_MM 35
+#define PR_SET_MM_MAP 14
+/* UIO_MAXIOV: preadv takes at most this many iovecs per call. */
+#define IOV_BATCH 1024
+
+long unmap_old(const struct restorer_args *args, u64 *detail)
+{
+	const struct restorer_range *keep = (const struct restorer_range *)args->keep;
+	u64 cur = 0;
+	long ret;
+	u32 i;
+
+	/* keep[] is sorted: the restorer area and the running vDSO/vvar pages. */
+	for (i = 0; i <= args->nr_keep; i++) {
+		u64 end = i < args->nr_keep ? keep[i].start : RESTORER_TASK_SIZE;
+
+		if (end > cur) {
+			ret = sys_call2(__NR_munmap, cur, end - cur);
+			if (ret) {
+				*detail = cur;
+				return ret;
+			}
+		}
+		if (i < args->nr_keep)
+			cur = keep[i].end;
+	}
+	return 0;
+}
+
+long set_mm_map(struct restorer_args *args, u64 *detail)
+{
+	/*
+	 * Only the whole-map form works without CAP_SYS_RESOURCE, and the kernel
+	 * refuses to change exe_fd (EBUSY) while any VMA still maps the old exe,
+	 * so this runs after unmap_old and before the target's mappings exist.
+	 */
+	return sys_call5(__NR_prctl, PR_SET_MM, PR_SET_MM_MAP, &args->mm, sizeof(args->mm), 0);
+}
+
+static u32 initial_prot(const struct restorer_vma *vma)
+{
+	/* A shared file mapping gets no page data (the file holds it) and may be read-only. */
+	if ((vma->flags & MAP_SHARED) && vma->fd >= 0)
+		return vma->prot;
+	return vma->prot | PROT_READ | PROT_WRITE;
+}
+
+long map_vmas(const struct restorer_args *args, u64 *detail)
+{
+	const struct restorer_vma *vmas = (const struct restorer_vma *)args->vmas;
+	u64 i;
+
+	for (i = 0; i < args->nr_vmas; i++) {
+		const struct restorer_vma *v = &vmas[i];
+		/* NOREPLACE: a VMA overlapping the restorer or the vDSO is an error, not a clobber. */
+		long addr = sys_call6(__NR_mmap, v->start, v->end - v->start, initial_prot(v),
+				      v->flags | MAP_FIXED_NOREPLACE, v->fd, v->offset);
+
+		if (IS_ERR_VALUE(addr) || (u64)addr != v->start) {
+			*detail = v->start;
+			return IS_ERR_VALUE(addr) ? addr : -17; /* EEXIST */
+		}
+	}
+	return 0;
+}
+
+static u64 consume(struct restorer_iovec *iov, u64 n, u64 done)
+{
+	u64 i = 0;
+
+	while (i < n && done >= iov[i].len) {
+		done -= iov[i].len;
+		i++;
+	}
+	if (i < n && done) {
+		iov[i].base += done;
+		iov[i].len -= done;
+	}
+	return i;
+}
+
+long fill_pages(const struct restorer_args *args, u64 *detail)
+{
+	/* Page runs are stored back to back in vaddr order: one sequential read. */
+	struct restorer_iovec *iov = (struct restorer_iovec *)args->iovs;
+	u64 left = args->nr_iovs, pos = args->pages_offset;
+
+	while (left) {
+		u64 batch = left < IOV_BATCH ? left : IOV_BATCH;
+		long got = sys_call5(__NR_preadv, args->pages_fd, iov, batch, pos, 0);
+		u64 used;
+
+		if (got <= 0) {
+			*detail = iov->base;
+			return got ? got : -5; /* EIO: the pages file ended early */
+		}
+		pos += got;
+		used = consume(iov, batch, got);
+		iov += used;
+		left -= used;
+	}
+	return 0;
+}
+
+long protect_vmas(const struct restorer_args *args, u64 *detail)
+{
+	const struct restorer_vma *vmas = (const struct restorer_vma *)args->vmas;
+	u64 i;
+
+	for (i = 0; i < args->nr_vmas; i++) {
+		const struct restorer_vma *v = &vmas[i];
+		long ret;
+
+		if (initial_prot(v) == v->prot)
+			continue;
+		ret = sys_call3(__NR_mprotect, v->start, v->end - v->start, v->prot);
+		if (ret) {
+			*detail = v->start;
+			return ret;
+		}
+	}
+	return 0;
+}
+
+long close_fds(const struct restorer_args *args, u64 *detail)
+{
+	const s32 *fds = (const s32 *)args->close_fds;
+	u32 i;
+
+	for (i = 0; i < args->nr_close_fds; i++) {
+		long ret = sys_call1(__NR_close, fds[i]);
+
+		if (ret) {
+			*detail = (u64)fds[i];
+			return ret;
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,53 @@
+/*
+ * RESTORER_MODE_RESTORE: turn the restoring process into the dumped one.
+ *
+ * Runs on the restorer's own stack, in the restorer area the runtime chose
+ * free in both address spaces. Each step is a named function; the first
+ * failure writes a restorer_error record to err_fd and exits, because after
+ * unmap_old there is nothing left to return to. On success the tracer sees
+ * the int3 stop, and rt_sigreturn enters the task's own context.
+ */
+#include "restore.h"
+#include "syscall.h"
+
+static void fail(const struct restorer_args *args, u32 step, long err, u64 detail)
+{
+	struct restorer_error rec = { .step = step, .err = err, .detail = detail };
+
+	sys_call3(__NR_write, args->err_fd, &rec, sizeof(rec));
+	sys_call1(__NR_exit_group, 1);
+	__builtin_unreachable();
+}
+
+static void check(const struct restorer_args *args, u32 step, long ret, u64 detail)
+{
+	if (ret)
+		fail(args, step, ret, detail);
+}
+
+void restore_process(struct restorer_args *args)
+{
+	u64 d = 0;
+
+	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), 0);
+	check(args, RESTORER_STEP_UNMAP_OLD, unmap_old(args, &d), d);
+	check(args, RESTORER_STEP_SET_MM_MAP, set_mm_map(args, &d), d);
+	check(args, RESTORER_STEP_MOVE_VDSO, move_vdso(args, &d), d);
+	check(args, RESTORER_STEP_MAP_VMAS, map_vmas(args, &d), d);
+	check(args, RESTORER_STEP_FILL_PAGES, fill_pages(args, &d), d);
+	check(args, RESTORER_STEP_PROTECT_VMAS, protect_vmas(args, &d), d);
+	check(args, RESTORER_STEP_REGISTER_RSEQ, register_rseq(args, &d), d);
+	check(args, RESTORER_STEP_SIGACTIONS, restore_sigactions(args, 1, &d), d);
+	check(args, RESTORER_STEP_ALTSTACK, restore_altstack(args, &d), d);
+	check(args, RESTORER_STEP_ITIMERS, restore_itimers(args, &d), d);
+
+	trap_to_tracer();
+
+	/* The forced SIGTRAP unblocked SIGTRAP; nothing may be delivered here. */
+	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), 0);
+	check(args, RESTORER_STEP_SIGACTIONS, restore_sigtrap_action(args), 5);
+	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_pending_signals(args, &d), d);
+	/* Last: err_fd is among these, and nothing can fail after it. */
+	check(args, RESTORER_STEP_CLOSE_FDS, close_fds(args, &d), d);
+	sigreturn_to_task(args->sigreturn_sp);
+}

@@ -1,0 +1,130 @@
+/*
+ * Signal state: actions, alternate stack, interval timers, pending signals,
+ * and the final rt_sigreturn into the task's own registers, xstate and mask
+ * (the mask comes back through the frame's uc_sigmask).
+ */
+#include "restore.h"
+#include "syscall.h"
+
+#define SIGKILL 9
+#define SIGTRAP 5
+#define SIGSTOP 19
+#define SIG_SETMASK 2
+/* The kernel's sigset_t for rt_* calls is 64 bits on x86_64. */
+#define KERNEL_SIGSET_SIZE 8
+
+struct kernel_stack {
+	u64 ss_sp;
+	s32 ss_flags;
+	u32 pad;
+	u64 ss_size;
+};
+
+long block_all_signals(void)
+{
+	u64 all = ~0UL;
+
+	return sys_call4(__NR_rt_sigprocmask, SIG_SETMASK, &all, NULL, KERNEL_SIGSET_SIZE);
+}
+
+static long set_action(const struct restorer_args *args, int sig)
+{
+	return sys_call4(__NR_rt_sigaction, sig, &args->sigactions[sig - 1], NULL, KERNEL_SIGSET_SIZE);
+}
+
+long restore_sigactions(const struct restorer_args *args, int skip_sigtrap, u64 *detail)
+{
+	int sig;
+
+	for (sig = 1; sig <= RESTORER_NSIG; sig++) {
+		long ret;
+
+		if (sig == SIGKILL || sig == SIGSTOP || (skip_sigtrap && sig == SIGTRAP))
+			continue;
+		ret = set_action(args, sig);
+		if (ret) {
+			*detail = sig;
+			return ret;
+		}
+	}
+	return 0;
+}
+
+long restore_sigtrap_action(const struct restorer_args *args)
+{
+	/*
+	 * The int3 that stops us for the tracer is a forced SIGTRAP: the kernel
+	 * resets a blocked or ignored SIGTRAP's action to SIG_DFL when it forces
+	 * it, so the task's own action is set only after the trap.
+	 */
+	return set_action(args, SIGTRAP);
+}
+
+long restore_altstack(const struct restorer_args *args, u64 *detail)
+{
+	struct kernel_stack ss = {
+		.ss_sp = args->ss_sp,
+		.ss_flags = args->ss_flags,
+		.ss_size = args->ss_size,
+	};
+
+	*detail = args->ss_sp;
+	return sys_call2(__NR_sigaltstack, &ss, NULL);
+}
+
+long restore_itimers(const struct restorer_args *args, u64 *detail)
+{
+	int which;
+
+	for (which = 0; which < RESTORER_NR_ITIMERS; which++) {
+		long ret = sys_call3(__NR_setitimer, which, &args->itimers[which], NULL);
+
+		if (ret) {
+			*detail = which;
+			return ret;
+		}
+	}
+	return 0;
+}
+
+long queue_pending_signals(const struct restorer_args *args, u64 *detail)
+{
+	/*
+	 * The kernel lets a process queue any si_code (even kernel ones) to
+	 * itself only; all signals are blocked here, so they stay pending until
+	 * rt_sigreturn installs the task's own mask.
+	 */
+	const struct restorer_siginfo *p = (const struct restorer_siginfo *)args->pending;
+	u64 i;
+
+	for (i = 0; i < args->nr_pending; i++) {
+		long ret;
+
+		if (p[i].thread)
+			ret = sys_call4(__NR_rt_tgsigqueueinfo, args->pid, args->pid, p[i].signo, p[i].info);
+		else
+			ret = sys_call3(__NR_rt_sigqueueinfo, args->pid, p[i].signo, p[i].info);
+		if (ret) {
+			*detail = p[i].signo;
+			return ret;
+		}
+	}
+	return 0;
+}
+
+void trap_to_tracer(void)
+{
+	__asm__ volatile("int3" ::: "memory");
+}
+
+void sigreturn_to_task(u64 sigreturn_sp)
+{
+	/* rt_sigreturn finds its frame at rsp - 8, where a handler's ret would have left it. */
+	__asm__ volatile("movq %0, %%rsp\n\t"
+			 "movl %1, %%eax\n\t"
+			 "syscall"
+			 :
+			 : "r"(sigreturn_sp), "i"(__NR_rt_sigreturn)
+			 : "memory");
+	__builtin_unreachable();
+}

@@ -5,6 +5,7 @@
  * Mappings are made writable first because preadv writes the page data
  * through them; the final protections come after, in protect_vmas.
  */
+#include "errno.h"
 #include "restore.h"
 #include "syscall.h"
 
@@ -70,9 +71,9 @@ long map_vmas(const struct restorer_args *args, u64 *detail)
 		long addr = sys_call6(__NR_mmap, v->start, v->end - v->start, initial_prot(v),
 				      v->flags | MAP_FIXED_NOREPLACE, v->fd, v->offset);
 
-		if (IS_ERR_VALUE(addr) || (u64)addr != v->start) {
+		if (IS_ERR_VALUE(addr)) {
 			*detail = v->start;
-			return IS_ERR_VALUE(addr) ? addr : -17; /* EEXIST */
+			return addr;
 		}
 	}
 	return 0;
@@ -106,7 +107,7 @@ long fill_pages(const struct restorer_args *args, u64 *detail)
 
 		if (got <= 0) {
 			*detail = iov->base;
-			return got ? got : -5; /* EIO: the pages file ended early */
+			return got ? got : -EIO; /* the pages file ended early */
 		}
 		pos += got;
 		used = consume(iov, batch, got);

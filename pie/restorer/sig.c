@@ -4,21 +4,13 @@
  * (the mask comes back through the frame's uc_sigmask).
  */
 #include "restore.h"
+#include "signal.h"
 #include "syscall.h"
 
 #define SIGKILL 9
 #define SIGTRAP 5
 #define SIGSTOP 19
 #define SIG_SETMASK 2
-/* The kernel's sigset_t for rt_* calls is 64 bits on x86_64. */
-#define KERNEL_SIGSET_SIZE 8
-
-struct kernel_stack {
-	u64 ss_sp;
-	s32 ss_flags;
-	u32 pad;
-	u64 ss_size;
-};
 
 long block_all_signals(void)
 {

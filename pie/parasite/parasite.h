@@ -1,0 +1,41 @@
+/*
+ * What the parasite's files share: the context one command runs in, and the
+ * commands and socket helpers the dispatcher calls.
+ */
+#ifndef PARASITE_H
+#define PARASITE_H
+
+#include "protocol.h"
+#include "types.h"
+
+/* One command being served: its argument area and the fd that came with it. */
+struct parasite_ctx {
+	int sock;
+	int received_fd; /* -1 when the request carried none */
+	void *args;
+	u64 args_size;
+	u64 sigreturn_sp;
+};
+
+/* Whether the command-args region holds size bytes; commands answer -EINVAL when not. */
+static inline int args_fit(const struct parasite_ctx *ctx, u64 size)
+{
+	return size <= ctx->args_size;
+}
+
+__attribute__((noreturn)) void parasite_main(const struct parasite_init_args *init);
+__attribute__((noreturn)) void parasite_sigreturn(u64 sp);
+
+int sock_connect(const u8 *sun_path, u32 sun_len);
+long sock_recv_request(int sock, struct parasite_request *req, int *received_fd);
+long sock_send_reply(int sock, u32 cmd, long err);
+long sock_send_fds(int sock, const s32 *fds, u32 count);
+
+long cmd_echo(struct parasite_ctx *ctx);
+long cmd_get_misc(struct parasite_ctx *ctx);
+long cmd_dump_sigactions(struct parasite_ctx *ctx);
+long cmd_dump_thread(struct parasite_ctx *ctx);
+long cmd_drain_fds(struct parasite_ctx *ctx);
+long cmd_dump_pages(struct parasite_ctx *ctx);
+
+#endif

@@ -1,0 +1,219 @@
+"""The JSON form of the checkpoint model, derived from its dataclass declarations.
+
+Why derived: model.py is the single declaration of what an image holds. The
+codec reads each dataclass's type hints (typing.get_type_hints) and turns an
+object into JSON-able data and back, so a field added to the model is
+written, read and type-checked without code here. Decoding is also the
+first line of defence against a corrupt or hostile image: every field must
+be present and of its declared type, no unknown field is accepted, and
+integers must fit the u64 the kernel and the restorer's argument block
+hold. Every failure is an ImageError naming the file and the field path
+(`vmas[3].start`), so a user sees which byte of which file is wrong.
+
+On disk: ints as JSON numbers, bytes as lowercase hex strings, enums by
+their value, tuples as arrays, dataclasses as objects in declaration order,
+None as null.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import json
+import types
+import typing
+from typing import Any, TypeVar
+
+from runtime.errors import ImageError
+
+U64_MAX = (1 << 64) - 1
+
+T = TypeVar("T")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fields(cls: type) -> tuple[dataclasses.Field, ...]:
+    return tuple(f for f in dataclasses.fields(cls) if f.init)
+
+
+def _optional_inner(hint: Any) -> Any | None:
+    """X for `X | None` / Optional[X], else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0]
+        raise TypeError(f"unsupported union {hint!r}: only X | None is encodable")
+    return None
+
+
+def encode(value: Any, hint: Any = None) -> Any:
+    """JSON-able data for a model object (hint: its declared type; the object's class if omitted)."""
+    if hint is None:
+        hint = type(value)
+    inner = _optional_inner(hint)
+    if inner is not None:
+        return None if value is None else encode(value, inner)
+    if dataclasses.is_dataclass(hint):
+        hints = _hints(hint)
+        return {f.name: encode(getattr(value, f.name), hints[f.name]) for f in _fields(hint)}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return value.value
+    if hint is bytes:
+        return value.hex()
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return [encode(item, args[0]) for item in value]
+        return [encode(item, arg) for item, arg in zip(value, args)]
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return {encode(k, key_hint): encode(v, value_hint) for k, v in value.items()}
+    if hint in (int, str, bool):
+        return value
+    raise TypeError(f"unsupported type {hint!r} in the checkpoint model")
+
+
+def _kind(data: Any) -> str:
+    return {dict: "object", list: "array", str: "str", bool: "bool", int: "int",
+            float: "float", type(None): "null"}.get(type(data), type(data).__name__)
+
+
+class _Decoder:
+    """One decoding pass over one file; remembers the file name for its errors."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, path: str, reason: str) -> ImageError:
+        return ImageError(self.file, path, reason)
+
+    def expect(self, data: Any, kind: type, path: str, name: str) -> None:
+        # bool is an int subclass in Python, but a JSON true is never a number here.
+        if not isinstance(data, kind) or (kind is int and isinstance(data, bool)):
+            raise self.fail(path, f"expected {name}, got {_kind(data)}")
+
+    def decode(self, data: Any, hint: Any, path: str) -> Any:
+        inner = _optional_inner(hint)
+        if inner is not None:
+            return None if data is None else self.decode(data, inner, path)
+        if dataclasses.is_dataclass(hint):
+            return self.dataclass(data, hint, path)
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            return self.enum(data, hint, path)
+        origin = typing.get_origin(hint)
+        if origin is tuple:
+            return self.tuple(data, typing.get_args(hint), path)
+        if origin is dict:
+            return self.dict(data, typing.get_args(hint), path)
+        if hint is int:
+            self.expect(data, int, path, "int")
+            if not 0 <= data <= U64_MAX:
+                raise self.fail(path, f"{data} is outside 0..2**64-1")
+            return data
+        if hint is bool:
+            self.expect(data, bool, path, "bool")
+            return data
+        if hint is str:
+            self.expect(data, str, path, "str")
+            return data
+        if hint is bytes:
+            self.expect(data, str, path, "hex str")
+            try:
+                return bytes.fromhex(data)
+            except ValueError:
+                raise self.fail(path, "expected hex digits") from None
+        raise TypeError(f"unsupported type {hint!r} in the checkpoint model")
+
+    def dataclass(self, data: Any, cls: type, path: str) -> Any:
+        self.expect(data, dict, path, f"object ({cls.__name__})")
+        fields = _fields(cls)
+        names = {f.name for f in fields}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise self.fail(_join(path, unknown[0]), f"unknown field in {cls.__name__}")
+        hints = _hints(cls)
+        values = {}
+        for f in fields:
+            if f.name not in data:
+                raise self.fail(_join(path, f.name), "missing")
+            values[f.name] = self.decode(data[f.name], hints[f.name], _join(path, f.name))
+        return cls(**values)
+
+    def enum(self, data: Any, cls: type[enum.Enum], path: str) -> enum.Enum:
+        try:
+            return cls(data)
+        except (ValueError, TypeError):
+            allowed = ", ".join(repr(m.value) for m in cls)
+            raise self.fail(path, f"{data!r} is not a {cls.__name__} ({allowed})") from None
+
+    def tuple(self, data: Any, args: tuple, path: str) -> tuple:
+        self.expect(data, list, path, "array")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(self.decode(item, args[0], f"{path}[{i}]") for i, item in enumerate(data))
+        if len(data) != len(args):
+            raise self.fail(path, f"expected {len(args)} entries, got {len(data)}")
+        return tuple(self.decode(item, arg, f"{path}[{i}]") for i, (item, arg) in enumerate(zip(data, args)))
+
+    def dict(self, data: Any, args: tuple, path: str) -> dict:
+        self.expect(data, dict, path, "object")
+        key_hint, value_hint = args
+        if key_hint is not str:
+            raise TypeError(f"unsupported dict key type {key_hint!r} in the checkpoint model")
+        return {key: self.decode(value, value_hint, f"{path}[{key!r}]") for key, value in data.items()}
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def decode(cls: type[T], data: Any, file: str) -> T:
+    """The model object of type cls in data (as json.loads gave it); ImageError names file and field."""
+    return _Decoder(file).decode(data, cls, "")
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text: bytes, file: str) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity; ImageError on anything else."""
+    try:
+        return json.loads(text.decode("utf-8"), object_pairs_hook=_reject_duplicates,
+                          parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise ImageError(file, "", f"not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ImageError(file, "", f"corrupt JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:
+        raise ImageError(file, "", f"corrupt JSON: {exc}") from None
+    except RecursionError:
+        raise ImageError(file, "", "corrupt JSON: nested too deeply") from None
+
+
+def dumps(obj: Any) -> bytes:
+    """The file content for a model object: indented JSON, ASCII, newline-terminated.
+
+    ASCII with \\u escapes because paths from /proc may hold bytes that are
+    not UTF-8 (Python carries them as lone surrogates); the escapes bring
+    them back unchanged, where UTF-8 could not encode them at all.
+    """
+    return (json.dumps(encode(obj), indent=1) + "\n").encode("utf-8")
+
+
+def loads(cls: type[T], text: bytes, file: str) -> T:
+    return decode(cls, parse_json(text, file), file)

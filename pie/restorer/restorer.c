@@ -7,6 +7,7 @@
  */
 #include "errno.h"
 #include "log.h"
+#include "restore.h"
 #include "restorer.h"
 
 long restorer_main(struct restorer_args *args)
@@ -15,6 +16,8 @@ long restorer_main(struct restorer_args *args)
 	switch (args->mode) {
 	case RESTORER_MODE_SELFTEST:
 		return restorer_selftest(args);
+	case RESTORER_MODE_RESTORE:
+		restore_process(args);
 	default:
 		log_line("restorer: unknown mode %u", args->mode);
 		return -EINVAL;

@@ -1,0 +1,253 @@
+"""The restorer area: where it goes, and the bytes that fill it (blob, argument block, signal frame).
+
+Why built in the parent, whole: the restoring child is a copy of this
+Python process that should do as little as possible before it enters the
+restorer, so everything the restorer reads is computed here, before the
+fork, from the checkpoint, as one bytes object the child copies into place.
+Descriptor numbers the restorer uses are decided here too (HelperFds): the
+child opens each file and moves it to its planned number.
+
+The area must be free in the target's layout (it is still mapped while the
+target's VMAs are created) and in the restoring process (it is mapped there
+first); the running [vdso]/[vvar]/[vvar_vclock] stay where they are until
+the restorer moves them, so they are kept too.
+
+Layout: [restorer image + bss (its stack) | restorer_args | arrays the args
+point to | rt_sigframe, 64-byte aligned].
+"""
+
+import ctypes
+import mmap
+import os
+from dataclasses import dataclass, field
+
+from runtime import arch_x86_64 as arch
+from runtime import blobs
+from runtime.errors import RestoreError
+from runtime.images.model import PAGE_SIZE, TASK_SIZE, FdKind, Process, Vma, VmaKind
+from runtime.procfs.maps import read_mappings
+from runtime.restore_vdso import Range, RunningVdso
+
+# Below 4 GiB sit non-PIE executables and their brk heaps; above the gaps
+# near TASK_SIZE the kernel places mmaps and the stack. Prefer the first gap
+# from here on: far from both, so the child's own allocations do not land there.
+AREA_PREFERRED_START = 1 << 32
+MMAP_MIN_ADDR = 0x10000
+
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+MAP_GROWSDOWN = 0x100
+
+O_RDONLY = os.O_RDONLY
+O_RDWR = os.O_RDWR
+
+_KERNEL_KINDS = (VmaKind.VVAR, VmaKind.VVAR_VCLOCK, VmaKind.VDSO)
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """A file some VMA maps, opened once with the access its mappings need."""
+
+    path: str
+    flags: int  # O_RDONLY or O_RDWR
+    fd: int  # the number the child gives it
+
+
+@dataclass(frozen=True)
+class HelperFds:
+    """Descriptor numbers the child opens for the restorer, above every number in use."""
+
+    err: int
+    pages: int
+    exe: int
+    files: tuple[MappedFile, ...] = ()
+
+    @property
+    def all(self) -> tuple[int, ...]:
+        return (self.err, self.pages, self.exe) + tuple(f.fd for f in self.files)
+
+    def fd_for(self, vma: Vma) -> int:
+        wanted = _file_flags(vma)
+        return next(f.fd for f in self.files if f.path == vma.path and f.flags == wanted)
+
+
+@dataclass(frozen=True)
+class Area:
+    """The restorer area, ready to be copied to base in the child."""
+
+    base: int
+    image: bytes
+    entry: int  # address of restorer_entry
+    args: int  # address of restorer_args
+    vdso_temp: Range
+    keep: tuple[Range, ...] = field(default=())
+
+    @property
+    def size(self) -> int:
+        return len(self.image)
+
+
+def _file_flags(vma: Vma) -> int:
+    # A shared writable mapping needs the file open for writing; a private one never does.
+    return O_RDWR if vma.shared and vma.prot & mmap.PROT_WRITE else O_RDONLY
+
+
+def plan_fds(process: Process, inherited: list[int]) -> HelperFds:
+    """Helper descriptor numbers above every target fd and every fd this process has open now."""
+    first = max([fd.fd for fd in process.fds] + inherited + [2]) + 1
+    files: list[MappedFile] = []
+    seen: set[tuple[str, int]] = set()
+    for vma in process.vmas:
+        if vma.kind is VmaKind.FILE and (vma.path, _file_flags(vma)) not in seen:
+            seen.add((vma.path, _file_flags(vma)))
+            files.append(MappedFile(vma.path, _file_flags(vma), first + 3 + len(files)))
+    return HelperFds(err=first, pages=first + 1, exe=first + 2, files=tuple(files))
+
+
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
+def _find_gap(busy: list[Range], size: int, exclude: tuple[Range, ...] = ()) -> Range:
+    ranges = sorted(busy + list(exclude), key=lambda r: r.start)
+    candidates = []
+    cursor = MMAP_MIN_ADDR
+    for r in ranges + [Range(TASK_SIZE, TASK_SIZE)]:
+        if r.start - cursor >= size:
+            candidates.append(Range(cursor, r.start))
+        cursor = max(cursor, r.end)
+    for gap in candidates:
+        start = max(gap.start, AREA_PREFERRED_START)
+        if start + size <= gap.end:
+            return Range(start, start + size)
+    if not candidates:
+        raise RestoreError("restore", f"no free range of {size} bytes for the restorer in the target's layout")
+    return Range(candidates[0].start, candidates[0].start + size)
+
+
+def _own_layout() -> list[Range]:
+    return [Range(m.start, m.end) for m in read_mappings(os.getpid())]
+
+
+def _siginfo_signo(info: bytes) -> int:
+    return int.from_bytes(info[:4], "little", signed=True)
+
+
+def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: RunningVdso, log_fd: int = -1) -> Area:
+    """Choose the restorer area's address and fill it: blob, restorer_args, arrays, rt_sigframe."""
+    blob = blobs.load("restorer")
+    proto = blobs.protocol()
+    thread = process.threads[0]
+    target = [Range(v.start, v.end) for v in process.vmas]
+    # Guard pages below a stack that grows down: keep the area away from them too.
+    target += [Range(max(v.start - 256 * PAGE_SIZE, 0), v.start) for v in process.vmas if v.growsdown]
+    vmas = [v for v in process.vmas if v.kind not in _KERNEL_KINDS]
+    pending = [(False, info) for info in process.shared_pending] + [(True, info) for info in thread.pending]
+
+    Vmas = proto.RestorerVma * len(vmas)
+    Iovs = proto.RestorerIovec * len(process.page_runs)
+    Keep = proto.RestorerRange * 4
+    Auxv = ctypes.c_uint64 * len(process.mm.auxv)
+    Close = ctypes.c_int32 * len(fds.all)
+    Pending = proto.RestorerSiginfo * len(pending)
+    parts = (proto.RestorerArgs, Keep, Vmas, Iovs, Auxv, Close, Pending)
+    offsets, cursor = [], blob.memory_size
+    for part in parts:
+        offsets.append(cursor)
+        cursor = _align(cursor + ctypes.sizeof(part), 64)
+    frame_offset = cursor
+    size = _align(frame_offset + arch.rt_sigframe_size(len(xstate)), PAGE_SIZE)
+
+    own = _own_layout()
+    area = _find_gap(target + own, size)
+    base = area.start
+    keep = sorted([area] + list(vdso.ranges), key=lambda r: r.start)
+    temp = _find_gap(target + own, sum(r.size for r in vdso.ranges), exclude=(area,))
+
+    buffer = bytearray(size)
+    blob.place(buffer, base)
+    args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr = (
+        part.from_buffer(buffer, off) for part, off in zip(parts, offsets))
+    addr = [base + off for off in offsets]
+
+    args.mode = proto.RESTORER_MODE_RESTORE
+    args.log_fd = log_fd
+    args.err_fd = fds.err
+    args.pages_fd = fds.pages
+    args.pid = process.pid
+    args.nr_keep = len(keep)
+    args.keep = addr[1]
+    for slot, r in zip(keep_arr, keep):
+        slot.start, slot.end = r.start, r.end
+
+    args.nr_vmas, args.vmas = len(vmas), addr[2]
+    for slot, v in zip(vma_arr, vmas):
+        slot.start, slot.end, slot.prot = v.start, v.end, v.prot
+        slot.flags = (MAP_SHARED if v.shared else MAP_PRIVATE) | (MAP_GROWSDOWN if v.growsdown else 0)
+        if v.kind is VmaKind.FILE:
+            slot.fd, slot.offset = fds.fd_for(v), v.offset
+        else:
+            slot.fd, slot.offset = -1, 0
+            slot.flags |= MAP_ANONYMOUS
+
+    args.nr_iovs, args.iovs = len(process.page_runs), addr[3]
+    args.pages_offset = process.page_runs[0].offset if process.page_runs else 0
+    for slot, run in zip(iov_arr, process.page_runs):
+        slot.base, slot.len = run.vaddr, run.size
+
+    mm = process.mm
+    for name in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
+                 "arg_start", "arg_end", "env_start", "env_end"):
+        setattr(args.mm, name, getattr(mm, name))
+    auxv_arr[:] = list(mm.auxv)
+    args.mm.auxv, args.mm.auxv_size, args.mm.exe_fd = addr[4], ctypes.sizeof(Auxv), fds.exe
+
+    _fill_vdso_moves(args, process, vdso, temp)
+
+    args.nr_close_fds, args.close_fds = len(fds.all), addr[5]
+    close_arr[:] = list(fds.all)
+
+    if thread.rseq is not None:
+        args.rseq_addr, args.rseq_len, args.rseq_sig = thread.rseq.address, thread.rseq.size, thread.rseq.signature
+    args.ss_sp, args.ss_flags, args.ss_size = thread.altstack.sp, thread.altstack.flags, thread.altstack.size
+    for slot, timer in zip(args.itimers, process.itimers):
+        slot.interval_sec, slot.interval_usec = timer.interval_sec, timer.interval_usec
+        slot.value_sec, slot.value_usec = timer.value_sec, timer.value_usec
+    for slot, action in zip(args.sigactions, process.sigactions):
+        slot.handler, slot.flags, slot.restorer, slot.mask = action.handler, action.flags, action.restorer, action.mask
+
+    args.nr_pending, args.pending = len(pending), addr[6]
+    for slot, (private, info) in zip(pending_arr, pending):
+        slot.signo, slot.thread = _siginfo_signo(info), int(private)
+        ctypes.memmove(slot.info, info, len(info))
+
+    frame, sigreturn_sp = arch.build_rt_sigframe(resume_registers(thread.regs), xstate, thread.blocked,
+                                                 base + frame_offset)
+    buffer[frame_offset:frame_offset + len(frame)] = frame
+    args.sigreturn_sp = sigreturn_sp
+    del args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr
+    return Area(base, bytes(buffer), base + blob.exports["restorer_entry"], addr[0], temp, tuple(keep))
+
+
+def resume_registers(regs) -> arch.UserRegs:
+    """The dumped registers as the frame must hold them (a syscall interrupted at dump restarts)."""
+    user = arch.UserRegs()
+    for name, _ in arch.UserRegs._fields_:
+        setattr(user, name, getattr(regs, name))
+    return arch.resume_registers(user)
+
+
+def _fill_vdso_moves(args, process: Process, vdso: RunningVdso, temp: Range) -> None:
+    dumped = process.vdso
+    if dumped is None:
+        return
+    moves = [(vdso.vdso, dumped.vdso_start)]
+    # check_vdso_matches made sure the same pieces exist on both sides.
+    for running, start in ((vdso.vvar, dumped.vvar_start), (vdso.vvar_vclock, dumped.vvar_vclock_start)):
+        if running is not None:
+            moves.append((running, start))
+    args.nr_vdso_moves = len(moves)
+    args.vdso_temp = temp.start
+    for slot, (running, start) in zip(args.vdso_moves, moves):
+        slot.old_addr, slot.new_addr, slot.size = running.start, start, running.size

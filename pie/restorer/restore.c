@@ -8,6 +8,7 @@
  * the int3 stop, and rt_sigreturn enters the task's own context.
  */
 #include "restore.h"
+#include "vdso_proxy.h"
 #include "syscall.h"
 
 static void fail(const struct restorer_args *args, u32 step, long err, u64 detail)
@@ -33,6 +34,7 @@ void restore_process(struct restorer_args *args)
 	check(args, RESTORER_STEP_UNMAP_OLD, unmap_old(args, &d), d);
 	check(args, RESTORER_STEP_SET_MM_MAP, set_mm_map(args, &d), d);
 	check(args, RESTORER_STEP_MOVE_VDSO, move_vdso(args, &d), d);
+	check(args, RESTORER_STEP_VDSO_PROXY, map_vdso_proxy(&args->vdso_proxy, &d), d);
 	check(args, RESTORER_STEP_MAP_VMAS, map_vmas(args, &d), d);
 	check(args, RESTORER_STEP_FILL_PAGES, fill_pages(args, &d), d);
 	check(args, RESTORER_STEP_PROTECT_VMAS, protect_vmas(args, &d), d);

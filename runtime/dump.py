@@ -1,0 +1,345 @@
+"""Dumping one process: seize, read, infect, save pages, cure, write the images, kill or release.
+
+Why this order: everything the parasite would change is read first, while
+the task is stopped at its own instruction: its registers (with an
+interrupted syscall turned into its restart, as the kernel would on return
+to user mode), the full xstate, the signal mask, the pending signals and
+the rseq state (the kernel clears (struct rseq).rseq_cs as soon as the task
+returns to user mode outside a critical section, which the parasite does).
+What only the process itself can say (sigactions, umask, rlimits, itimers,
+brk, altstack, clear_child_tid) and the page data come from the parasite.
+The images are written last, the inventory last of all (the writer's
+commit point), and only then is the target killed, still stopped under
+ptrace, so it never runs a single instruction after its state was taken.
+
+What is not supported yet is refused before the target is touched beyond
+seizing, and any failure at any step cures, detaches and leaves the target
+running exactly as before, with no inventory in the image directory.
+"""
+
+import logging
+import mmap
+import os
+import signal
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from runtime import arch_x86_64 as arch
+from runtime import ptrace, rseq
+from runtime.errors import DumpError, ReviveError
+from runtime.images import layout
+from runtime.images.model import (PAGE_SIZE, Fd, FdKind, MmFields, PageRun, Process, Registers, Rseq, ThreadCore,
+                                  VdsoInfo, Vma, VmaKind)
+from runtime.images.writer import ImageWriter
+from runtime.infect import infect
+from runtime.parasite import Iovec
+from runtime.procfs import auxv, fds, maps, pagemap, stat, status, vdso
+from runtime.procfs.fds import FileKind, OpenFile
+from runtime.procfs.files import read_link
+from runtime.procfs.maps import Mapping
+from runtime.seize import Seized, seize
+
+log = logging.getLogger(__name__)
+
+STDIO_FDS = (0, 1, 2)
+DELETED = " (deleted)"
+PEEK_BATCH = 32
+
+_SPECIAL_KINDS = (VmaKind.VDSO, VmaKind.VVAR, VmaKind.VVAR_VCLOCK)
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    leave_running: bool = False  # detach and let it run (default: SIGKILL after a successful dump)
+    shell_job: bool = False  # stdio terminal/pipes are the caller's: saved as FdKind.INHERIT
+
+
+@dataclass(frozen=True)
+class ThreadSnapshot:
+    """A thread's state read through ptrace before the parasite runs."""
+
+    tid: int
+    regs: Registers  # as the task resumes: syscall restart applied, rseq abort applied
+    xstate: bytes
+    blocked: int
+    pending: tuple[bytes, ...]
+    rseq: Rseq | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything read from /proc and ptrace before infection."""
+
+    stat: stat.Stat
+    status: status.Status
+    personality: int
+    auxv: tuple[int, ...]
+    exe: str
+    cwd: str
+    root: str
+    vmas: tuple[Vma, ...]
+    page_runs: tuple[PageRun, ...]
+    fds: tuple[Fd, ...]
+    thread: ThreadSnapshot
+    shared_pending: tuple[bytes, ...]
+    vdso: vdso.Vdso | None
+    vdso_info: VdsoInfo | None
+
+
+def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOptions()) -> Process:
+    """Checkpoint process pid into directory; see the module docstring for the steps."""
+    log.info("dumping pid %d into %s", pid, directory)
+    seized = seize(pid)
+    directory = Path(directory)
+    created_directory = not directory.exists()
+    writer = None
+    try:
+        snapshot = take_snapshot(pid, seized, options)
+        writer = ImageWriter(directory)
+        process = _dump_with_parasite(pid, seized, snapshot, writer, options)
+        writer.finish(pid)
+    except BaseException as exc:
+        log.debug("dump of pid %d failed: %s", pid, exc)
+        try:
+            seized.release()
+        except ReviveError as release_error:
+            log.error("pid %d: releasing it after the failed dump: %s", pid, release_error)
+        if writer is not None:
+            _remove_partial_images(directory, created_directory)
+        if isinstance(exc, OSError):
+            raise DumpError(pid, f"{exc.strerror or exc}") from exc
+        raise
+    if options.leave_running:
+        seized.release()
+        log.info("pid %d dumped and left running", pid)
+    else:
+        kill_seized(seized)
+        log.info("pid %d dumped and killed", pid)
+    return process
+
+
+def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
+    """Read (and refuse what is unsupported in) a seized process, before any parasite runs."""
+    st = status.read_status(pid)
+    if len(seized.threads) > 1 or st.threads > 1:
+        raise DumpError(pid, f"multi-threaded process ({max(len(seized.threads), st.threads)} threads): "
+                             "not supported yet")
+    mappings = maps.read_mappings(pid)
+    check_mappings(pid, mappings)
+    vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
+    open_files = dump_fds(pid, fds.read_open_files(pid), options.shell_job)
+    page_runs = plan_page_runs(pid, mappings)
+    found_vdso, vdso_info = read_vdso_info(pid, vmas)
+    # Last: for a thread inside an rseq critical section this moves it to its abort handler.
+    thread = snapshot_thread(pid)
+    return Snapshot(
+        stat=stat.read_stat(pid),
+        status=st,
+        personality=stat.read_personality(pid),
+        auxv=auxv.read_auxv(pid),
+        exe=_existing_path(pid, "exe", "executable"),
+        cwd=_existing_path(pid, "cwd", "working directory"),
+        root=_existing_path(pid, "root", "root directory"),
+        vmas=vmas,
+        page_runs=page_runs,
+        fds=open_files,
+        thread=thread,
+        shared_pending=peek_pending(pid, shared=True),
+        vdso=found_vdso,
+        vdso_info=vdso_info,
+    )
+
+
+def _existing_path(pid: int, link: str, what: str) -> str:
+    path = read_link(pid, link)
+    if path.endswith(DELETED):
+        raise DumpError(pid, f"{what} {path} was deleted: not supported yet")
+    return path
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+def check_mappings(pid: int, mappings: tuple[Mapping, ...]) -> None:
+    """Refuse the mappings a restore could not bring back, naming each."""
+    for m in mappings:
+        where = f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'}"
+        if m.name == maps.VSYSCALL:
+            continue
+        if m.deleted:
+            raise DumpError(pid, f"{where}: a deleted file (or memfd/SysV shm) cannot be reopened: not supported yet")
+        if m.inode and not m.file_backed and not m.shared_anon:
+            raise DumpError(pid, f"{where}: mappings of this kind of file are not supported yet")
+        if "ht" in m.vmflags:
+            raise DumpError(pid, f"{where}: hugetlbfs mappings are not supported yet")
+        if ({"io", "pf"} & m.vmflags) and m.vma().kind not in _SPECIAL_KINDS:
+            raise DumpError(pid, f"{where}: device (VM_IO/VM_PFNMAP) mappings are not supported yet")
+
+
+def plan_page_runs(pid: int, mappings: tuple[Mapping, ...]) -> tuple[PageRun, ...]:
+    """The page runs to save, sorted by vaddr, with their offsets in the pages file.
+
+    Only present or swapped pages are saved. Pages still backed by the page
+    cache in a file mapping equal the file (a private mapping's page becomes
+    anonymous when first written), so restore maps them from the file. A
+    page mapped to the shared zero page reads as zeros and a fresh anonymous
+    mapping gives that. Shared anonymous memory is saved whole: its pages
+    live in a shmem object whose swapped pages the page tables do not show.
+    The kernel's own mappings ([vdso], [vvar], [vvar_vclock], [vsyscall]) are
+    not the process's data: reading [vvar] pages could even fault.
+    """
+    runs: list[PageRun] = []
+    offset = 0
+    for m in mappings:
+        if m.name == maps.VSYSCALL or m.vma().kind in _SPECIAL_KINDS:
+            continue
+        for start, end in _saved_ranges(pid, m):
+            if not m.prot & mmap.PROT_READ:
+                raise DumpError(pid, f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'} has pages "
+                                     f"but no read permission: not supported yet")
+            runs.append(PageRun(start, (end - start) // PAGE_SIZE, offset))
+            offset += end - start
+    return tuple(runs)
+
+
+def _saved_ranges(pid: int, m: Mapping) -> list[tuple[int, int]]:
+    if m.shared_anon:
+        return [(m.start, m.end)]
+    skip = pagemap.PAGE_IS_FILE if m.file_backed else pagemap.PAGE_IS_PFNZERO
+    merged: list[tuple[int, int]] = []
+    for r in pagemap.scan(pid, m.start, m.end):
+        if r.categories & skip:
+            continue
+        if merged and merged[-1][1] == r.start:
+            merged[-1] = (merged[-1][0], r.end)
+        else:
+            merged.append((r.start, r.end))
+    return merged
+
+
+def read_vdso_info(pid: int, vmas: tuple[Vma, ...]) -> tuple[vdso.Vdso | None, VdsoInfo | None]:
+    special = {v.kind: v for v in vmas if v.kind in _SPECIAL_KINDS}
+    vdso_vma = special.get(VmaKind.VDSO)
+    if vdso_vma is None:
+        return None, None
+    found = vdso.read_vdso(pid, vdso_vma.start, vdso_vma.size)
+    vvar, vclock = special.get(VmaKind.VVAR), special.get(VmaKind.VVAR_VCLOCK)
+    info = VdsoInfo(
+        vdso_start=vdso_vma.start, vdso_size=vdso_vma.size, sha256=found.sha256, symbols=found.symbols,
+        vvar_start=vvar.start if vvar else None, vvar_size=vvar.size if vvar else 0,
+        vvar_vclock_start=vclock.start if vclock else None, vvar_vclock_size=vclock.size if vclock else 0,
+    )
+    return found, info
+
+
+# -- file descriptors ------------------------------------------------------------------------
+
+def dump_fds(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool) -> tuple[Fd, ...]:
+    return tuple(dump_fd(pid, f, shell_job) for f in open_files)
+
+
+def dump_fd(pid: int, f: OpenFile, shell_job: bool) -> Fd:
+    """The Fd a restore reopens, or a DumpError naming the fd and its kind."""
+    refused = f"fd {f.fd} ({f.description})"
+    if f.kind in (FileKind.TTY, FileKind.PIPE):
+        if shell_job and f.fd in STDIO_FDS:
+            return Fd(f.fd, FdKind.INHERIT, flags=f.flags, mode=f.mode, cloexec=f.cloexec)
+        hint = " (with --shell-job, stdio terminals and pipes are taken as the restoring caller's)" \
+            if f.fd in STDIO_FDS else ""
+        raise DumpError(pid, f"{refused}: not supported yet{hint}")
+    if f.kind in (FileKind.REGULAR, FileKind.DIRECTORY):
+        if f.nlink == 0 or f.link.endswith(DELETED) or not f.link.startswith("/"):
+            raise DumpError(pid, f"{refused}: a deleted file cannot be reopened: not supported yet")
+        return Fd(f.fd, FdKind.FILE, f.link, f.flags, f.pos, f.mode, f.cloexec)
+    if f.kind is FileKind.CHAR and os.major(f.rdev) == fds.MEM_MAJOR:
+        return Fd(f.fd, FdKind.CHR, f.link, f.flags, f.pos, f.mode, f.cloexec)
+    raise DumpError(pid, f"{refused}: not supported yet")
+
+
+# -- the thread, before infection ------------------------------------------------------------
+
+def snapshot_thread(tid: int) -> ThreadSnapshot:
+    """Registers (rseq abort applied first, as the kernel would), xstate, mask and queued signals."""
+    fixup = rseq.fix_up_thread(tid)
+    resumed = arch.resume_registers(fixup.regs)
+    # The restored task returns by rt_sigreturn, which leaves no syscall to restart.
+    resumed.orig_rax = arch.SIGSET_ALL
+    regs = Registers(**{f.name: getattr(resumed, f.name) for f in fields(Registers)})
+    return ThreadSnapshot(tid, regs, ptrace.get_xstate(tid), ptrace.get_sigmask(tid),
+                          peek_pending(tid, shared=False), fixup.rseq)
+
+
+def peek_pending(tid: int, shared: bool) -> tuple[bytes, ...]:
+    """Every queued siginfo of the thread (or, shared, of its process), oldest first."""
+    queued: list[bytes] = []
+    while True:
+        batch = ptrace.peek_siginfo(tid, shared, start=len(queued), count=PEEK_BATCH)
+        queued.extend(batch)
+        if len(batch) < PEEK_BATCH:
+            return tuple(queued)
+
+
+# -- the parasite part, and the images ----------------------------------------------------------
+
+def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: ImageWriter,
+                        options: DumpOptions) -> Process:
+    pages = writer.pages_file(pid)
+    iovecs = [Iovec(run.vaddr, run.size) for run in snapshot.page_runs]
+    with infect(seized) as parasite:
+        misc = parasite.get_misc()
+        if misc.pid != pid:
+            raise DumpError(pid, f"the process sees itself as pid {misc.pid}: "
+                                 "processes in another PID namespace are not supported yet")
+        sigactions = parasite.dump_sigactions()
+        thread_state = parasite.dump_thread()
+        written = parasite.dump_pages(iovecs, pages.fileno())
+    log.info("pid %d: %d page runs, %d bytes of pages", pid, len(iovecs), written)
+    thread = snapshot.thread
+    core = ThreadCore(tid=thread.tid, regs=thread.regs, blocked=thread.blocked, altstack=thread_state.altstack,
+                      clear_child_tid=thread_state.clear_child_tid, pending=thread.pending, rseq=thread.rseq)
+    st = snapshot.stat
+    mm = MmFields(start_code=st.start_code, end_code=st.end_code, start_data=st.start_data, end_data=st.end_data,
+                  start_brk=st.start_brk, brk=misc.brk, start_stack=st.start_stack,
+                  arg_start=st.arg_start, arg_end=st.arg_end, env_start=st.env_start, env_end=st.env_end,
+                  auxv=snapshot.auxv, exe=snapshot.exe)
+    process = Process(
+        pid=pid, ppid=st.ppid, pgid=st.pgid, sid=st.sid, comm=st.comm,
+        personality=snapshot.personality, umask=misc.umask, cwd=snapshot.cwd, root=snapshot.root,
+        dumpable=misc.dumpable, creds=snapshot.status.creds, mm=mm,
+        rlimits=misc.rlimits, sigactions=sigactions, itimers=misc.itimers,
+        shared_pending=snapshot.shared_pending, vmas=snapshot.vmas, page_runs=snapshot.page_runs,
+        fds=snapshot.fds, threads=(core,), vdso=snapshot.vdso_info, shell_job=options.shell_job,
+    )
+    writer.write_xstate(thread.tid, thread.xstate)
+    if snapshot.vdso is not None:
+        writer.write_vdso(pid, snapshot.vdso.image)
+    writer.write_process(process)
+    return process
+
+
+def _remove_partial_images(directory: Path, created_directory: bool) -> None:
+    """Take away what this dump wrote: only names of the image format, and the directory if it made it."""
+    for entry in directory.iterdir():
+        if layout.parse_name(entry.name) is not None or entry.name.startswith(f".{layout.INVENTORY}"):
+            entry.unlink(missing_ok=True)
+    if created_directory:
+        try:
+            directory.rmdir()
+        except OSError as exc:
+            log.warning("image directory %s left behind: %s", directory, exc.strerror)
+
+
+def kill_seized(seized: Seized) -> None:
+    """SIGKILL a process that is still stopped under our ptrace and collect its exit as its tracer.
+
+    Killing before the detach means it runs nothing after its state was
+    taken; waiting as tracer hands the exit on to its real parent (or reaps
+    it, if that is us).
+    """
+    os.kill(seized.pid, signal.SIGKILL)
+    for tid in list(seized.threads):
+        try:
+            while not ptrace.wait(tid).exited:
+                pass
+        except ReviveError as exc:
+            log.debug("waiting for killed thread %d: %s", tid, exc)
+        del seized.threads[tid]

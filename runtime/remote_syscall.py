@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from runtime import arch_x86_64 as arch
 from runtime import ptrace
 from runtime.errors import InfectError, PtraceError
+from runtime.procfs.files import read_text
 
 
 def vdso_range(pid: int) -> tuple[int, int]:
-    with open(f"/proc/{pid}/maps") as maps:
-        for line in maps:
-            if line.rstrip().endswith("[vdso]"):
-                start, end = line.split()[0].split("-")
-                return int(start, 16), int(end, 16)
+    for line in read_text(pid, "maps").splitlines():
+        if line.endswith("[vdso]"):
+            start, end = line.split()[0].split("-")
+            return int(start, 16), int(end, 16)
     raise InfectError(pid, "has no [vdso] mapping to run injected syscalls from")
 
 
@@ -79,6 +79,11 @@ class RemoteSyscall:
     def _step_to_syscall_stop(self, nr: int, which: str) -> None:
         ptrace.syscall(self.tid)
         stop = ptrace.wait(self.tid)
+        # A task seized while group-stopped has one more trap queued (the
+        # seize's re-trap and our interrupt); it stops there first, before user mode.
+        while stop.is_event_stop and which == "entry":
+            ptrace.syscall(self.tid)
+            stop = ptrace.wait(self.tid)
         if not stop.is_syscall_stop:
             raise InfectError(self.tid, f"injected syscall {nr}: expected its {which} stop, task {stop.describe()}")
 

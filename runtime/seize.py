@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from runtime import ptrace
 from runtime.errors import (AccessDenied, AlreadyTraced, KernelThread, NoSuchProcess, OwnProcess,
                             ProcessError, PtraceError, ZombieProcess)
+from runtime.procfs.files import proc_path, read_text, translated
+from runtime.procfs.status import read_status
 
 PF_KTHREAD = 0x00200000
 
@@ -111,46 +113,27 @@ def check_seizable(pid: int) -> None:
         raise NoSuchProcess(pid)
     if pid == os.getpid():
         raise OwnProcess(pid)
-    status = _read_status(pid)
-    if status.get("Tgid") == str(os.getpid()):
+    status = read_status(pid)
+    if status.tgid == os.getpid():
         raise OwnProcess(pid, f"is a thread of the runtime's own process {os.getpid()}")
-    if status.get("Tgid") != str(pid):
-        raise ProcessError(pid, f"is a thread of process {status.get('Tgid')}, not a process")
+    if status.tgid != pid:
+        raise ProcessError(pid, f"is a thread of process {status.tgid}, not a process")
     if _stat_flags(pid) & PF_KTHREAD:
         raise KernelThread(pid)
-    if status.get("State", "").startswith(("Z", "X")):
+    if status.state in ("Z", "X"):
         raise ZombieProcess(pid)
-    tracer = int(status.get("TracerPid", "0"))
-    if tracer:
-        raise AlreadyTraced(pid, tracer)
-
-
-def _read_status(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError as exc:
-        raise NoSuchProcess(pid) from exc
-    except PermissionError as exc:
-        raise AccessDenied(pid, "cannot read /proc/PID/status") from exc
-    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+    if status.tracer_pid:
+        raise AlreadyTraced(pid, status.tracer_pid)
 
 
 def _stat_flags(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except FileNotFoundError as exc:
-        raise NoSuchProcess(pid) from exc
     # Fields after the parenthesised comm: state ppid pgrp session tty tpgid flags ...
-    return int(stat.rsplit(")", 1)[1].split()[6])
+    return int(read_text(pid, "stat").rsplit(")", 1)[1].split()[6])
 
 
 def _list_tids(pid: int) -> list[int]:
-    try:
-        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-    except FileNotFoundError as exc:
-        raise NoSuchProcess(pid) from exc
+    with translated(pid, "task"):
+        return sorted(int(t) for t in os.listdir(proc_path(pid, "task")))
 
 
 def _seize_thread(pid: int, tid: int) -> Thread | None:
@@ -161,7 +144,7 @@ def _seize_thread(pid: int, tid: int) -> Thread | None:
         if exc.errno == errno.ESRCH:
             return None
         if exc.errno == errno.EPERM:
-            tracer = int(_read_status(pid).get("TracerPid", "0"))
+            tracer = read_status(pid).tracer_pid
             if tracer and tracer != os.getpid():
                 raise AlreadyTraced(pid, tracer) from exc
             raise AccessDenied(pid, f"ptrace SEIZE of thread {tid} not permitted") from exc

@@ -7,10 +7,12 @@
  * 100 s (counts only user CPU time, so it never fires while sleeping).
  * argv[1] opened O_RDWR, "hello world\n" written (offset 12); /dev/null
  * opened O_WRONLY at fd 7.
- * Prints "ready key=value ...", then loads zmm0-31 (zmm_i byte k = i * 64 + k)
+ * Prints "ready key=value ..." (with the standard-format xsave offsets of the
+ * AVX, ZMM_Hi256 and Hi16_ZMM components from CPUID leaf 0xd), then loads zmm0-31 (zmm_i byte k = i * 64 + k)
  * and sleeps in a raw nanosleep loop that touches no vector register.
  */
 #define _GNU_SOURCE
+#include <cpuid.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
@@ -27,6 +29,12 @@ static unsigned char vectors[32 * 64] __attribute__((aligned(64)));
 static const struct timespec tick = {1, 0};
 
 static void on_usr1(int sig, siginfo_t *info, void *ctx) { (void)sig; (void)info; (void)ctx; }
+
+static unsigned xsave_offset(unsigned component) {
+	unsigned eax, ebx, ecx, edx;
+	__cpuid_count(0xd, component, eax, ebx, ecx, edx);
+	return ebx;
+}
 
 static void die(const char *what) { perror(what); exit(1); }
 
@@ -86,8 +94,10 @@ int main(int argc, char **argv) {
 	if (null < 0 || dup2(null, 7) != 7) die("dup2");
 	close(null);
 
-	printf("ready handler=%p altstack=%p altstack_size=%zu file_fd=%d sigrtmin=%d\n",
-	       (void *)on_usr1, (void *)altstack, sizeof(altstack), fd, SIGRTMIN);
+	printf("ready handler=%p altstack=%p altstack_size=%zu file_fd=%d sigrtmin=%d "
+	       "ymm_hi128=%u zmm_hi256=%u hi16_zmm=%u\n",
+	       (void *)on_usr1, (void *)altstack, sizeof(altstack), fd, SIGRTMIN,
+	       xsave_offset(2), xsave_offset(6), xsave_offset(7));
 	fflush(stdout);
 	hold_vectors_and_sleep();
 }

@@ -34,6 +34,8 @@ def check_inventory(inventory: Inventory) -> None:
     if inventory.format_version != layout.FORMAT_VERSION:
         raise ImageError(file, "format_version",
                          f"unsupported version {inventory.format_version} (this tool reads {layout.FORMAT_VERSION})")
+    if inventory.tool != layout.TOOL:
+        raise ImageError(file, "tool", f"written by {inventory.tool!r}, not {layout.TOOL}")
     if not XSTATE_MIN <= inventory.xstate_size <= XSTATE_MAX:
         raise ImageError(file, "xstate_size", f"{inventory.xstate_size} is outside {XSTATE_MIN}..{XSTATE_MAX}")
     for name in inventory.files:

@@ -72,6 +72,16 @@ class ElfObject:
     def section_map(self) -> dict[int, Section]:
         return {s.index: s for s in self.sections}
 
+    def target_label(self, symbol: Symbol, addend: int) -> str:
+        """Name what a relocation reaches: for a section symbol, the named symbol covering section+addend."""
+        if symbol.kind != "section":
+            return symbol.name
+        for s in self.symbols:
+            if s.shndx == symbol.shndx and s.name and s.kind in ("func", "object", "tls", "notype"):
+                if s.value <= addend < s.value + max(s.size, 1):
+                    return s.name
+        return symbol.label(self.section_map())
+
 
 def _enum_name(value) -> str:
     return value.name.lower()

@@ -16,6 +16,9 @@ from blobgen.elf import ElfObject, Section, Symbol
 
 PLACED_PREFIX = ".blob."
 GOT_NAME = ".blobgen.got"
+# The assembler references this symbol for GOT-relative code; the GOT is
+# blobgen's, so the symbol is too: it names the first slot.
+GOT_SYMBOL = "_GLOBAL_OFFSET_TABLE_"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Layout:
     obj: ElfObject
     placed: tuple[Placed, ...]
     got: tuple[GotSlot, ...]
+    got_offset: int
     image_size: int
     bss_size: int  # zeroed bytes after the image, alignment gap included
 
@@ -47,6 +51,8 @@ class Layout:
 
     def symbol_offset(self, symbol: Symbol) -> int | None:
         """Image offset of SYMBOL, None when it is undefined or in an unplaced section."""
+        if not symbol.defined and symbol.name == GOT_SYMBOL:
+            return self.got_offset
         base = self.section_offset(symbol.shndx) if symbol.defined else None
         return None if base is None else base + symbol.value
 
@@ -90,4 +96,4 @@ def lay_out(obj: ElfObject) -> Layout:
         shift = max(0, _align(end, max(s.align for s in bss)) - start)
         placed.extend(Placed(s.name, s.index, s.address + shift, s.size, s.kind) for s in bss)
         bss_size = max(s.address + s.size for s in bss) + shift - end
-    return Layout(obj, tuple(placed), tuple(slots.values()), end, bss_size)
+    return Layout(obj, tuple(placed), tuple(slots.values()), got_offset, end, bss_size)

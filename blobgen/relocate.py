@@ -45,7 +45,7 @@ def relocate(layout: Layout) -> Relocated:
         target = layout.symbol_offset(r.symbol)
         if base is None or target is None:
             continue  # relocation in or against something unplaced/undefined: validate names it
-        label = r.symbol.label(sections)
+        label = obj.target_label(r.symbol, r.addend)
         recipe = x86_64.RECIPES.get(r.type)
         if recipe is None:
             unsupported.append(Unsupported(label, x86_64.type_name(r.type), sections[r.section].name, r.offset))

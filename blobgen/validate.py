@@ -10,7 +10,7 @@ from collections import Counter
 
 from blobgen.blob import EXPORT_PREFIX, Blob, BlobSection, Export
 from blobgen.elf import SHN_COMMON
-from blobgen.layout import is_placed
+from blobgen.layout import GOT_SYMBOL, is_placed
 from blobgen.relocate import Relocated
 from blobgen.errors import BlobError
 
@@ -25,7 +25,8 @@ def _problems(relocated: Relocated) -> list[str]:
     layout = relocated.layout
     obj = layout.obj
     sections = obj.section_map()
-    problems = [f"undefined symbol {n}" for n in sorted({s.name for s in obj.symbols if not s.defined})]
+    undefined = {s.name for s in obj.symbols if not s.defined and s.name != GOT_SYMBOL}
+    problems = [f"undefined symbol {n}" for n in sorted(undefined)]
     problems += [f"common symbol {s.name} (compile with -fno-common)" for s in obj.symbols if s.shndx == SHN_COMMON]
     tls_names = [s.name for s in obj.symbols if s.kind == "tls" and s.name]
     problems += [f"TLS symbol {n}" for n in sorted(set(tls_names))]
@@ -33,7 +34,7 @@ def _problems(relocated: Relocated) -> list[str]:
         if not s.alloc or is_placed(s):
             continue
         users = sorted(
-            {r.symbol.label(sections) for r in obj.relocations if r.section == s.index}
+            {obj.target_label(r.symbol, r.addend) for r in obj.relocations if r.section == s.index}
             | {y.name for y in obj.symbols if y.shndx == s.index and y.name}
         )
         named = f" ({', '.join(users)})" if users else ""

@@ -1,0 +1,143 @@
+"""The `python -m runtime` command line: one subcommand per job, errors as one line.
+
+Why one module: every subcommand shares the same contract with its user
+(criu-like options, exit status 0 on success, 1 on a failed operation with
+one line on stderr, 2 on bad usage, which argparse gives), so the contract
+is kept here once and each subcommand only adds its parser and its function.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from runtime.dump import DumpOptions, dump
+from runtime.errors import ReviveError
+from runtime.images.show import show
+from runtime.infect import infect
+
+PARASITE_COMMANDS = ("noop", "echo", "misc", "sigactions", "thread")
+
+
+def _parasite(args: argparse.Namespace) -> None:
+    if args.cmd == "echo" and args.value is None:
+        raise SystemExit(_usage_error("parasite echo needs a VALUE"))
+    if args.cmd != "echo" and args.value is not None:
+        raise SystemExit(_usage_error(f"parasite {args.cmd} takes no VALUE"))
+    with infect(args.pid) as parasite:
+        if args.cmd == "noop":
+            result = parasite.noop()
+        elif args.cmd == "echo":
+            result = {"value": args.value, "echoed": parasite.echo(args.value)}
+        elif args.cmd == "misc":
+            result = parasite.get_misc()
+        elif args.cmd == "sigactions":
+            result = {str(sig): action for sig, action in enumerate(parasite.dump_sigactions(), 1)}
+        else:
+            result = parasite.dump_thread()
+    _print(result, args.json)
+
+
+def _dump(args: argparse.Namespace) -> None:
+    dump(args.pid, args.images_dir, DumpOptions(leave_running=args.leave_running, shell_job=args.shell_job))
+
+
+def _show(args: argparse.Namespace) -> None:
+    show(args.directory, args.json)
+
+
+def _add_logging_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", dest="verbosity", action="count", default=0,
+                        help="more log messages: -v progress, -vv debugging")
+    parser.add_argument("-o", "--log-file", metavar="LOG", help="write the log to LOG instead of stderr")
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = (logging.WARNING, logging.INFO)[args.verbosity] if args.verbosity < 2 else logging.DEBUG
+    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def _print(result, as_json: bool) -> None:
+    plain = _plain(result)
+    if as_json:
+        print(json.dumps(plain, indent=2))
+    elif isinstance(plain, dict):
+        for key, value in plain.items():
+            print(f"{key}: {value}")
+    elif plain is not None:
+        print(plain)
+    else:
+        print("ok")
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _usage_error(message: str) -> int:
+    build_parser().print_usage(sys.stderr)
+    print(f"revive: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _int(text: str) -> int:
+    return int(text, 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runtime",
+                                     description="Checkpoint and restore live Linux x86_64 processes.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    parasite = commands.add_parser("parasite", help="run one parasite command inside a live process",
+                                   description="Infect PID, run one parasite command, cure, print the result.")
+    parasite.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
+                          help="the process to infect")
+    parasite.add_argument("--json", action="store_true", help="print the result as JSON")
+    parasite.add_argument("cmd", choices=PARASITE_COMMANDS, metavar="CMD",
+                          help="one of: " + ", ".join(PARASITE_COMMANDS))
+    parasite.add_argument("value", nargs="?", type=_int, metavar="VALUE", help="the value for echo")
+    parasite.set_defaults(run=_parasite)
+
+    dump_parser = commands.add_parser("dump", help="checkpoint a process into an image directory",
+                                      description="Checkpoint process PID into DIR; it is killed afterwards "
+                                                  "unless --leave-running is given.")
+    dump_parser.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
+                             help="the process to dump")
+    dump_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="where to write the images")
+    dump_parser.add_argument("--leave-running", action="store_true", help="let the process run on after the dump")
+    dump_parser.add_argument("--shell-job", action="store_true",
+                             help="the process's stdio terminal or pipes belong to the caller's shell")
+    _add_logging_options(dump_parser)
+    dump_parser.set_defaults(run=_dump)
+
+    show_parser = commands.add_parser("show", help="print an image directory",
+                                      description="Validate the image in DIR as restore does and print it.")
+    show_parser.add_argument("directory", metavar="DIR", help="the image directory")
+    show_parser.add_argument("--json", action="store_true", help="print everything as JSON, for programs")
+    show_parser.set_defaults(run=_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "verbosity"):
+        try:
+            _setup_logging(args)
+        except OSError as exc:
+            return _usage_error(f"cannot open the log file: {exc}")
+    try:
+        args.run(args)
+    except ReviveError as exc:
+        print(f"revive: {exc}", file=sys.stderr)
+        return 1
+    return 0

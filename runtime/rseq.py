@@ -43,6 +43,7 @@ is refused rather than dumped.
 import ctypes
 import enum
 import errno
+import logging
 import os
 import re
 import struct
@@ -51,7 +52,9 @@ from dataclasses import dataclass
 from runtime import arch_x86_64 as arch
 from runtime import ptrace
 from runtime.errors import DumpError, PtraceError, RestoreError
-from runtime.images.model import TASK_SIZE, Rseq, RseqCase, RseqCs
+from runtime.images.model import TASK_SIZE, Process, Rseq, RseqCase, RseqCs
+
+log = logging.getLogger(__name__)
 
 
 class RseqCsFlag(enum.IntFlag):
@@ -236,6 +239,16 @@ def write_back(tid: int, rseq: Rseq | None) -> None:
             poke_u64(tid, rseq.address + RSEQ_CS_OFFSET, rseq.rseq_cs)
         except PtraceError as exc:
             raise RestoreError(tid, f"cannot write rseq_cs back into the area at {rseq.address:#x}: {exc}") from exc
+        warning = no_restart_warning(rseq)
+        if warning:
+            log.warning("thread %d: %s", tid, warning)
+
+
+def check_kernel_supports(process: Process) -> None:
+    """Refuse, before anything is forked, an image with rseq areas on a kernel without rseq(2)."""
+    registered = [thread.tid for thread in process.threads if thread.rseq is not None]
+    if registered and not kernel_has_rseq():
+        raise RestoreError(process.pid, f"threads {registered} have rseq areas and this kernel has no rseq(2)")
 
 
 def kernel_has_rseq() -> bool:

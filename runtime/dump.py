@@ -21,7 +21,7 @@ import logging
 import mmap
 import os
 import signal
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from runtime import arch_x86_64 as arch
@@ -38,6 +38,7 @@ from runtime.procfs.fds import FileKind, OpenFile
 from runtime.procfs.files import read_link
 from runtime.procfs.maps import Mapping
 from runtime.seize import Seized, seize
+from runtime.vdso import find_proxy
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,15 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
         raise DumpError(pid, f"multi-threaded process ({max(len(seized.threads), st.threads)} threads): "
                              "not supported yet")
     mappings = maps.read_mappings(pid)
+    proxy = find_proxy(pid, mappings)
+    if proxy is not None:
+        # A vDSO proxy a restore installed is this process's vDSO (docs/vdso.md): a special mapping.
+        mappings = tuple(replace(m, name="[vdso]") if m == proxy else m for m in mappings)
     check_mappings(pid, mappings)
     vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
     open_files = dump_fds(pid, fds.read_open_files(pid), options.shell_job)
     page_runs = plan_page_runs(pid, mappings)
-    found_vdso, vdso_info = read_vdso_info(pid, vmas)
+    found_vdso, vdso_info = read_vdso_info(pid, vmas, proxy)
     # Last: for a thread inside an rseq critical section this moves it to its abort handler.
     thread = snapshot_thread(pid)
     return Snapshot(
@@ -216,9 +221,11 @@ def _saved_ranges(pid: int, m: Mapping) -> list[tuple[int, int]]:
     return merged
 
 
-def read_vdso_info(pid: int, vmas: tuple[Vma, ...]) -> tuple[vdso.Vdso | None, VdsoInfo | None]:
+def read_vdso_info(pid: int, vmas: tuple[Vma, ...],
+                   proxy: Mapping | None = None) -> tuple[vdso.Vdso | None, VdsoInfo | None]:
+    """The process's vDSO: its proxy if it has one (the kernel's own [vdso] is then elsewhere)."""
     special = {v.kind: v for v in vmas if v.kind in _SPECIAL_KINDS}
-    vdso_vma = special.get(VmaKind.VDSO)
+    vdso_vma = special.get(VmaKind.VDSO) if proxy is None else proxy.vma()
     if vdso_vma is None:
         return None, None
     found = vdso.read_vdso(pid, vdso_vma.start, vdso_vma.size)
@@ -227,6 +234,7 @@ def read_vdso_info(pid: int, vmas: tuple[Vma, ...]) -> tuple[vdso.Vdso | None, V
         vdso_start=vdso_vma.start, vdso_size=vdso_vma.size, sha256=found.sha256, symbols=found.symbols,
         vvar_start=vvar.start if vvar else None, vvar_size=vvar.size if vvar else 0,
         vvar_vclock_start=vclock.start if vclock else None, vvar_vclock_size=vclock.size if vclock else 0,
+        proxy=proxy is not None,
     )
     return found, info
 

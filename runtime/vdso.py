@@ -35,7 +35,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from runtime.errors import RestoreError
-from runtime.images.model import PAGE_SIZE, TASK_SIZE, VdsoInfo, VdsoSymbol, VmaKind
+from runtime.images.model import PAGE_SIZE, TASK_SIZE, Process, VdsoInfo, VdsoSymbol, VmaKind
 from runtime.procfs.maps import Mapping, read_mappings
 from runtime.procfs.vdso import Vdso, read_memory, read_vdso
 
@@ -127,6 +127,26 @@ class ProxyPlan:
     new_vdso_start: int  # where the running [vdso] ends up
     moves: tuple[Move, ...]  # the running block's pieces, to their new places
     patches: tuple[Patch, ...]
+
+
+@dataclass(frozen=True)
+class VdsoPlan:
+    """Everything a restore does with the vDSO: the path, the running block's moves, the proxy."""
+
+    decision: Decision
+    running: RunningVdso
+    moves: tuple[Move, ...]
+    proxy: ProxyPlan | None = None
+
+    @property
+    def keep(self) -> tuple[tuple[int, int], ...]:
+        """Where the running pieces are now: the restorer must not unmap them before it moves them."""
+        return tuple((p.start, p.start + p.size) for p in self.running.pieces)
+
+    @property
+    def destinations(self) -> tuple[tuple[int, int], ...]:
+        """Where they go: nothing else of the restore may be placed there."""
+        return tuple((m.new_addr, m.new_addr + m.size) for m in self.moves)
 
 
 # Every entry point of every x86_64 vDSO so far has a system call that does
@@ -352,6 +372,33 @@ def plan_proxy(dumped: VdsoInfo, dumped_image: bytes, running: RunningVdso,
     marked = bytearray(image)
     _mark(marked, proxy_origin(dumped_image) or hashlib.sha256(dumped_image).hexdigest())
     return ProxyPlan(dumped.vdso_start, bytes(marked), new_vdso_start, _block_moves(running, block), patches)
+
+
+def plan_restore(process: Process, dumped_image: bytes, mode: VdsoMode, restored: Sequence[tuple[int, int]],
+                 running: RunningVdso | None = None) -> VdsoPlan:
+    """Decide, and plan the moves (and the proxy) for restoring process on this kernel.
+
+    restored: every range of the target layout (its vDSO and vvar ranges
+    included) plus whatever else must stay clear of the running vDSO block.
+    """
+    dumped = process.vdso
+    running = running or read_running_vdso()
+    decision = decide(dumped, running, mode)
+    if decision.path is VdsoPath.REMAP:
+        return VdsoPlan(decision, running, plan_remap(dumped, running))
+    proxy = plan_proxy(dumped, dumped_image, running, restored)
+    _check_threads_outside(process, proxy)
+    return VdsoPlan(decision, running, proxy.moves, proxy)
+
+
+def _check_threads_outside(process: Process, proxy: ProxyPlan) -> None:
+    """A thread stopped inside an old vDSO function (not at its entry) would resume in int3."""
+    for thread in process.threads:
+        offset = thread.regs.rip - proxy.old_start
+        for patch in proxy.patches:
+            if patch.offset < offset < patch.offset + patch.size:
+                raise RestoreError(thread.tid, f"stopped inside the old vDSO's {patch.names[0]} (+{offset - patch.offset:#x}): "
+                                               "a proxy cannot resume it; restore on the dumping kernel (--vdso=remap)")
 
 
 def find_proxy(pid: int, mappings: Sequence[Mapping]) -> Mapping | None:

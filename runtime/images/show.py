@@ -20,11 +20,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from runtime import rseq
 from runtime.errors import ReviveError
 from runtime.images import codec
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
 from runtime.images.loader import Checkpoint, ProcessImage, load
-from runtime.images.model import PAGE_SIZE, RseqCase, ThreadCore, Vma, VmaKind
+from runtime.images.model import PAGE_SIZE, ThreadCore, Vma, VmaKind
 from runtime.vdso import VdsoMode, decide, read_running_vdso
 
 RLIMIT_NAMES = ("CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK", "AS", "LOCKS",
@@ -32,15 +33,6 @@ RLIMIT_NAMES = ("CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE
 ITIMER_NAMES = ("REAL", "VIRTUAL", "PROF")
 RLIM_INFINITY = (1 << 64) - 1
 SIG_DFL = 0
-
-RSEQ_CASES = {
-    RseqCase.OUTSIDE: "outside a critical section: nothing to fix",
-    RseqCase.ABORT: "was inside a critical section: IP moved to its abort handler",
-    RseqCase.NO_RESTART: ("inside a NO_RESTART critical section: IP kept, rseq_cs written back after restore "
-                          "(kernels since 6.0 do not honour the flag: they kill the thread with SIGSEGV "
-                          "if it is preempted or signalled inside the section)"),
-}
-
 
 def show(directory: str, as_json: bool, console: Console | None = None) -> None:
     """Load and print the image in directory; ImageError as the loader raises it."""
@@ -168,16 +160,8 @@ def _render_thread(thread: ThreadCore, image: ProcessImage, console: Console) ->
     console.print(f"  blocked {_signals(thread.blocked)}  pending {len(thread.pending)}  "
                   f"altstack sp {thread.altstack.sp:#x} size {thread.altstack.size} flags {thread.altstack.flags:#x}  "
                   f"clear_child_tid {thread.clear_child_tid:#x}  xstate {image.xstate_paths[thread.tid].name}")
-    rseq = thread.rseq
-    if rseq is None:
-        console.print("  rseq: not registered")
-        return
-    console.print(f"  rseq: area {rseq.address:#x} size {rseq.size} signature {rseq.signature:#x}; "
-                  f"case {rseq.case.value}: {RSEQ_CASES[rseq.case]}")
-    if rseq.cs is not None:
-        cs = rseq.cs
-        console.print(f"  rseq_cs {rseq.rseq_cs:#x}: start_ip {cs.start_ip:#x} post_commit_offset "
-                      f"{cs.post_commit_offset:#x} abort_ip {cs.abort_ip:#x} flags {cs.flags:#x}")
+    for line in rseq.describe(thread.rseq):
+        console.print(f"  {line}", markup=False)
 
 
 def _signame(number: int) -> str:

@@ -55,7 +55,8 @@ def parse_symbols(image: bytes) -> tuple[VdsoSymbol, ...]:
     symbols = {
         sym.name: VdsoSymbol(sym.name, sym["st_value"] - base, sym["st_size"])
         for sym in dynsym.iter_symbols()
-        if sym.name and sym["st_shndx"] not in ("SHN_UNDEF", "SHN_ABS") and sym["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT")
+        if sym.name and sym["st_shndx"] not in ("SHN_UNDEF", "SHN_ABS")
+        and sym["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT")
     }
     return tuple(symbols[name] for name in sorted(symbols))
 

@@ -17,10 +17,17 @@ from runtime.procfs.status import read_status
 NO_GLIBC_RSEQ = "glibc.pthread.rseq=0"
 
 
-def start_rseq_target(name: str, args: list[str], workdir: Path, monkeypatch) -> Target:
-    with monkeypatch.context() as env:
-        env.setenv("GLIBC_TUNABLES", NO_GLIBC_RSEQ)
+def start_rseq_target(name: str, args: list[str], workdir: Path) -> Target:
+    """Start a target from build/targets with glibc's rseq registration off (for it only)."""
+    previous = os.environ.get("GLIBC_TUNABLES")
+    os.environ["GLIBC_TUNABLES"] = NO_GLIBC_RSEQ
+    try:
         return start_target([str(target_path(name)), *args], workdir)
+    finally:
+        if previous is None:
+            del os.environ["GLIBC_TUNABLES"]
+        else:
+            os.environ["GLIBC_TUNABLES"] = previous
 
 
 def wait_stopped(pid: int, timeout: float = 5.0) -> None:

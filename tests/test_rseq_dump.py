@@ -19,17 +19,17 @@ SIG = 0x5EE5C0DE
 
 
 @pytest.fixture
-def counter(tmp_path, monkeypatch, request):
+def counter(tmp_path, request):
     spins = getattr(request, "param", "1000000")
-    target = start_rseq_target("rseq_counter", [spins], tmp_path, monkeypatch)
+    target = start_rseq_target("rseq_counter", [spins], tmp_path)
     yield target
     target.stop()
 
 
 @pytest.fixture(params=["cs", "area"])
-def stopped(tmp_path, monkeypatch, request):
+def stopped(tmp_path, request):
     """rseq_stop, group-stopped by its own SIGSTOP inside a NO_RESTART_ON_SIGNAL section."""
-    target = start_rseq_target("rseq_stop", [request.param], tmp_path, monkeypatch)
+    target = start_rseq_target("rseq_stop", [request.param], tmp_path)
     target.flag_in = request.param
     wait_stopped(target.pid)
     yield target

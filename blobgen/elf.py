@@ -5,7 +5,6 @@ the ELF library can change (or be swapped for pyelftools) in one place, and
 the stages after `load` are plain functions of plain data.
 """
 
-import os
 from dataclasses import dataclass
 
 import lief

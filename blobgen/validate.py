@@ -24,7 +24,6 @@ def _is_constructor_section(name: str) -> bool:
 def _problems(relocated: Relocated) -> list[str]:
     layout = relocated.layout
     obj = layout.obj
-    sections = obj.section_map()
     undefined = {s.name for s in obj.symbols if not s.defined and s.name != GOT_SYMBOL}
     problems = [f"undefined symbol {n}" for n in sorted(undefined)]
     problems += [f"common symbol {s.name} (compile with -fno-common)" for s in obj.symbols if s.shndx == SHN_COMMON]

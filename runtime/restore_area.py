@@ -26,7 +26,8 @@ from runtime import blobs
 from runtime.errors import RestoreError
 from runtime.images.model import PAGE_SIZE, TASK_SIZE, FdKind, Process, Vma, VmaKind
 from runtime.procfs.maps import read_mappings
-from runtime.restore_vdso import Range, RunningVdso
+from runtime.restore_vdso import Range
+from runtime.vdso import VdsoPlan
 
 # Below 4 GiB sit non-PIE executables and their brk heaps; above the gaps
 # near TASK_SIZE the kernel places mmaps and the stack. Prefer the first gap
@@ -134,14 +135,23 @@ def _siginfo_signo(info: bytes) -> int:
     return int.from_bytes(info[:4], "little", signed=True)
 
 
-def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: RunningVdso, log_fd: int = -1) -> Area:
-    """Choose the restorer area's address and fill it: blob, restorer_args, arrays, rt_sigframe."""
+def target_ranges(process: Process) -> list[Range]:
+    """The target's layout, and the guard pages below a stack that grows down: nothing else goes there."""
+    target = [Range(v.start, v.end) for v in process.vmas]
+    target += [Range(max(v.start - 256 * PAGE_SIZE, 0), v.start) for v in process.vmas if v.growsdown]
+    return target
+
+
+def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan | None, log_fd: int = -1) -> Area:
+    """Choose the restorer area's address and fill it: blob, restorer_args, arrays, rt_sigframe, vDSO proxy."""
     blob = blobs.load("restorer")
     proto = blobs.protocol()
     thread = process.threads[0]
-    target = [Range(v.start, v.end) for v in process.vmas]
-    # Guard pages below a stack that grows down: keep the area away from them too.
-    target += [Range(max(v.start - 256 * PAGE_SIZE, 0), v.start) for v in process.vmas if v.growsdown]
+    target = target_ranges(process)
+    running = [Range(start, end) for start, end in vdso.keep] if vdso else []
+    if vdso is not None:
+        target += [Range(start, end) for start, end in vdso.destinations]
+    proxy_image = vdso.proxy.image if vdso is not None and vdso.proxy is not None else b""
     vmas = [v for v in process.vmas if v.kind not in _KERNEL_KINDS]
     pending = [(False, info) for info in process.shared_pending] + [(True, info) for info in thread.pending]
 
@@ -151,7 +161,8 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: RunningVds
     Auxv = ctypes.c_uint64 * len(process.mm.auxv)
     Close = ctypes.c_int32 * len(fds.all)
     Pending = proto.RestorerSiginfo * len(pending)
-    parts = (proto.RestorerArgs, Keep, Vmas, Iovs, Auxv, Close, Pending)
+    Proxy = ctypes.c_uint8 * len(proxy_image)
+    parts = (proto.RestorerArgs, Keep, Vmas, Iovs, Auxv, Close, Pending, Proxy)
     offsets, cursor = [], blob.memory_size
     for part in parts:
         offsets.append(cursor)
@@ -162,12 +173,12 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: RunningVds
     own = _own_layout()
     area = _find_gap(target + own, size)
     base = area.start
-    keep = sorted([area] + list(vdso.ranges), key=lambda r: r.start)
-    temp = _find_gap(target + own, sum(r.size for r in vdso.ranges), exclude=(area,))
+    keep = sorted([area] + running, key=lambda r: r.start)
+    temp = _find_gap(target + own, sum(r.size for r in running), exclude=(area,))
 
     buffer = bytearray(size)
     blob.place(buffer, base)
-    args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr = (
+    args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr, proxy_arr = (
         part.from_buffer(buffer, off) for part, off in zip(parts, offsets))
     addr = [base + off for off in offsets]
 
@@ -203,7 +214,11 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: RunningVds
     auxv_arr[:] = list(mm.auxv)
     args.mm.auxv, args.mm.auxv_size, args.mm.exe_fd = addr[4], ctypes.sizeof(Auxv), fds.exe
 
-    _fill_vdso_moves(args, process, vdso, temp)
+    if vdso is not None:
+        _fill_vdso_moves(args, vdso, temp)
+        args.vdso_proxy.size, args.vdso_proxy.image = len(proxy_image), addr[7]
+        args.vdso_proxy.start = vdso.proxy.old_start if vdso.proxy is not None else 0
+        proxy_arr[:] = proxy_image
 
     args.nr_close_fds, args.close_fds = len(fds.all), addr[5]
     close_arr[:] = list(fds.all)
@@ -222,32 +237,17 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: RunningVds
         slot.signo, slot.thread = _siginfo_signo(info), int(private)
         ctypes.memmove(slot.info, info, len(info))
 
-    frame, sigreturn_sp = arch.build_rt_sigframe(resume_registers(thread.regs), xstate, thread.blocked,
+    frame, sigreturn_sp = arch.build_rt_sigframe(thread.regs, xstate, thread.blocked,
                                                  base + frame_offset)
     buffer[frame_offset:frame_offset + len(frame)] = frame
     args.sigreturn_sp = sigreturn_sp
-    del args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr
+    del args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr, proxy_arr
     return Area(base, bytes(buffer), base + blob.exports["restorer_entry"], addr[0], temp, tuple(keep))
 
 
-def resume_registers(regs) -> arch.UserRegs:
-    """The dumped registers as the frame must hold them (a syscall interrupted at dump restarts)."""
-    user = arch.UserRegs()
-    for name, _ in arch.UserRegs._fields_:
-        setattr(user, name, getattr(regs, name))
-    return arch.resume_registers(user)
-
-
-def _fill_vdso_moves(args, process: Process, vdso: RunningVdso, temp: Range) -> None:
-    dumped = process.vdso
-    if dumped is None:
-        return
-    moves = [(vdso.vdso, dumped.vdso_start)]
-    # check_vdso_matches made sure the same pieces exist on both sides.
-    for running, start in ((vdso.vvar, dumped.vvar_start), (vdso.vvar_vclock, dumped.vvar_vclock_start)):
-        if running is not None:
-            moves.append((running, start))
-    args.nr_vdso_moves = len(moves)
+def _fill_vdso_moves(args, vdso: VdsoPlan, temp: Range) -> None:
+    args.nr_vdso_moves = len(vdso.moves)
     args.vdso_temp = temp.start
-    for slot, (running, start) in zip(args.vdso_moves, moves):
-        slot.old_addr, slot.new_addr, slot.size = running.start, start, running.size
+    for slot, move in zip(args.vdso_moves, vdso.moves):
+        slot.old_addr, slot.new_addr, slot.size = move.old_addr, move.new_addr, move.size
+

@@ -1,0 +1,268 @@
+"""The restoring child: from a copy of the runtime to a process about to enter the restorer.
+
+Why these steps here and not in the restorer: opening files by path,
+chdir/chroot, rlimits and credentials are easy and well-reported from
+Python and need nothing the old address space lacks; the restorer (no
+libc) only does what must happen after the old memory is gone. The child
+is a raw clone3 copy of the runtime (no fork handlers ran), so it starts no
+threads and ends in the restorer or in os._exit; any failure is written as
+one line to the error pipe, which the parent turns into the RestoreError.
+
+Order matters: the fds the restorer needs move above every target number
+first, so reopening the target's descriptors cannot clobber them; the
+restorer area is mapped before rlimits (a lower RLIMIT_AS must not refuse
+it); credentials come last because dropping them may take away the rights
+the earlier steps use.
+"""
+
+import ctypes
+import os
+import resource
+import signal
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import RestoreError
+from runtime.images.model import Creds, FdKind, Process, RLimit
+from runtime.restore_area import Area, HelperFds
+
+CHILD_ERROR_TAG = b"child:"
+
+NR_RSEQ = 334
+NR_ARCH_PRCTL = 158
+NR_CAPGET = 125
+NR_CAPSET = 126
+ARCH_GET_FS = 0x1003
+RSEQ_FLAG_UNREGISTER = 1
+RSEQ_SIG = 0x53053053  # glibc's x86 signature (sysdeps/unix/sysv/linux/x86/bits/rseq.h)
+
+PR_SET_NAME = 15
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+CAP_LAST = 63
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+PROT_RWX = 0x7
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+MAP_FIXED_NOREPLACE = 0x100000
+
+# Flags /proc/PID/fdinfo reports that open() must not see again: creation and
+# truncation would change the file; close-on-exec is restored separately.
+_OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    """Everything the child needs, computed by the parent before the fork."""
+
+    process: Process
+    pages_path: Path
+    fds: HelperFds
+    area: Area
+    rlimits: tuple[RLimit, ...]  # the dumped ones, hard limits capped at what this process may set
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def run(plan: ChildPlan, go_fd: int, err_fd: int) -> None:
+    """The child's whole life: never returns (the restorer takes over, or os._exit)."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        rseq_len = _wait_for_go(go_fd)
+        place_helper_fds(plan, err_fd)
+        close_other_fds(plan)
+        reopen_target_fds(plan.process)
+        set_fs_context(plan.process)
+        map_restorer_area(plan.area)
+        set_rlimits(plan.rlimits)
+        set_identity(plan.process)
+        set_creds(plan.process.creds)
+        unregister_glibc_rseq(rseq_len)
+        enter_restorer(plan.area)
+    except Exception as exc:
+        fd = plan.fds.err if _is_open(plan.fds.err) else err_fd
+        os.write(fd, CHILD_ERROR_TAG + str(exc).encode(errors="replace"))
+    finally:
+        os._exit(1)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _wait_for_go(go_fd: int) -> int:
+    """The parent seizes us first, then sends the length our glibc registered its rseq area with."""
+    data = os.read(go_fd, 4)
+    if len(data) != 4:
+        raise RestoreError(os.getpid(), "the parent went away before the restore started")
+    os.close(go_fd)
+    return struct.unpack("<I", data)[0]
+
+
+def _open_at(path: str, flags: int, number: int, inheritable: bool) -> None:
+    fd = os.open(path, flags)
+    if fd != number:
+        os.dup2(fd, number, inheritable=inheritable)
+        os.close(fd)
+    else:
+        os.set_inheritable(fd, inheritable)
+
+
+def place_helper_fds(plan: ChildPlan, err_fd: int) -> None:
+    fds = plan.fds
+    os.dup2(err_fd, fds.err)
+    os.close(err_fd)
+    _open_at(str(plan.pages_path), os.O_RDONLY, fds.pages, False)
+    _open_at(plan.process.mm.exe, os.O_RDONLY, fds.exe, False)
+    for f in fds.files:
+        try:
+            _open_at(f.path, f.flags, f.fd, False)
+        except OSError as exc:
+            raise RestoreError(f.path, f"cannot open a file the process maps: {exc.strerror}") from exc
+
+
+def close_other_fds(plan: ChildPlan) -> None:
+    """Everything below the helper numbers goes, except the caller's descriptors a shell job inherits."""
+    keep = sorted(fd.fd for fd in plan.process.fds if fd.kind is FdKind.INHERIT)
+    low = 0
+    for fd in keep + [min(plan.fds.all)]:
+        os.closerange(low, fd)
+        low = fd + 1
+
+
+def reopen_target_fds(process: Process) -> None:
+    for fd in process.fds:
+        if fd.kind is FdKind.INHERIT:
+            if not _is_open(fd.fd):
+                raise RestoreError(process.pid, f"fd {fd.fd}: the shell job's descriptor is not open in the caller")
+            continue
+        try:
+            _open_at(fd.path, fd.flags & ~_OPEN_FLAGS_DROPPED, fd.fd, not fd.cloexec)
+            if fd.kind is FdKind.FILE:
+                os.lseek(fd.fd, fd.pos, os.SEEK_SET)
+        except OSError as exc:
+            raise RestoreError(process.pid, f"fd {fd.fd}: cannot reopen {fd.path}: {exc.strerror}") from exc
+
+
+def set_fs_context(process: Process) -> None:
+    # chdir first: the dumped cwd is a path as seen from outside the process's root.
+    os.chdir(process.cwd)
+    if process.root != "/":
+        os.chroot(process.root)
+    os.umask(process.umask)
+
+
+def map_restorer_area(area: Area) -> None:
+    """The area at its planned address; NOREPLACE turns a clash with our own memory into an error."""
+    got = _libc.mmap(area.base, area.size, PROT_RWX, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+    if got is None or got == ctypes.c_void_p(-1).value or got != area.base:
+        err = ctypes.get_errno()
+        raise RestoreError(os.getpid(), f"cannot map the restorer area at {area.base:#x}: {os.strerror(err)}")
+    ctypes.memmove(area.base, area.image, area.size)
+
+
+def set_rlimits(rlimits: tuple[RLimit, ...]) -> None:
+    for resource_id, limit in enumerate(rlimits):
+        cur = resource.RLIM_INFINITY if limit.cur >= (1 << 63) else limit.cur
+        hard = resource.RLIM_INFINITY if limit.max >= (1 << 63) else limit.max
+        try:
+            resource.setrlimit(resource_id, (cur, hard))
+        except (OSError, ValueError) as exc:
+            raise RestoreError(os.getpid(), f"setrlimit({resource_id}, {limit.cur}, {limit.max}): {exc}") from exc
+
+
+def set_identity(process: Process) -> None:
+    """Name and personality: what the process sees of itself without exec having run."""
+    _check(_libc.prctl(PR_SET_NAME, process.comm.encode()[:15], 0, 0, 0), "prctl(PR_SET_NAME)")
+    _check(_libc.personality(ctypes.c_ulong(process.personality)), "personality")
+    _check(_libc.prctl(PR_SET_DUMPABLE, process.dumpable, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int32)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _current_caps() -> tuple[int, int, int]:
+    header, data = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    _check(_libc.syscall(NR_CAPGET, ctypes.byref(header), data), "capget")
+    join = lambda name: getattr(data[0], name) | getattr(data[1], name) << 32  # noqa: E731
+    return join("effective"), join("permitted"), join("inheritable")
+
+
+def set_creds(creds: Creds) -> None:
+    """Groups, gids, uids, then capabilities, only where they differ from ours.
+
+    KEEPCAPS keeps the permitted set across a uid change so the dumped sets
+    can be installed after it.
+    """
+    ruid, euid, suid, fsuid = creds.uids
+    rgid, egid, sgid, fsgid = creds.gids
+    if sorted(os.getgroups()) != sorted(creds.groups):
+        os.setgroups(list(creds.groups))
+    if os.getresgid() != (rgid, egid, sgid):
+        os.setresgid(rgid, egid, sgid)
+    _libc.setfsgid(fsgid)
+    if os.getresuid() != (ruid, euid, suid):
+        _check(_libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+        os.setresuid(ruid, euid, suid)
+    _libc.setfsuid(fsuid)
+    for cap in range(CAP_LAST + 1):
+        if not creds.cap_bounding >> cap & 1:
+            # EINVAL: a capability this kernel does not know, nothing to drop.
+            if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:
+                _check(-1, f"prctl(PR_CAPBSET_DROP, {cap})")
+    wanted = (creds.cap_effective, creds.cap_permitted, creds.cap_inheritable)
+    if _current_caps() != wanted:
+        header, data = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+        for i in range(2):
+            data[i].effective = creds.cap_effective >> (32 * i) & 0xFFFFFFFF
+            data[i].permitted = creds.cap_permitted >> (32 * i) & 0xFFFFFFFF
+            data[i].inheritable = creds.cap_inheritable >> (32 * i) & 0xFFFFFFFF
+        _check(_libc.syscall(NR_CAPSET, ctypes.byref(header), data), "capset")
+    for cap in range(CAP_LAST + 1):
+        if creds.cap_ambient >> cap & 1:
+            _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), f"raise ambient capability {cap}")
+    if creds.no_new_privs:
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def unregister_glibc_rseq(length: int) -> None:
+    """Our glibc's rseq area lives in memory the restorer unmaps; the kernel would fault writing it."""
+    if not length:
+        return
+    offset = ctypes.c_long.in_dll(_libc, "__rseq_offset").value
+    thread_pointer = ctypes.c_uint64()
+    _check(_libc.syscall(NR_ARCH_PRCTL, ARCH_GET_FS, ctypes.byref(thread_pointer)), "arch_prctl(ARCH_GET_FS)")
+    area = thread_pointer.value + offset
+    _check(_libc.syscall(NR_RSEQ, ctypes.c_uint64(area), ctypes.c_uint32(length), RSEQ_FLAG_UNREGISTER,
+                         ctypes.c_uint32(RSEQ_SIG)), f"rseq unregister of {area:#x} ({length} bytes)")
+
+
+def enter_restorer(area: Area) -> None:
+    entry = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_uint64)(area.entry)
+    ret = entry(area.args)
+    raise RestoreError(os.getpid(), f"the restorer returned {ret} instead of becoming the process")

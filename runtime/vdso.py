@@ -397,8 +397,9 @@ def _check_threads_outside(process: Process, proxy: ProxyPlan) -> None:
         offset = thread.regs.rip - proxy.old_start
         for patch in proxy.patches:
             if patch.offset < offset < patch.offset + patch.size:
-                raise RestoreError(thread.tid, f"stopped inside the old vDSO's {patch.names[0]} (+{offset - patch.offset:#x}): "
-                                               "a proxy cannot resume it; restore on the dumping kernel (--vdso=remap)")
+                where = f"{patch.names[0]} (+{offset - patch.offset:#x})"
+                raise RestoreError(thread.tid, f"stopped inside the old vDSO's {where}: a proxy cannot resume it; "
+                                               "restore on the dumping kernel (--vdso=remap)")
 
 
 def find_proxy(pid: int, mappings: Sequence[Mapping]) -> Mapping | None:

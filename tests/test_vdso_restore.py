@@ -87,7 +87,8 @@ def pointers(info):
 
 
 def special_ranges(pid):
-    return {m.name: (m.start, m.end) for m in maps.read_mappings(pid) if m.name in ("[vdso]", "[vvar]", "[vvar_vclock]")}
+    names = ("[vdso]", "[vvar]", "[vvar_vclock]")
+    return {m.name: (m.start, m.end) for m in maps.read_mappings(pid) if m.name in names}
 
 
 def check_report(proc):

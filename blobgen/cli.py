@@ -5,6 +5,7 @@ on stderr with exit status 2, so SCons and people see exactly what is wrong.
 """
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except BlobError as exc:
         print(f"blobgen {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -241,6 +241,8 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan |
                                                  base + frame_offset)
     buffer[frame_offset:frame_offset + len(frame)] = frame
     args.sigreturn_sp = sigreturn_sp
+    # rt_sigreturn does not touch the segment bases: the TLS pointer is set by the restorer.
+    args.fs_base, args.gs_base = thread.regs.fs_base, thread.regs.gs_base
     del args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr, proxy_arr
     return Area(base, bytes(buffer), base + blob.exports["restorer_entry"], addr[0], temp, tuple(keep))
 

@@ -39,6 +39,7 @@ void restore_process(struct restorer_args *args)
 	check(args, RESTORER_STEP_FILL_PAGES, fill_pages(args, &d), d);
 	check(args, RESTORER_STEP_PROTECT_VMAS, protect_vmas(args, &d), d);
 	check(args, RESTORER_STEP_REGISTER_RSEQ, register_rseq(args, &d), d);
+	check(args, RESTORER_STEP_THREAD_AREA, restore_thread_area(args, &d), d);
 	check(args, RESTORER_STEP_SIGACTIONS, restore_sigactions(args, 1, &d), d);
 	check(args, RESTORER_STEP_ALTSTACK, restore_altstack(args, &d), d);
 	check(args, RESTORER_STEP_ITIMERS, restore_itimers(args, &d), d);

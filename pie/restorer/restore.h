@@ -25,6 +25,8 @@ long move_vdso(const struct restorer_args *args, u64 *detail);
 
 long register_rseq(const struct restorer_args *args, u64 *detail);
 
+long restore_thread_area(const struct restorer_args *args, u64 *detail);
+
 long block_all_signals(void);
 long restore_sigactions(const struct restorer_args *args, int skip_sigtrap, u64 *detail);
 long restore_sigtrap_action(const struct restorer_args *args);

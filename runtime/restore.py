@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 
 from runtime import arch_x86_64 as arch
-from runtime import blobs, ptrace, restore_child
+from runtime import blobs, ptrace, restore_child, rseq
 from runtime.clone import clone_with_pid
 from runtime.errors import ReviveError, RestoreError
 from runtime.images import loader
@@ -45,8 +45,14 @@ class Restored:
     area: Area
 
 
-def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_mode: VdsoMode = VdsoMode.AUTO) -> int:
-    """Restore the image in directory; the restored process's exit status (0 at once with detach)."""
+def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_mode: VdsoMode = VdsoMode.AUTO,
+            leave_traced: bool = False) -> int:
+    """Restore the image in directory; the restored process's exit status (0 at once with detach).
+
+    leave_traced (for tests): return at once with the task still stopped
+    under this process's ptrace, in its own registers, before it has run
+    any of its own code.
+    """
     checkpoint = loader.load(directory)
     image = checkpoint.root
     process = image.process
@@ -57,9 +63,9 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
     fds = plan_fds(process, _open_fds())
     area = build_area(process, xstate, fds, vdso)
     plan = restore_child.ChildPlan(process, image.pages_path, fds, area, capped_rlimits(process))
-    restored = start(plan)
+    restored = start(plan, leave_traced)
     log.info("pid %d restored from %s", restored.pid, directory)
-    if detach:
+    if detach or leave_traced:
         return 0
     return wait_relaying_signals(restored.pid)
 
@@ -79,6 +85,7 @@ def check_restorable(process: Process, shell_job: bool) -> None:
     inherited = [fd.fd for fd in process.fds if fd.kind is FdKind.INHERIT]
     if inherited and not shell_job:
         raise RestoreError(process.pid, f"fds {inherited} are a shell job's stdio: restore with --shell-job")
+    rseq.check_kernel_supports(process)
 
 
 def capped_rlimits(process: Process) -> tuple[RLimit, ...]:
@@ -98,7 +105,7 @@ def _open_fds() -> list[int]:
     return [int(name) for name in os.listdir("/proc/self/fd")]
 
 
-def start(plan: restore_child.ChildPlan) -> Restored:
+def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored:
     """clone3 the child with the dumped PID and see it through the restorer into its own context."""
     pid = plan.process.pid
     go_r, go_w = os.pipe()
@@ -124,7 +131,11 @@ def start(plan: restore_child.ChildPlan) -> Restored:
         wait_for_restorer_trap(child, errors)
         follow_to_own_context(child, errors)
         unmap_restorer(child, plan.area)
-        ptrace.detach(child)
+        # After the unmap: its injected syscall returns to user mode outside any section,
+        # where the kernel clears rseq_cs; nothing returns there again before the task's own code.
+        rseq.write_back(child, plan.process.threads[0].rseq)
+        if not leave_traced:
+            ptrace.detach(child)
     return Restored(child, plan.area)
 
 

@@ -16,6 +16,7 @@ from runtime.dump import DumpOptions, dump
 from runtime.errors import ReviveError
 from runtime.images.show import show
 from runtime.infect import infect
+from runtime.restore import restore
 
 PARASITE_COMMANDS = ("noop", "echo", "misc", "sigactions", "thread")
 
@@ -41,6 +42,12 @@ def _parasite(args: argparse.Namespace) -> None:
 
 def _dump(args: argparse.Namespace) -> None:
     dump(args.pid, args.images_dir, DumpOptions(leave_running=args.leave_running, shell_job=args.shell_job))
+
+
+def _restore(args: argparse.Namespace) -> None:
+    status = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job)
+    if status:
+        raise SystemExit(status)
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -119,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
                              help="the process's stdio terminal or pipes belong to the caller's shell")
     _add_logging_options(dump_parser)
     dump_parser.set_defaults(run=_dump)
+
+    restore_parser = commands.add_parser("restore", help="restore a process from an image directory",
+                                         description="Restore the process dumped in DIR with its original PID; "
+                                                     "wait for it and exit with its status unless -d is given.")
+    restore_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="the image directory")
+    restore_parser.add_argument("-d", "--restore-detached", action="store_true",
+                                help="return once the process runs instead of waiting for it")
+    restore_parser.add_argument("--shell-job", action="store_true",
+                                help="reattach the process's stdio to this caller's terminal or pipes")
+    _add_logging_options(restore_parser)
+    restore_parser.set_defaults(run=_restore)
 
     show_parser = commands.add_parser("show", help="print an image directory",
                                       description="Validate the image in DIR as restore does and print it.")

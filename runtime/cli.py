@@ -17,6 +17,7 @@ from runtime.errors import ReviveError
 from runtime.images.show import show
 from runtime.infect import infect
 from runtime.restore import restore
+from runtime.vdso import VdsoMode
 
 PARASITE_COMMANDS = ("noop", "echo", "misc", "sigactions", "thread")
 
@@ -45,7 +46,8 @@ def _dump(args: argparse.Namespace) -> None:
 
 
 def _restore(args: argparse.Namespace) -> None:
-    status = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job)
+    status = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
+                     vdso_mode=VdsoMode(args.vdso))
     if status:
         raise SystemExit(status)
 
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="return once the process runs instead of waiting for it")
     restore_parser.add_argument("--shell-job", action="store_true",
                                 help="reattach the process's stdio to this caller's terminal or pipes")
+    restore_parser.add_argument("--vdso", choices=[m.value for m in VdsoMode], default=VdsoMode.AUTO.value,
+                                help="remap the running vDSO to the dumped place (needs the same vDSO), "
+                                     "proxy the dumped one, or auto: remap when they match (docs/vdso.md)")
     _add_logging_options(restore_parser)
     restore_parser.set_defaults(run=_restore)
 

@@ -3,6 +3,8 @@
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import capstone
@@ -34,6 +36,7 @@ class Restorable:
         self.pid = self.target.pid
         self.seen = 1
         self.restored = False
+        self.restored_elsewhere = False  # by a CLI process: its child, not ours
 
     def lines(self, tag):
         return [line for line in self.target.out.read_text().splitlines() if line.startswith(tag + " ")]
@@ -67,7 +70,11 @@ class Restorable:
         self.restored = False
 
     def stop(self):
-        if self.restored:
+        if self.restored_elsewhere:
+            os.kill(self.pid, signal.SIGKILL)
+            while os.path.exists(f"/proc/{self.pid}"):  # init reaps it
+                time.sleep(0.01)
+        elif self.restored:
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
         else:
@@ -196,3 +203,22 @@ def test_symbol_missing_from_the_running_vdso_refuses_the_restore(restorable):
     with pytest.raises(RestoreError, match="lacks __vdso_getrandoX"):
         restorable.restore(VdsoMode.AUTO)
     assert not os.path.exists(f"/proc/{restorable.pid}")
+
+
+def run_cli(*argv):
+    return subprocess.run([sys.executable, "-m", "runtime", *argv], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_vdso_option_and_show_say_which_path(restorable):
+    running = read_running_vdso()
+    write_vdso(restorable.pid, restorable.target.addr("vdso"), shift_functions(running.vdso.image, 0x40))
+    restorable.dump()
+    shown = run_cli("show", str(restorable.images))
+    assert shown.returncode == 0 and "vdso on restore here: proxy (the running vDSO differs" in shown.stdout
+    refused = run_cli("restore", "-D", str(restorable.images), "-d", "--vdso=remap")
+    assert refused.returncode == 1 and "--vdso=remap impossible" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not os.path.exists(f"/proc/{restorable.pid}")
+    done = run_cli("restore", "-D", str(restorable.images), "-d", "--vdso=proxy")
+    assert done.returncode == 0, done.stderr
+    restorable.restored_elsewhere = True
+    assert special_ranges(restorable.pid)["[vdso]"][0] != restorable.target.addr("vdso")

@@ -180,10 +180,15 @@ def classify(tid: int, regs: arch.UserRegs) -> RseqFixup:
     if rseq_cs >= TASK_SIZE:
         raise DumpError(tid, f"rseq_cs {rseq_cs:#x} in the rseq area at {conf.address:#x} is not a user address "
                              "(the kernel would kill the thread with SIGSEGV)")
-    cs = read_descriptor(tid, rseq_cs)
+    try:
+        cs = read_descriptor(tid, rseq_cs)
+    except PtraceError as exc:
+        raise DumpError(tid, f"rseq descriptor at {rseq_cs:#x} is unreadable ({os.strerror(exc.errno)}): "
+                             "the kernel would kill the thread with SIGSEGV") from exc
     problem = descriptor_problem(tid, cs, conf.signature)
     if problem is not None:
-        raise DumpError(tid, f"rseq descriptor at {rseq_cs:#x}: {problem} (the kernel would kill the thread with SIGSEGV)")
+        raise DumpError(tid, f"rseq descriptor at {rseq_cs:#x}: {problem} "
+                             "(the kernel would kill the thread with SIGSEGV)")
     resume = arch.resume_registers(regs)
     if not in_critical_section(resume.rip, cs):
         return RseqFixup(Rseq(conf.address, conf.size, conf.signature, RseqCase.OUTSIDE, rseq_cs, cs),
@@ -191,7 +196,8 @@ def classify(tid: int, regs: arch.UserRegs) -> RseqFixup:
     area_flags = read_u32(tid, conf.address + RSEQ_FLAGS_OFFSET)
     unknown = (cs.flags | area_flags) & ~NO_RESTART_FLAGS
     if unknown:
-        raise DumpError(tid, f"rseq flags {unknown:#x} unknown to every kernel (descriptor {cs.flags:#x}, area {area_flags:#x})")
+        raise DumpError(tid, f"rseq flags {unknown:#x} unknown to every kernel "
+                             f"(descriptor {cs.flags:#x}, area {area_flags:#x})")
     if (cs.flags | area_flags) & RseqCsFlag.NO_RESTART_ON_SIGNAL:
         return RseqFixup(Rseq(conf.address, conf.size, conf.signature, RseqCase.NO_RESTART, rseq_cs, cs),
                          arch.copy_regs(regs), False)

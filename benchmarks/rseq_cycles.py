@@ -12,6 +12,7 @@ beyond the targets' own checks.
 """
 
 import argparse
+import logging
 import statistics
 import sys
 import tempfile
@@ -86,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=50)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # the per-restore NO_RESTART warning would drown the table
     print(f"{'case':34} {'cycles':>6} {'inside':>6} {'abort':>6} {'no_restart':>10} {'outside':>7} "
           f"{'dump ms':>9} {'restore ms':>11}")
     with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:

@@ -97,7 +97,9 @@ def run(plan: ChildPlan, go_fd: int, err_fd: int) -> None:
         enter_restorer(plan.area)
     except Exception as exc:
         fd = plan.fds.err if _is_open(plan.fds.err) else err_fd
-        os.write(fd, CHILD_ERROR_TAG + str(exc).encode(errors="replace"))
+        # The parent's RestoreError names our PID already.
+        own = isinstance(exc, RestoreError) and exc.what == os.getpid()
+        os.write(fd, CHILD_ERROR_TAG + (exc.reason if own else str(exc)).encode(errors="replace"))
     finally:
         os._exit(1)
 

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from runtime import arch_x86_64 as arch
 from runtime import blobs
 from runtime.errors import RestoreError
-from runtime.images.model import PAGE_SIZE, TASK_SIZE, FdKind, Process, Vma, VmaKind
+from runtime.images.model import PAGE_SIZE, TASK_SIZE, Process, Vma, VmaKind
 from runtime.procfs.maps import read_mappings
-from runtime.restore_vdso import Range
 from runtime.vdso import VdsoPlan
 
 # Below 4 GiB sit non-PIE executables and their brk heaps; above the gaps
@@ -44,6 +43,16 @@ O_RDONLY = os.O_RDONLY
 O_RDWR = os.O_RDWR
 
 _KERNEL_KINDS = (VmaKind.VVAR, VmaKind.VVAR_VCLOCK, VmaKind.VDSO)
+
+
+@dataclass(frozen=True)
+class Range:
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
 
 
 @dataclass(frozen=True)

@@ -20,37 +20,39 @@ static void fail(const struct restorer_args *args, u32 step, long err, u64 detai
 	__builtin_unreachable();
 }
 
-static void check(const struct restorer_args *args, u32 step, long ret, u64 detail)
+/* detail is read only after the step ran: C leaves argument evaluation order open. */
+static void check(const struct restorer_args *args, u32 step, long ret, const u64 *detail)
 {
 	if (ret)
-		fail(args, step, ret, detail);
+		fail(args, step, ret, *detail);
 }
 
 void restore_process(struct restorer_args *args)
 {
+	const u64 none = 0, sigtrap = 5;
 	u64 d = 0;
 
-	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), 0);
-	check(args, RESTORER_STEP_UNMAP_OLD, unmap_old(args, &d), d);
-	check(args, RESTORER_STEP_SET_MM_MAP, set_mm_map(args, &d), d);
-	check(args, RESTORER_STEP_MOVE_VDSO, move_vdso(args, &d), d);
-	check(args, RESTORER_STEP_VDSO_PROXY, map_vdso_proxy(&args->vdso_proxy, &d), d);
-	check(args, RESTORER_STEP_MAP_VMAS, map_vmas(args, &d), d);
-	check(args, RESTORER_STEP_FILL_PAGES, fill_pages(args, &d), d);
-	check(args, RESTORER_STEP_PROTECT_VMAS, protect_vmas(args, &d), d);
-	check(args, RESTORER_STEP_REGISTER_RSEQ, register_rseq(args, &d), d);
-	check(args, RESTORER_STEP_THREAD_AREA, restore_thread_area(args, &d), d);
-	check(args, RESTORER_STEP_SIGACTIONS, restore_sigactions(args, 1, &d), d);
-	check(args, RESTORER_STEP_ALTSTACK, restore_altstack(args, &d), d);
-	check(args, RESTORER_STEP_ITIMERS, restore_itimers(args, &d), d);
+	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), &none);
+	check(args, RESTORER_STEP_UNMAP_OLD, unmap_old(args, &d), &d);
+	check(args, RESTORER_STEP_SET_MM_MAP, set_mm_map(args, &d), &d);
+	check(args, RESTORER_STEP_MOVE_VDSO, move_vdso(args, &d), &d);
+	check(args, RESTORER_STEP_VDSO_PROXY, map_vdso_proxy(&args->vdso_proxy, &d), &d);
+	check(args, RESTORER_STEP_MAP_VMAS, map_vmas(args, &d), &d);
+	check(args, RESTORER_STEP_FILL_PAGES, fill_pages(args, &d), &d);
+	check(args, RESTORER_STEP_PROTECT_VMAS, protect_vmas(args, &d), &d);
+	check(args, RESTORER_STEP_REGISTER_RSEQ, register_rseq(args, &d), &d);
+	check(args, RESTORER_STEP_THREAD_AREA, restore_thread_area(args, &d), &d);
+	check(args, RESTORER_STEP_SIGACTIONS, restore_sigactions(args, 1, &d), &d);
+	check(args, RESTORER_STEP_ALTSTACK, restore_altstack(args, &d), &d);
+	check(args, RESTORER_STEP_ITIMERS, restore_itimers(args, &d), &d);
 
 	trap_to_tracer();
 
 	/* The forced SIGTRAP unblocked SIGTRAP; nothing may be delivered here. */
-	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), 0);
-	check(args, RESTORER_STEP_SIGACTIONS, restore_sigtrap_action(args), 5);
-	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_pending_signals(args, &d), d);
+	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), &none);
+	check(args, RESTORER_STEP_SIGACTIONS, restore_sigtrap_action(args), &sigtrap);
+	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_pending_signals(args, &d), &d);
 	/* Last: err_fd is among these, and nothing can fail after it. */
-	check(args, RESTORER_STEP_CLOSE_FDS, close_fds(args, &d), d);
+	check(args, RESTORER_STEP_CLOSE_FDS, close_fds(args, &d), &d);
 	sigreturn_to_task(args->sigreturn_sp);
 }

@@ -51,9 +51,6 @@ class Blob:
     def memory_size(self) -> int:
         return (self.size + self.bss_size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
-    def export_offset(self, name: str) -> int:
-        return next(e.offset for e in self.exports if e.name == name)
-
     def to_manifest(self) -> dict:
         return {
             "name": self.name,

@@ -12,7 +12,6 @@ import lief
 from blobgen.errors import BlobError
 
 SHN_UNDEF = 0
-SHN_ABS = 0xFFF1
 SHN_COMMON = 0xFFF2
 SHF_TLS = 0x400
 

@@ -93,10 +93,6 @@ def camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
-def _align_up(value: int, align: int) -> int:
-    return (value + align - 1) // align * align
-
-
 def _lay_out(raw: dict, known: dict[str, Struct], constants: dict[str, int]) -> Struct:
     name = raw["name"]
     offset, align, fields = 0, 1, []

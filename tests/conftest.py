@@ -1,9 +1,11 @@
-"""Shared pytest fixtures: the build tree every test relies on."""
+"""Shared pytest fixtures: the build tree every test relies on, and targets several test files start."""
 
 import pathlib
 import subprocess
 
 import pytest
+
+from dump_support import start_target, target_path
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -20,3 +22,11 @@ def build_tree() -> pathlib.Path:
     if done.returncode != 0:
         pytest.exit(f"scons blobs targets failed:\n{done.stdout}{done.stderr}", returncode=1)
     return REPO / "build"
+
+
+@pytest.fixture
+def pages_target(tmp_path):
+    """The dump_pages target (known pages in every kind of mapping), killed and reaped afterwards."""
+    target = start_target([str(target_path("dump_pages")), str(tmp_path / "backing")], tmp_path)
+    yield target
+    target.stop()

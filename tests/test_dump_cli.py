@@ -16,13 +16,6 @@ def run_dump(*args):
                           capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture
-def pages_target(tmp_path):
-    target = start_target([str(target_path("dump_pages")), str(tmp_path / "backing")], tmp_path)
-    yield target
-    target.stop()
-
-
 def test_dump_kills_the_target_after_a_successful_dump(pages_target, tmp_path):
     result = run_dump("-t", pages_target.pid, "-D", tmp_path / "img")
     assert (result.returncode, result.stderr) == (0, "")

@@ -69,13 +69,6 @@ def read_counter(target):
 
 
 @pytest.fixture
-def pages_target(tmp_path):
-    target = start_target([str(target_path("dump_pages")), str(tmp_path / "backing")], tmp_path)
-    yield target
-    target.stop()
-
-
-@pytest.fixture
 def state_target(tmp_path):
     target = start_target([str(target_path("dump_state")), str(tmp_path / "state-file")], tmp_path)
     yield target

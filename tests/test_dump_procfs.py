@@ -16,13 +16,6 @@ PAGE = 4096
 
 
 @pytest.fixture
-def pages_target(tmp_path):
-    target = start_target([str(target_path("dump_pages")), str(tmp_path / "backing")], tmp_path)
-    yield target
-    target.stop()
-
-
-@pytest.fixture
 def refused_target(tmp_path, request):
     target = start_target([str(target_path("dump_refused")), request.param], tmp_path)
     yield target

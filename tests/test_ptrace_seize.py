@@ -12,7 +12,7 @@ from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking, snapshot, thread_states, wait_for_line
 from runtime import arch_x86_64 as arch
 from runtime import ptrace
-from runtime.errors import (AccessDenied, AlreadyTraced, KernelThread, NoSuchProcess, OwnProcess,
+from runtime.errors import (AlreadyTraced, KernelThread, NoSuchProcess, OwnProcess,
                             ZombieProcess)
 from runtime.remote_syscall import RemoteSyscall
 from runtime.seize import seize

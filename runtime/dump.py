@@ -28,8 +28,8 @@ from runtime import arch_x86_64 as arch
 from runtime import ptrace, rseq
 from runtime.errors import DumpError, ReviveError
 from runtime.images import layout
-from runtime.images.model import (PAGE_SIZE, Fd, FdKind, MmFields, PageRun, Process, Registers, Rseq, ThreadCore,
-                                  VdsoInfo, Vma, VmaKind)
+from runtime.images.model import (PAGE_SIZE, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
+                                  ThreadCore, VdsoInfo, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
 from runtime.infect import infect
 from runtime.parasite import Iovec
@@ -313,7 +313,7 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         pid=pid, ppid=st.ppid, pgid=st.pgid, sid=st.sid, comm=st.comm,
         personality=snapshot.personality, umask=misc.umask, cwd=snapshot.cwd, root=snapshot.root,
         dumpable=misc.dumpable, creds=snapshot.status.creds, mm=mm,
-        rlimits=misc.rlimits, sigactions=sigactions, itimers=misc.itimers,
+        rlimits=misc.rlimits, sigactions=sigactions, itimers=armed_itimers(misc.itimers),
         shared_pending=snapshot.shared_pending, vmas=snapshot.vmas, page_runs=snapshot.page_runs,
         fds=snapshot.fds, threads=(core,), vdso=snapshot.vdso_info, shell_job=options.shell_job,
     )
@@ -322,6 +322,21 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         writer.write_vdso(pid, snapshot.vdso.image)
     writer.write_process(process)
     return process
+
+
+def armed_itimers(itimers: tuple[ITimer, ...]) -> tuple[ITimer, ...]:
+    """The timers as setitimer must see them at restore.
+
+    An ITIMER_REAL that expired while the task was stopped reads as value 0
+    with its interval still set: the kernel re-arms it only when the task
+    dequeues that SIGALRM. setitimer with value 0 would disarm it, so an
+    expired periodic REAL timer is recorded as due again one interval on.
+    (VIRTUAL and PROF are re-armed by the kernel at expiry.)
+    """
+    real, *others = itimers
+    if (real.value_sec, real.value_usec) == (0, 0) and (real.interval_sec, real.interval_usec) != (0, 0):
+        real = replace(real, value_sec=real.interval_sec, value_usec=real.interval_usec)
+    return (real, *others)
 
 
 def _remove_partial_images(directory: Path, created_directory: bool) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from runtime import arch_x86_64 as arch
 from runtime import blobs
 from runtime.errors import RestoreError
-from runtime.images.model import PAGE_SIZE, TASK_SIZE, Process, Vma, VmaKind
+from runtime.images.model import PAGE_SIZE, TASK_SIZE, Creds, Process, Vma, VmaKind
 from runtime.procfs.maps import read_mappings
 from runtime.vdso import VdsoPlan
 
@@ -43,6 +43,8 @@ O_RDONLY = os.O_RDONLY
 O_RDWR = os.O_RDWR
 
 _KERNEL_KINDS = (VmaKind.VVAR, VmaKind.VVAR_VCLOCK, VmaKind.VDSO)
+
+CAP_LAST_CAP_PATH = "/proc/sys/kernel/cap_last_cap"
 
 
 @dataclass(frozen=True)
@@ -252,8 +254,36 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan |
     args.sigreturn_sp = sigreturn_sp
     # rt_sigreturn does not touch the segment bases: the TLS pointer is set by the restorer.
     args.fs_base, args.gs_base = thread.regs.fs_base, thread.regs.gs_base
+    _fill_creds(args.creds, process)
     del args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr, proxy_arr
     return Area(base, bytes(buffer), base + blob.exports["restorer_entry"], addr[0], temp, tuple(keep))
+
+
+def read_cap_last_cap() -> int:
+    with open(CAP_LAST_CAP_PATH) as f:
+        return int(f.read())
+
+
+def _fill_creds(slot, process: Process) -> None:
+    """The restorer's last step installs these; what it cannot hold or the kernel cannot set is refused here."""
+    creds: Creds = process.creds
+    if len(creds.groups) > len(slot.groups):
+        raise RestoreError(process.pid, f"creds: {len(creds.groups)} supplementary groups, "
+                                        f"the restorer takes at most {len(slot.groups)}")
+    last = read_cap_last_cap()
+    known = (1 << (last + 1)) - 1
+    for name in ("cap_effective", "cap_permitted", "cap_inheritable", "cap_ambient"):
+        if getattr(creds, name) & ~known:
+            raise RestoreError(process.pid, f"creds: {name} {getattr(creds, name):#x} has capabilities above "
+                                            f"this kernel's last, {last}")
+        setattr(slot, name, getattr(creds, name))
+    # Bounding bits above the last capability mean nothing to this kernel: nothing to drop.
+    slot.cap_bounding, slot.cap_last_cap = creds.cap_bounding & known, last
+    slot.uid, slot.euid, slot.suid, slot.fsuid = creds.uids
+    slot.gid, slot.egid, slot.sgid, slot.fsgid = creds.gids
+    slot.nr_groups = len(creds.groups)
+    slot.groups[:len(creds.groups)] = list(creds.groups)
+    slot.no_new_privs, slot.dumpable = int(creds.no_new_privs), process.dumpable
 
 
 def _fill_vdso_moves(args, vdso: VdsoPlan, temp: Range) -> None:

@@ -1,9 +1,10 @@
 """The restoring child: from a copy of the runtime to a process about to enter the restorer.
 
 Why these steps here and not in the restorer: opening files by path,
-chdir/chroot, rlimits and credentials are easy and well-reported from
-Python and need nothing the old address space lacks; the restorer (no
-libc) only does what must happen after the old memory is gone. The child
+chdir/chroot and rlimits are easy and well-reported from Python and need
+nothing the old address space lacks; the restorer (no libc) does what must
+happen after the old memory is gone, and the credentials (creds.c), because
+its own steps need the runtime's privileges the target may not have. The child
 is a raw clone3 copy of the runtime (no fork handlers ran), so it starts no
 threads and ends in the restorer or in os._exit; any failure is written as
 one line to the error pipe, which the parent turns into the RestoreError.
@@ -11,8 +12,7 @@ one line to the error pipe, which the parent turns into the RestoreError.
 Order matters: the fds the restorer needs move above every target number
 first, so reopening the target's descriptors cannot clobber them; the
 restorer area is mapped before rlimits (a lower RLIMIT_AS must not refuse
-it); credentials come last because dropping them may take away the rights
-the earlier steps use.
+it).
 """
 
 import ctypes
@@ -24,28 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import RestoreError
-from runtime.images.model import Creds, FdKind, Process, RLimit
+from runtime.images.model import FdKind, Process, RLimit
 from runtime.restore_area import Area, HelperFds
 
 CHILD_ERROR_TAG = b"child:"
 
 NR_RSEQ = 334
 NR_ARCH_PRCTL = 158
-NR_CAPGET = 125
-NR_CAPSET = 126
 ARCH_GET_FS = 0x1003
 RSEQ_FLAG_UNREGISTER = 1
 RSEQ_SIG = 0x53053053  # glibc's x86 signature (sysdeps/unix/sysv/linux/x86/bits/rseq.h)
 
 PR_SET_NAME = 15
-PR_SET_DUMPABLE = 4
-PR_SET_KEEPCAPS = 8
-PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_RAISE = 2
-CAP_LAST = 63
-LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 PROT_RWX = 0x7
 MAP_PRIVATE = 0x02
@@ -92,7 +82,6 @@ def run(plan: ChildPlan, go_fd: int, err_fd: int) -> None:
         map_restorer_area(plan.area)
         set_rlimits(plan.rlimits)
         set_identity(plan.process)
-        set_creds(plan.process.creds)
         unregister_glibc_rseq(rseq_len)
         enter_restorer(plan.area)
     except Exception as exc:
@@ -194,62 +183,12 @@ def set_rlimits(rlimits: tuple[RLimit, ...]) -> None:
 
 
 def set_identity(process: Process) -> None:
-    """Name and personality: what the process sees of itself without exec having run."""
+    """Name and personality: what the process sees of itself without exec having run.
+
+    Dumpability is the restorer's last credential step: a uid change resets it.
+    """
     _check(_libc.prctl(PR_SET_NAME, process.comm.encode()[:15], 0, 0, 0), "prctl(PR_SET_NAME)")
     _check(_libc.personality(ctypes.c_ulong(process.personality)), "personality")
-    _check(_libc.prctl(PR_SET_DUMPABLE, process.dumpable, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int32)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
-def _current_caps() -> tuple[int, int, int]:
-    header, data = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
-    _check(_libc.syscall(NR_CAPGET, ctypes.byref(header), data), "capget")
-    join = lambda name: getattr(data[0], name) | getattr(data[1], name) << 32  # noqa: E731
-    return join("effective"), join("permitted"), join("inheritable")
-
-
-def set_creds(creds: Creds) -> None:
-    """Groups, gids, uids, then capabilities, only where they differ from ours.
-
-    KEEPCAPS keeps the permitted set across a uid change so the dumped sets
-    can be installed after it.
-    """
-    ruid, euid, suid, fsuid = creds.uids
-    rgid, egid, sgid, fsgid = creds.gids
-    if sorted(os.getgroups()) != sorted(creds.groups):
-        os.setgroups(list(creds.groups))
-    if os.getresgid() != (rgid, egid, sgid):
-        os.setresgid(rgid, egid, sgid)
-    _libc.setfsgid(fsgid)
-    if os.getresuid() != (ruid, euid, suid):
-        _check(_libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
-        os.setresuid(ruid, euid, suid)
-    _libc.setfsuid(fsuid)
-    for cap in range(CAP_LAST + 1):
-        if not creds.cap_bounding >> cap & 1:
-            # EINVAL: a capability this kernel does not know, nothing to drop.
-            if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:
-                _check(-1, f"prctl(PR_CAPBSET_DROP, {cap})")
-    wanted = (creds.cap_effective, creds.cap_permitted, creds.cap_inheritable)
-    if _current_caps() != wanted:
-        header, data = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
-        for i in range(2):
-            data[i].effective = creds.cap_effective >> (32 * i) & 0xFFFFFFFF
-            data[i].permitted = creds.cap_permitted >> (32 * i) & 0xFFFFFFFF
-            data[i].inheritable = creds.cap_inheritable >> (32 * i) & 0xFFFFFFFF
-        _check(_libc.syscall(NR_CAPSET, ctypes.byref(header), data), "capset")
-    for cap in range(CAP_LAST + 1):
-        if creds.cap_ambient >> cap & 1:
-            _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), f"raise ambient capability {cap}")
-    if creds.no_new_privs:
-        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 def unregister_glibc_rseq(length: int) -> None:

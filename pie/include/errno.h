@@ -2,6 +2,7 @@
 #ifndef PIE_ERRNO_H
 #define PIE_ERRNO_H
 
+#define EPERM 1
 #define EINTR 4
 #define EIO 5
 #define EBADF 9

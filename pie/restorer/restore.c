@@ -45,6 +45,8 @@ void restore_process(struct restorer_args *args)
 	check(args, RESTORER_STEP_SIGACTIONS, restore_sigactions(args, 1, &d), &d);
 	check(args, RESTORER_STEP_ALTSTACK, restore_altstack(args, &d), &d);
 	check(args, RESTORER_STEP_ITIMERS, restore_itimers(args, &d), &d);
+	/* Last before the trap: every step above may need the runtime's privileges. */
+	check(args, RESTORER_STEP_CREDS, restore_creds(args, &d), &d);
 
 	trap_to_tracer();
 

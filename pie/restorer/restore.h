@@ -1,5 +1,5 @@
 /*
- * The restorer's steps, one file per concern (mm.c, vdso.c, sig.c, rseq.c),
+ * The restorer's steps, one file per concern (mm.c, vdso.c, sig.c, rseq.c, creds.c),
  * run in order by restore.c. Each step returns 0 or a negative errno and may
  * set *detail (e.g. the address it failed at) for the error record.
  */
@@ -26,6 +26,8 @@ long move_vdso(const struct restorer_args *args, u64 *detail);
 long register_rseq(const struct restorer_args *args, u64 *detail);
 
 long restore_thread_area(const struct restorer_args *args, u64 *detail);
+
+long restore_creds(const struct restorer_args *args, u64 *detail);
 
 long block_all_signals(void);
 long restore_sigactions(const struct restorer_args *args, int skip_sigtrap, u64 *detail);

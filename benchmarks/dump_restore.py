@@ -11,7 +11,6 @@ usage: python benchmarks/dump_restore.py [--sizes 64,512,2048]
 """
 
 import argparse
-import ctypes
 import os
 import shutil
 import signal
@@ -21,16 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from runtime.clone import become_subreaper
+
 REPO = Path(__file__).resolve().parent.parent
 TARGET = REPO / "build" / "targets" / "restore_state"
 SHM = Path("/dev/shm")
-
-
-def become_subreaper() -> None:
-    """`restore -d` leaves the restored process behind; as subreaper we reap it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def timed(command: list[str]) -> tuple[float, int]:

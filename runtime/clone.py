@@ -20,6 +20,7 @@ import signal
 from runtime.errors import RestoreError
 
 NR_CLONE3 = 435
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class CloneArgs(ctypes.Structure):
@@ -64,3 +65,15 @@ def clone_with_pid(pid: int) -> int:
 def _pid_max() -> int:
     with open("/proc/sys/kernel/pid_max") as f:
         return int(f.read())
+
+
+def become_subreaper() -> None:
+    """Make the orphans of our children ours to reap.
+
+    `restore -d` returns while the restored process runs on; it was the
+    restore command's child, so without this it would be reparented to init
+    and a caller that kills it could not reap it (its PID stays taken).
+    """
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")

@@ -5,7 +5,6 @@ real `python3` process that prints a growing sequence into a file, and then
 checks the sequence after restore continues with no gap and no repeat.
 """
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -15,6 +14,8 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+
+from runtime.clone import become_subreaper
 
 COUNTER_PROGRAM = """
 import time
@@ -42,14 +43,6 @@ def runtime(*args: str) -> subprocess.CompletedProcess:
 
 def numbers(log: Path) -> list[int]:
     return [int(line) for line in log.read_text().split()]
-
-
-def become_subreaper() -> None:
-    """The restored process outlives `restore -d`; as subreaper we get to reap it."""
-    PR_SET_CHILD_SUBREAPER = 36
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import resource
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,18 @@ def start_sleeper() -> subprocess.Popen:
 def stop_and_reap(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()
+
+
+def image_of_a_sleep(directory: Path) -> Snapshot:
+    """A `sleep` snapshotted and written to directory; the sleep is reaped whatever happens."""
+    proc = start_sleeper()
+    try:
+        time.sleep(0.05)
+        snap = snapshot(proc.pid)
+        write_image(directory, snap)
+        return snap
+    finally:
+        stop_and_reap(proc)
 
 
 def snapshot(pid: int) -> Snapshot:

@@ -3,12 +3,11 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from images_sample import snapshot, start_sleeper, stop_and_reap, write_image
+from images_sample import image_of_a_sleep
 from runtime.images import codec, layout
 from runtime.images.model import Inventory, Process
 
@@ -17,15 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    proc = start_sleeper()
-    try:
-        time.sleep(0.05)
-        snap = snapshot(proc.pid)
-        directory = tmp_path_factory.mktemp("show") / "img"
-        write_image(directory, snap)
-        return directory, snap
-    finally:
-        stop_and_reap(proc)
+    directory = tmp_path_factory.mktemp("show") / "img"
+    return directory, image_of_a_sleep(directory)
 
 
 def run_show(*args) -> subprocess.CompletedProcess:

@@ -5,13 +5,12 @@ import json
 import os
 import shutil
 import stat
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from images_sample import replace, snapshot, start_sleeper, stop_and_reap, write_image
+from images_sample import image_of_a_sleep, replace
 from runtime.errors import ImageError
 from runtime.images import codec, layout
 from runtime.images.cpu import current_xsave_features
@@ -22,15 +21,8 @@ from runtime.images.writer import ImageWriter
 
 @pytest.fixture(scope="module")
 def image_of_sleep(tmp_path_factory):
-    proc = start_sleeper()
-    try:
-        time.sleep(0.05)
-        snap = snapshot(proc.pid)
-        directory = tmp_path_factory.mktemp("pristine") / "img"
-        write_image(directory, snap)
-        return directory, snap
-    finally:
-        stop_and_reap(proc)
+    directory = tmp_path_factory.mktemp("pristine") / "img"
+    return directory, image_of_a_sleep(directory)
 
 
 @pytest.fixture

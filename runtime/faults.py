@@ -1,0 +1,87 @@
+"""Named failure points: a test makes one step of a dump or a restore fail, or the runtime die there.
+
+Why: "a failed dump leaves the target running exactly as before" and "a
+failed restore leaves no process behind" are promises about every step, and
+only a test that really fails each step can keep them. The steps are named
+here once (the tests iterate over these tuples); the code calls `point(name)`
+where that step happens. Nothing happens unless the environment variable
+REVIVE_FAULT names a step:
+
+    REVIVE_FAULT=dump.infect            the step raises InjectedFault
+    REVIVE_FAULT=dump.pages:die         the runtime SIGKILLs itself there
+    REVIVE_FAULT=dump.thread@3          the 3rd time the point is reached (counting from 1)
+
+The restorer's own steps (`restore.restorer.<step>`) are named after the
+protocol's restorer_step enum and are checked inside the blob, which is told
+the step to fail in its argument block (runtime/restore_area.py).
+"""
+
+import os
+import signal
+
+from runtime.errors import ReviveError
+
+ENV = "REVIVE_FAULT"
+
+DUMP_STEPS = (
+    "dump.seize",  # every thread stopped
+    "dump.snapshot",  # /proc and ptrace read, refusals checked
+    "dump.infect",  # the parasite is in and answers
+    "dump.misc",  # parasite GET_MISC
+    "dump.sigactions",  # parasite DUMP_SIGACTIONS
+    "dump.thread",  # parasite DUMP_THREAD
+    "dump.pages",  # page transfer started
+    "dump.cure",  # the parasite is gone again
+    "dump.write",  # images written, inventory not yet
+    "dump.kill",  # the inventory is written; the target is about to be killed (or released)
+)
+
+RESTORE_STEPS = (
+    "restore.validate",  # the image is loaded and checked
+    "restore.clone",  # the processes are about to be created
+    "restore.child",  # the restoring child reopened the files, before the restorer
+    "restore.handover",  # the restorer trapped; the task is followed into its own context
+)
+
+RESTORER_PREFIX = "restore.restorer."
+
+
+class InjectedFault(ReviveError):
+    """A failure a test asked for; it travels the same paths as a real one."""
+
+    def __init__(self, step: str):
+        self.step = step
+        super().__init__(f"injected failure at step {step} ({ENV})")
+
+
+_reached: dict[str, int] = {}
+
+
+def _wanted() -> tuple[str, str, int] | None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return None
+    spec, _, mode = spec.partition(":")
+    step, _, nth = spec.partition("@")
+    return step, mode, int(nth) if nth else 1
+
+
+def point(step: str) -> None:
+    """Fail here (or die here) when REVIVE_FAULT names this step and this is the asked-for time."""
+    wanted = _wanted()
+    if wanted is None or wanted[0] != step:
+        return
+    _reached[step] = _reached.get(step, 0) + 1
+    if _reached[step] != wanted[2]:
+        return
+    if wanted[1] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise InjectedFault(step)
+
+
+def restorer_step() -> str | None:
+    """The restorer step (lower-case enum name) a test asked the blob to fail, if any."""
+    wanted = _wanted()
+    if wanted is None or not wanted[0].startswith(RESTORER_PREFIX):
+        return None
+    return wanted[0][len(RESTORER_PREFIX):]

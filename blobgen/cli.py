@@ -5,6 +5,7 @@ on stderr with exit status 2, so SCons and people see exactly what is wrong.
 """
 
 import argparse
+import importlib.metadata
 import os
 import pathlib
 import sys
@@ -32,18 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out-dir", type=pathlib.Path, required=True)
     b.add_argument("--require", nargs="+", default=[], metavar="EXPORT", help="exports without the __export_ prefix")
 
-    sub.add_parser("protocol", help="render pie/protocol.toml (see blobgen protocol --help)", add_help=False)
+    protocol_parser = sub.add_parser("protocol", help="render pie/protocol.toml (see blobgen protocol --help)", add_help=False)
 
     i = sub.add_parser("inspect", help="show what is inside a .bin, a .built-in.o or a NAME_blob.py")
     i.add_argument("file", type=pathlib.Path)
     i.add_argument("--json", action="store_true", help="print the report as JSON")
-    i.add_argument("--disasm", action="store_true", help="disassemble the first instructions of each export")
+    i.add_argument("--disasm", action="store_true", help="disassemble each export, up to its end")
+    version = f"revive {importlib.metadata.version('revive')}"  # the installed distribution's, as the runtime's
+    for each in (parser, b, protocol_parser, i):
+        each.add_argument("--version", action="version", version=version, help="print the version and exit")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["protocol"]:
+    if argv[:1] == ["protocol"] and argv[1:] != ["--version"]:
         return protocol.main(argv[1:])
     args = _parser().parse_args(argv)
     try:

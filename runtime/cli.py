@@ -8,10 +8,12 @@ is kept here once and each subcommand only adds its parser and its function.
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import sys
 
+from runtime.check import check
 from runtime.dump import DumpOptions, dump
 from runtime.errors import ReviveError
 from runtime.images.show import show
@@ -54,6 +56,17 @@ def _restore(args: argparse.Namespace) -> None:
 
 def _show(args: argparse.Namespace) -> None:
     show(args.directory, args.json)
+
+
+def _check(args: argparse.Namespace) -> None:
+    status = check(args.json)
+    if status:
+        raise SystemExit(status)
+
+
+def version_text() -> str:
+    """`revive VERSION`, the version being the installed distribution's (pyproject.toml's, nowhere else)."""
+    return f"revive {importlib.metadata.version('revive')}"
 
 
 def _add_logging_options(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="the process to dump")
     dump_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="where to write the images")
     dump_parser.add_argument("--leave-running", action="store_true", help="let the process run on after the dump")
-    dump_parser.add_argument("--shell-job", action="store_true",
+    dump_parser.add_argument("-j", "--shell-job", action="store_true",
                              help="the process's stdio terminal or pipes belong to the caller's shell")
     _add_logging_options(dump_parser)
     dump_parser.set_defaults(run=_dump)
@@ -135,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="the image directory")
     restore_parser.add_argument("-d", "--restore-detached", action="store_true",
                                 help="return once the process runs instead of waiting for it")
-    restore_parser.add_argument("--shell-job", action="store_true",
+    restore_parser.add_argument("-j", "--shell-job", action="store_true",
                                 help="reattach the process's stdio to this caller's terminal or pipes")
     restore_parser.add_argument("--vdso", choices=[m.value for m in VdsoMode], default=VdsoMode.AUTO.value,
                                 help="remap the running vDSO to the dumped place (needs the same vDSO), "
@@ -148,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     show_parser.add_argument("directory", metavar="DIR", help="the image directory")
     show_parser.add_argument("--json", action="store_true", help="print everything as JSON, for programs")
     show_parser.set_defaults(run=_show)
+
+    check_parser = commands.add_parser("check", help="probe the kernel features dump and restore rely on",
+                                       description="Probe every kernel feature the runtime relies on and print "
+                                                   "one line each; exit 1 if one dump or restore needs is "
+                                                   "missing (docs/check.md).")
+    check_parser.add_argument("--json", action="store_true", help="print the results as JSON, for programs")
+    check_parser.set_defaults(run=_check)
+
+    for each in (parser, *commands.choices.values()):
+        each.add_argument("--version", action="version", version=version_text(), help="print the version and exit")
     return parser
 
 

@@ -31,7 +31,7 @@ from runtime.errors import ReviveError, RestoreError
 from runtime.images import loader
 from runtime.images.model import FdKind, Process, RLimit
 from runtime.remote_syscall import RemoteSyscall, settle
-from runtime.restore_area import Area, build_area, plan_fds, target_ranges
+from runtime.restore_area import Area, build_area, describe_advice_failure, plan_fds, target_ranges
 from runtime.vdso import VdsoMode, VdsoPlan, plan_restore
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,10 @@ def _failure(child: int, stop: ptrace.Stop, errors) -> RestoreError:
         step = next((name[len("RESTORER_STEP_"):].lower() for name in dir(proto)
                      if name.startswith("RESTORER_STEP_") and getattr(proto, name) == record.step), record.step)
         err = -record.err
+        detail = describe_advice_failure(record.detail) if record.step == proto.RESTORER_STEP_ADVISE_VMAS \
+            else f"detail {record.detail:#x}"
         return RestoreError(child, f"restorer step {step} failed: {errno.errorcode.get(err, err)} "
-                                   f"({os.strerror(err)}), detail {record.detail:#x}")
+                                   f"({os.strerror(err)}), {detail}")
     return RestoreError(child, f"the restoring process {stop.describe()} without saying why")
 
 

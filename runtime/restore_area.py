@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from runtime import arch_x86_64 as arch
 from runtime import blobs
 from runtime.errors import RestoreError
-from runtime.images.model import PAGE_SIZE, TASK_SIZE, Creds, Process, Vma, VmaKind
+from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, TASK_SIZE, Creds, Process, Vma, VmaAdvice,
+                                  VmaKind)
 from runtime.procfs.maps import read_mappings
 from runtime.vdso import VdsoPlan
 
@@ -39,10 +40,19 @@ MAP_PRIVATE = 0x02
 MAP_ANONYMOUS = 0x20
 MAP_GROWSDOWN = 0x100
 
+# madvise(2) advice numbers (include/uapi/asm-generic/mman-common.h); restorer_vma.advice
+# has bit n set for advice n.
+MADV_NUMBERS = {
+    VmaAdvice.DONTFORK: 10,
+    VmaAdvice.MERGEABLE: 12,
+    VmaAdvice.HUGEPAGE: 14,
+    VmaAdvice.NOHUGEPAGE: 15,
+    VmaAdvice.DONTDUMP: 16,
+    VmaAdvice.WIPEONFORK: 18,
+}
+
 O_RDONLY = os.O_RDONLY
 O_RDWR = os.O_RDWR
-
-_KERNEL_KINDS = (VmaKind.VVAR, VmaKind.VVAR_VCLOCK, VmaKind.VDSO)
 
 CAP_LAST_CAP_PATH = "/proc/sys/kernel/cap_last_cap"
 
@@ -163,7 +173,7 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan |
     if vdso is not None:
         target += [Range(start, end) for start, end in vdso.destinations]
     proxy_image = vdso.proxy.image if vdso is not None and vdso.proxy is not None else b""
-    vmas = [v for v in process.vmas if v.kind not in _KERNEL_KINDS]
+    vmas = [v for v in process.vmas if v.kind not in KERNEL_MAPPING_KINDS]
     pending = [(False, info) for info in process.shared_pending] + [(True, info) for info in thread.pending]
 
     Vmas = proto.RestorerVma * len(vmas)
@@ -212,6 +222,7 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan |
         else:
             slot.fd, slot.offset = -1, 0
             slot.flags |= MAP_ANONYMOUS
+        slot.advice = sum(1 << MADV_NUMBERS[advice] for advice in v.advice)
 
     args.nr_iovs, args.iovs = len(process.page_runs), addr[3]
     args.pages_offset = process.page_runs[0].offset if process.page_runs else 0
@@ -257,6 +268,15 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan |
     _fill_creds(args.creds, process)
     del args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr, proxy_arr
     return Area(base, bytes(buffer), base + blob.exports["restorer_entry"], addr[0], temp, tuple(keep))
+
+
+def describe_advice_failure(detail: int) -> str:
+    """The mapping and the advice in the detail of a failed advise_vmas step (start | advice number)."""
+    number = detail & (PAGE_SIZE - 1)
+    advice = next((a for a, n in MADV_NUMBERS.items() if n == number), None)
+    if advice is None:  # no madvise failed: the step was failed on request (runtime/faults.py)
+        return f"detail {detail:#x}"
+    return f"the kernel refused madvise(MADV_{advice.name}) on the mapping at {detail - number:#x}"
 
 
 def read_cap_last_cap() -> int:

@@ -11,5 +11,6 @@
 #define EPIPE 32
 #define ENOSYS 38
 #define EPROTO 71
+#define ECANCELED 125
 
 #endif

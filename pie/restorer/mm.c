@@ -3,7 +3,9 @@
  * target's VMAs, fill their pages from the pages image and protect them.
  *
  * Mappings are made writable first because preadv writes the page data
- * through them; the final protections come after, in protect_vmas.
+ * through them; the final protections come after, in protect_vmas, and the
+ * madvise advice the dump found (DONTFORK, WIPEONFORK, ...) last, in
+ * advise_vmas.
  */
 #include "errno.h"
 #include "restore.h"
@@ -132,6 +134,36 @@ long protect_vmas(const struct restorer_args *args, u64 *detail)
 		if (ret) {
 			*detail = v->start;
 			return ret;
+		}
+	}
+	return 0;
+}
+
+long advise_vmas(const struct restorer_args *args, u64 *detail)
+{
+	/*
+	 * After fill_pages: MADV_MERGEABLE hands the pages to ksmd, which
+	 * write-protects the ones it merges, and every preadv into them would
+	 * break the merge again. The advice does not depend on the protections.
+	 */
+	const struct restorer_vma *vmas = (const struct restorer_vma *)args->vmas;
+	u64 i;
+
+	for (i = 0; i < args->nr_vmas; i++) {
+		const struct restorer_vma *v = &vmas[i];
+		u32 advice;
+
+		for (advice = 0; advice < 32; advice++) {
+			long ret;
+
+			if (!(v->advice & (1U << advice)))
+				continue;
+			ret = sys_call3(__NR_madvise, v->start, v->end - v->start, advice);
+			if (ret) {
+				/* start is page-aligned: the low bits say which advice the kernel refused. */
+				*detail = v->start | advice;
+				return ret;
+			}
 		}
 	}
 	return 0;

@@ -19,6 +19,7 @@ long set_mm_map(struct restorer_args *args, u64 *detail);
 long map_vmas(const struct restorer_args *args, u64 *detail);
 long fill_pages(const struct restorer_args *args, u64 *detail);
 long protect_vmas(const struct restorer_args *args, u64 *detail);
+long advise_vmas(const struct restorer_args *args, u64 *detail);
 long close_fds(const struct restorer_args *args, u64 *detail);
 
 long move_vdso(const struct restorer_args *args, u64 *detail);

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 
 from runtime.errors import ImageError
 from runtime.images import layout
-from runtime.images.model import (NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE, FdKind, Inventory,
-                                  Process, RseqCase, ThreadCore, VdsoInfo, Vma, VmaKind)
+from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE, FdKind,
+                                  Inventory, Process, RseqCase, ThreadCore, VdsoInfo, Vma, VmaAdvice, VmaKind)
 
 SIGINFO_SIZE = 128
 PROT_MASK = 0x7  # PROT_READ | PROT_WRITE | PROT_EXEC
@@ -24,8 +24,6 @@ U32_MAX = (1 << 32) - 1
 # no CPU's user area is near 64 KiB (AMX, the largest, makes it about 11 KiB).
 XSTATE_MIN = 576
 XSTATE_MAX = 64 * 1024
-# Kinds whose pages belong to the kernel: restore moves the running kernel's mappings there.
-_KERNEL_KINDS = (VmaKind.VDSO, VmaKind.VVAR, VmaKind.VVAR_VCLOCK)
 
 
 def check_inventory(inventory: Inventory) -> None:
@@ -105,7 +103,18 @@ def _check_vmas(vmas: tuple[Vma, ...], file: str) -> None:
             raise ImageError(file, f"{field}.prot", f"{vma.prot:#x} has bits beyond PROT_READ|WRITE|EXEC")
         if vma.kind is VmaKind.FILE and not (vma.path or "").startswith("/"):
             raise ImageError(file, f"{field}.path", "a file mapping needs an absolute path")
+        _check_advice(vma, file, field)
         previous_end = vma.end
+
+
+def _check_advice(vma: Vma, file: str, field: str) -> None:
+    # The codec has refused names that are not a VmaAdvice; what is left is the list's form.
+    if vma.advice and vma.kind in KERNEL_MAPPING_KINDS:
+        raise ImageError(file, f"{field}.advice", f"a {vma.kind.value} mapping is the kernel's: "
+                                                  "restore sets no advice on it")
+    if vma.advice != tuple(a for a in VmaAdvice if a in vma.advice):
+        raise ImageError(file, f"{field}.advice", "expected each advice once, in the order "
+                                                  f"{', '.join(a.value for a in VmaAdvice)}")
 
 
 def _check_page_runs(process: Process, file: str, sizes: Mapping[str, int]) -> None:
@@ -133,7 +142,7 @@ def _check_page_runs(process: Process, file: str, sizes: Mapping[str, int]) -> N
             vma_index += 1
         if vma_index == len(vmas) or not vmas[vma_index].start <= run.vaddr or end > vmas[vma_index].end:
             raise ImageError(file, field, f"{run.vaddr:#x}..{end:#x} is not inside one VMA")
-        if vmas[vma_index].kind in _KERNEL_KINDS:
+        if vmas[vma_index].kind in KERNEL_MAPPING_KINDS:
             raise ImageError(file, field, f"pages inside {vmas[vma_index].kind.value} (vmas[{vma_index}]) "
                                           "belong to the kernel and are not restored from the image")
         offset += run.size

@@ -34,6 +34,26 @@ class VmaKind(enum.Enum):
     VVAR_VCLOCK = "vvar_vclock"
 
 
+class VmaAdvice(enum.Enum):
+    """A madvise(2) advice a mapping carried at dump (a VmFlags bit of smaps), applied again on restore.
+
+    Only advice that leaves a lasting mark on the mapping and that a process
+    sets itself; the kernel's own flags on its special mappings ([vvar] is
+    always `dd`) come back when the kernel makes those mappings again.
+    """
+
+    DONTFORK = "dontfork"  # MADV_DONTFORK: a fork's child does not get the mapping
+    WIPEONFORK = "wipeonfork"  # MADV_WIPEONFORK: a fork's child gets it zero-filled
+    DONTDUMP = "dontdump"  # MADV_DONTDUMP: left out of core dumps
+    HUGEPAGE = "hugepage"  # MADV_HUGEPAGE: back with transparent huge pages
+    NOHUGEPAGE = "nohugepage"  # MADV_NOHUGEPAGE: never back with transparent huge pages
+    MERGEABLE = "mergeable"  # MADV_MERGEABLE: KSM may merge its identical pages
+
+
+# The mappings the kernel makes and owns: a restore moves or recreates them, it never maps them.
+KERNEL_MAPPING_KINDS = frozenset({VmaKind.VDSO, VmaKind.VVAR, VmaKind.VVAR_VCLOCK})
+
+
 class FdKind(enum.Enum):
     """How restore brings a descriptor back."""
 
@@ -61,6 +81,7 @@ class Vma:
     path: str | None = None  # backing file for FILE mappings
     offset: int = 0  # file offset in bytes
     name: str = ""  # the pathname column of /proc/PID/maps, as the kernel printed it
+    advice: tuple[VmaAdvice, ...] = ()  # madvise advice to apply again, in VmaAdvice declaration order
 
     @property
     def size(self) -> int:

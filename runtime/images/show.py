@@ -121,13 +121,14 @@ def _prot(vma: Vma) -> str:
 
 def _render_vmas(vmas: Iterable[Vma], console: Console) -> None:
     table = Table(title="VMAs", title_justify="left")
-    for name in ("start", "end", "size", "prot", "kind", "offset"):
+    for name in ("start", "end", "size", "prot", "kind", "offset", "advice"):
         table.add_column(name, no_wrap=True)
     table.add_column("name", overflow="fold")
     for vma in vmas:
         kind = vma.kind.value + (" gd" if vma.growsdown else "")
         table.add_row(f"{vma.start:#x}", f"{vma.end:#x}", _size(vma.size), _prot(vma), kind,
-                      f"{vma.offset:#x}" if vma.kind is VmaKind.FILE else "", vma.name or (vma.path or ""))
+                      f"{vma.offset:#x}" if vma.kind is VmaKind.FILE else "",
+                      ",".join(advice.value for advice in vma.advice), vma.name or (vma.path or ""))
     console.print(table)
 
 

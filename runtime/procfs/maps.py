@@ -2,9 +2,9 @@
 
 Why smaps rather than maps: the maps line does not say whether a mapping
 grows down (MAP_GROWSDOWN) or other properties the kernel only prints as
-the two-letter `VmFlags` of smaps (`gd` growsdown, `sh` shared, ...). A
-Mapping keeps what the kernel printed; `vma()` turns it into the model's
-Vma, the part a restore needs.
+the two-letter `VmFlags` of smaps (`gd` growsdown, `sh` shared, `dc`
+MADV_DONTFORK, ...). A Mapping keeps what the kernel printed; `vma()` turns
+it into the model's Vma, the part a restore needs.
 """
 
 import mmap
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from runtime.errors import DumpError
-from runtime.images.model import Vma, VmaKind
+from runtime.images.model import KERNEL_MAPPING_KINDS, Vma, VmaAdvice, VmaKind
 from runtime.procfs.files import read_text
 
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ([r-][w-][x-][ps]) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)$")
@@ -28,6 +28,15 @@ SPECIAL_KINDS = {
     "[vvar_vclock]": VmaKind.VVAR_VCLOCK,
 }
 VSYSCALL = "[vsyscall]"
+# The VmFlags codes (fs/proc/task_mmu.c, show_smap_vma_flags) of the flags madvise sets.
+ADVICE_FLAGS = {
+    "dc": VmaAdvice.DONTFORK,
+    "wf": VmaAdvice.WIPEONFORK,
+    "dd": VmaAdvice.DONTDUMP,
+    "hg": VmaAdvice.HUGEPAGE,
+    "nh": VmaAdvice.NOHUGEPAGE,
+    "mg": VmaAdvice.MERGEABLE,
+}
 
 # A MAP_SHARED|MAP_ANONYMOUS mapping is backed by an unlinked shmem file the
 # kernel names "dev/zero" (shmem_zero_setup), printed as below.
@@ -77,9 +86,17 @@ class Mapping:
         growsdown = "gd" in self.vmflags
         if self.file_backed:
             return Vma(self.start, self.end, self.prot, self.shared, VmaKind.FILE, growsdown,
-                       path=self.name, offset=self.offset, name=self.name)
+                       path=self.name, offset=self.offset, name=self.name, advice=self.advice)
         kind = SPECIAL_KINDS.get(self.name, VmaKind.ANON)
-        return Vma(self.start, self.end, self.prot, self.shared, kind, growsdown, name=self.name)
+        # The kernel sets its own flags on its mappings again ([vvar] always carries `dd`).
+        advice = () if kind in KERNEL_MAPPING_KINDS else self.advice
+        return Vma(self.start, self.end, self.prot, self.shared, kind, growsdown, name=self.name, advice=advice)
+
+    @property
+    def advice(self) -> tuple[VmaAdvice, ...]:
+        """The madvise advice VmFlags shows, in VmaAdvice declaration order."""
+        present = {ADVICE_FLAGS[code] for code in self.vmflags if code in ADVICE_FLAGS}
+        return tuple(advice for advice in VmaAdvice if advice in present)
 
 
 def parse_smaps(pid: int, text: str) -> tuple[Mapping, ...]:

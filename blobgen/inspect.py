@@ -5,6 +5,12 @@ report is the same whichever file a person has at hand: a .bin is checked
 against the NAME.json manifest beside it, a generated NAME_blob.py against
 its own digest, and an object file goes through the build pipeline (laid
 out with the linker script first when it is a plain `.built-in.o`).
+
+The disassembly of an export stops where the export ends: bytes after it
+are alignment padding or another function, and decoding them as its
+instructions misleads. The end is the symbol's size when an object file
+says it, else the next export or the end of the export's section,
+whichever comes first.
 """
 
 import hashlib
@@ -20,15 +26,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from blobgen import elf
-from blobgen.blob import Blob, BlobSection, Export, from_manifest
+from blobgen.blob import EXPORT_PREFIX, Blob, BlobSection, Export, from_manifest
 from blobgen.build import build
 from blobgen.errors import BlobError
 from blobgen.layout import PLACED_PREFIX
 from blobgen.link import link_layout
-
-DISASM_INSTRUCTIONS = 8
-DISASM_WINDOW = 96
-
 
 def _blob_name(path: pathlib.Path) -> str:
     return path.name.split(".", 1)[0].removesuffix("_blob")
@@ -96,22 +98,39 @@ def describe(path: pathlib.Path) -> Blob:
     return _from_object(path)
 
 
-def disassemble(blob: Blob) -> dict[str, list[dict]]:
+def export_sizes(path: pathlib.Path) -> dict[str, int]:
+    """The size the ELF symbol table gives each export (without the prefix); none for a .bin or a module."""
+    if path.suffix in (".bin", ".py"):
+        return {}
+    return {s.name[len(EXPORT_PREFIX) :]: s.size for s in elf.load(str(path)).symbols
+            if s.name.startswith(EXPORT_PREFIX) and s.defined and s.size}
+
+
+def export_end(blob: Blob, export: Export, sizes: dict[str, int]) -> int:
+    """Where the export's code ends in the image (see the module docstring)."""
+    if export.name in sizes:
+        return export.offset + sizes[export.name]
+    later = [e.offset for e in blob.exports if e.offset > export.offset]
+    section_ends = [s.offset + s.size for s in blob.sections if s.offset <= export.offset < s.offset + s.size]
+    return min([*later, *section_ends, blob.size])
+
+
+def disassemble(blob: Blob, sizes: dict[str, int]) -> dict[str, list[dict]]:
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     listing = {}
     for e in blob.exports:
-        code = blob.image[e.offset : e.offset + DISASM_WINDOW]
+        code = blob.image[e.offset : export_end(blob, e, sizes)]
         listing[e.name] = [
             {"offset": i.address, "bytes": i.bytes.hex(), "text": f"{i.mnemonic} {i.op_str}".strip()}
-            for _, i in zip(range(DISASM_INSTRUCTIONS), md.disasm(code, e.offset))
+            for i in md.disasm(code, e.offset)
         ]
     return listing
 
 
-def report(blob: Blob, disasm: bool) -> dict:
+def report(blob: Blob, disasm: bool, sizes: dict[str, int]) -> dict:
     data = blob.to_manifest()
     if disasm:
-        data["disasm"] = disassemble(blob)
+        data["disasm"] = disassemble(blob, sizes)
     return data
 
 
@@ -157,7 +176,7 @@ def print_human(data: dict) -> None:
 
 
 def inspect(path: pathlib.Path, as_json: bool, disasm: bool) -> int:
-    data = report(describe(path), disasm)
+    data = report(describe(path), disasm, export_sizes(path) if disasm else {})
     if as_json:
         json.dump(data, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

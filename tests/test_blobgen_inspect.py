@@ -4,8 +4,9 @@ import json
 import shutil
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
-from blobgen_support import blobgen
+from blobgen_support import blobgen, build_fixture_blob
 
 
 def inspect_json(path, *extra):
@@ -38,6 +39,41 @@ def test_inspect_disassembles_each_export(build_tree):
     assert head[0]["offset"] == report["exports"]["parasite_head_start"]
     assert head[0]["text"].startswith("lea rsp, [rip")  # the head moves to the blob's own stack first
     assert any(i["text"].startswith("call") for i in head)
+
+
+def elf_export_sizes(path) -> dict[str, int]:
+    """The exports' st_size, read with pyelftools (blobgen reads ELF with LIEF)."""
+    with open(path, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        return {s.name.removeprefix("__export_"): s["st_size"] for s in symtab.iter_symbols()
+                if s.name.startswith("__export_")}
+
+
+def listing_end(lines: list[dict]) -> int:
+    return lines[-1]["offset"] + len(bytes.fromhex(lines[-1]["bytes"]))
+
+
+@pytest.mark.parametrize("name, last", [("parasite", "int3"), ("restorer", "ret")])
+@pytest.mark.parametrize("kind", [".bin", ".built-in.o", "_blob.py"])
+def test_inspect_disasm_ends_at_the_last_instruction_of_each_export(build_tree, name, last, kind):
+    pie = build_tree / "pie"
+    sizes = elf_export_sizes(pie / f"{name}.built-in.o")
+    report = inspect_json(pie / f"{name}{kind}", "--disasm")
+    assert report["disasm"].keys() == sizes.keys()
+    for export, lines in report["disasm"].items():
+        assert listing_end(lines) == report["exports"][export] + sizes[export], export
+        assert lines[-1]["text"] == last  # the head's own last instruction, not the padding after it
+
+
+def test_inspect_disasm_ends_an_export_without_a_size_at_the_next_one(tmp_path):
+    assert build_fixture_blob(tmp_path, "two", ["two_exports.S"], ["first", "second"]).returncode == 0
+    from_object = inspect_json(tmp_path / "two.lds.o", "--disasm")["disasm"]
+    assert [i["text"] for i in from_object["first"]] == ["mov eax, 1", "ret"]  # its ELF size
+    assert [i["text"] for i in from_object["second"]] == ["mov eax, 2", "ret"]  # the end of its section
+    from_bin = inspect_json(tmp_path / "out" / "two.bin", "--disasm")
+    second = from_bin["exports"]["second"]
+    assert listing_end(from_bin["disasm"]["first"]) == second  # no size in a .bin: up to the next export
+    assert [i["text"] for i in from_bin["disasm"]["second"]] == ["mov eax, 2", "ret"]
 
 
 def bad_inputs(tmp_path, build_tree):

@@ -110,6 +110,7 @@ def test_restore_names_the_mapping_and_the_advice_the_kernel_refuses(madvised):
     start = madvised.target.addr("file_dontdump")
     # WIPEONFORK is for private anonymous memory only: the kernel refuses it on a file mapping.
     edit_vma(madvised.images, madvised.pid, start, advice=["wipeonfork", "dontdump"])
+    madvised.restored = True  # should the restore wrongly succeed, stop() kills what runs under the PID
     assert_refused(madvised.pid, madvised.images, "advise_vmas", "MADV_WIPEONFORK", f"{start:#x}")
 
 

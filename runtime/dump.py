@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from runtime import arch_x86_64 as arch
-from runtime import ptrace, rseq
+from runtime import progress, ptrace, rseq
 from runtime.errors import DumpError, ReviveError
 from runtime.images import layout
 from runtime.images.model import (PAGE_SIZE, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
@@ -299,7 +299,8 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
                                  "processes in another PID namespace are not supported yet")
         sigactions = parasite.dump_sigactions()
         thread_state = parasite.dump_thread()
-        written = parasite.dump_pages(iovecs, pages.fileno())
+        with progress.watch("dump", sum(v.len for v in iovecs), lambda: os.fstat(pages.fileno()).st_size):
+            written = parasite.dump_pages(iovecs, pages.fileno())
     log.info("pid %d: %d page runs, %d bytes of pages", pid, len(iovecs), written)
     thread = snapshot.thread
     core = ThreadCore(tid=thread.tid, regs=thread.regs, blocked=thread.blocked, altstack=thread_state.altstack,

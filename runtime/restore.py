@@ -25,11 +25,12 @@ import struct
 from dataclasses import dataclass
 
 from runtime import arch_x86_64 as arch
-from runtime import blobs, ptrace, restore_child, rseq
+from runtime import blobs, progress, ptrace, restore_child, rseq
 from runtime.clone import clone_with_pid
 from runtime.errors import ReviveError, RestoreError
 from runtime.images import loader
 from runtime.images.model import FdKind, Process, RLimit
+from runtime.procfs.io import bytes_read
 from runtime.remote_syscall import RemoteSyscall, settle
 from runtime.restore_area import Area, build_area, describe_advice_failure, plan_fds, target_ranges
 from runtime.vdso import VdsoMode, VdsoPlan, plan_restore
@@ -128,7 +129,9 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
             os.write(go_w, struct.pack("<I", _glibc_rseq_length(child)))
         finally:
             os.close(go_w)
-        wait_for_restorer_trap(child, errors)
+        with progress.watch("restore", sum(run.size for run in plan.process.page_runs),
+                            lambda: bytes_read(child)):
+            wait_for_restorer_trap(child, errors)
         follow_to_own_context(child, errors)
         unmap_restorer(child, plan.area)
         # After the unmap: its injected syscall returns to user mode outside any section,

@@ -1,0 +1,92 @@
+"""The progress bar a person sees on a terminal while a dump or a restore moves its pages.
+
+Why a thread that polls a counter: the page bytes move inside the kernel
+(the dump splices the parasite's pipe into the pages image; the restorer's
+preadv fills the restored memory inside the child) and never pass through
+a Python loop that could count them, and a restore's parent sits in waitpid
+meanwhile. The kernel counts them anyway: the pages image's size, the
+restoring child's rchar (runtime/procfs/io.py). A thread reads that counter
+ten times a second; both reads are cheap (one fstat, one small /proc read),
+honest (bytes that arrived) and touch neither process.
+
+The bar is drawn on stderr, only when stderr is a terminal and only once
+the transfer has lasted DELAY seconds, so short commands, pipes and log
+files get nothing extra. REVIVE_PROGRESS_DELAY overrides DELAY (tests set 0
+to see the bar on a transfer shorter than a second).
+"""
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TextColumn, TransferSpeedColumn
+from rich.text import Text
+
+from runtime.errors import ReviveError
+
+DELAY = 1.0
+DELAY_ENV = "REVIVE_PROGRESS_DELAY"
+POLL_INTERVAL = 0.1
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class _PagesColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{int(task.completed) // PAGE_SIZE}/{int(task.total or 0) // PAGE_SIZE} pages")
+
+
+@contextlib.contextmanager
+def watch(label: str, total: int, done: Callable[[], int]) -> Iterator[None]:
+    """While the body runs, show on a terminal how many of total bytes done() says have moved."""
+    if total <= 0 or not sys.stderr.isatty():
+        yield
+        return
+    finished = threading.Event()
+    drawer = threading.Thread(target=_draw, args=(label, total, done, _delay(), finished),
+                              name="revive-progress", daemon=True)
+    drawer.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        drawer.join()
+
+
+def _delay() -> float:
+    text = os.environ.get(DELAY_ENV)
+    if text is None:
+        return DELAY
+    try:
+        return float(text)
+    except ValueError:
+        raise ReviveError(f"{DELAY_ENV}={text!r}: not a number of seconds") from None
+
+
+def _draw(label: str, total: int, done: Callable[[], int], delay: float, finished: threading.Event) -> None:
+    if finished.wait(delay):
+        return
+    # No stdout/stderr redirection: it would swap sys.stderr under the main thread.
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), _PagesColumn(), DownloadColumn(binary_units=True),
+                   TransferSpeedColumn(), console=Console(file=sys.stderr), auto_refresh=False,
+                   redirect_stdout=False, redirect_stderr=False)
+    moved = 0
+    with bar:
+        task = bar.add_task(label, total=total)
+        while True:
+            last_round = finished.wait(POLL_INTERVAL)
+            moved = _read(done, moved)
+            bar.update(task, completed=min(moved, total))
+            bar.refresh()
+            if last_round:
+                return
+
+
+def _read(done: Callable[[], int], previous: int) -> int:
+    try:
+        return done()
+    except (ReviveError, OSError):
+        # The process or file went away: the step's own code says why; the bar stops where it was.
+        return previous

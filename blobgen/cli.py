@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out-dir", type=pathlib.Path, required=True)
     b.add_argument("--require", nargs="+", default=[], metavar="EXPORT", help="exports without the __export_ prefix")
 
-    protocol_parser = sub.add_parser("protocol", help="render pie/protocol.toml (see blobgen protocol --help)", add_help=False)
+    protocol_parser = sub.add_parser("protocol", help="render pie/protocol.toml (see blobgen protocol --help)",
+                                     add_help=False)
 
     i = sub.add_parser("inspect", help="show what is inside a .bin, a .built-in.o or a NAME_blob.py")
     i.add_argument("file", type=pathlib.Path)

@@ -55,6 +55,7 @@ NR_TIMER_CREATE = 222
 NR_VMSPLICE = 278
 NR_PROCESS_VM_READV = 310
 NR_USERFAULTFD = 323
+PR_SET_PDEATHSIG = 1
 PR_SET_MM = 35
 PR_SET_MM_MAP = 14
 PR_SET_MM_MAP_SIZE = 15
@@ -152,9 +153,11 @@ def _in_child(action: Callable[[], None]) -> None:
 
 @contextlib.contextmanager
 def _traced_child() -> Iterator[int]:
-    """A forked child seized and stopped with PTRACE_INTERRUPT, as the dump stops its target; killed and reaped after."""
+    """A forked child seized and stopped by PTRACE_INTERRUPT, as the dump stops its target; killed and reaped after."""
     pid = os.fork()
     if pid == 0:
+        # Should the check itself be killed before it kills this child, the kernel does.
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         while True:
             signal.pause()
     try:
@@ -395,8 +398,8 @@ def ready(results: tuple[Result, ...]) -> bool:
 def format_lines(results: tuple[Result, ...]) -> list[str]:
     name_width = max(len(r.name) for r in results)
     use_width = max(len(", ".join(r.needed_by)) for r in results)
-    lines = [f"{'ok' if r.ok else 'missing':<8} {r.name:<{name_width}}  {', '.join(r.needed_by):<{use_width}}  {r.detail}"
-             for r in results]
+    lines = [f"{'ok' if r.ok else 'missing':<8} {r.name:<{name_width}}  "
+             f"{', '.join(r.needed_by):<{use_width}}  {r.detail}" for r in results]
     blocking = [r.name for r in results if r.required and not r.ok]
     lines.append(f"dump and restore: missing {', '.join(blocking)}" if blocking
                  else "dump and restore: everything they need is here")

@@ -5,9 +5,10 @@ Why a thread that polls a counter: the page bytes move inside the kernel
 preadv fills the restored memory inside the child) and never pass through
 a Python loop that could count them, and a restore's parent sits in waitpid
 meanwhile. The kernel counts them anyway: the pages image's size, the
-restoring child's rchar (runtime/procfs/io.py). A thread reads that counter
-ten times a second; both reads are cheap (one fstat, one small /proc read),
-honest (bytes that arrived) and touch neither process.
+restoring child's rchar (runtime/procfs/io.py; the kernel adds to it once
+per preadv, so the restorer reads at most 64 MiB per call). A thread reads
+that counter ten times a second; both reads are cheap (one fstat, one small
+/proc read), honest (bytes that arrived) and touch neither process.
 
 The bar is drawn on stderr, only when stderr is a terminal and only once
 the transfer has lasted DELAY seconds, so short commands, pipes and log

@@ -20,6 +20,7 @@ from runtime.procfs.io import bytes_read
 REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BIG_MIB = "256"
+RESTORE_MIB = "512"  # eight of the restorer's 64 MiB reads: the bar is seen between them
 
 
 class Terminal:
@@ -72,12 +73,21 @@ def dumped_pages(images: Path, pid: int) -> int:
     return (images / f"pages-{pid}.img").stat().st_size // os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.fixture
-def big_target(tmp_path):
-    """restore_state with 256 MiB of patterned memory; killed and reaped afterwards, also if restored."""
-    target = start_target([str(target_path("restore_state")), BIG_MIB], tmp_path)
+def patterned_target(tmp_path, mib: str):
+    """restore_state with MIB MiB of patterned memory; killed and reaped afterwards, also if restored."""
+    target = start_target([str(target_path("restore_state")), mib], tmp_path)
     yield target
     target.stop()
+
+
+@pytest.fixture
+def big_target(tmp_path):
+    yield from patterned_target(tmp_path, BIG_MIB)
+
+
+@pytest.fixture
+def restore_target(tmp_path):
+    yield from patterned_target(tmp_path, RESTORE_MIB)
 
 
 def test_dump_on_a_terminal_shows_pages_done_and_throughput(big_target, tmp_path):
@@ -107,8 +117,9 @@ def test_a_short_dump_on_a_terminal_prints_nothing(tmp_path):
         target.stop()
 
 
-def test_restore_on_a_terminal_shows_the_page_fill(big_target, tmp_path):
+def test_restore_on_a_terminal_shows_the_page_fill_as_it_goes(restore_target, tmp_path):
     images = tmp_path / "images"
+    big_target = restore_target
     dumped = subprocess.run(runtime_argv("dump", "-t", str(big_target.pid), "-D", str(images)), cwd=REPO,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert dumped.returncode == 0, dumped.stderr
@@ -124,7 +135,9 @@ def test_restore_on_a_terminal_shows_the_page_fill(big_target, tmp_path):
             os.kill(big_target.pid, signal.SIGKILL)  # restore waits for it: its exit ends the command
         status = terminal.finish()
     assert status == 128 + signal.SIGKILL
-    assert re.search(rf"restore .* {pages}/{pages} pages 256\.\d/256\.\d MiB", terminal.text), terminal.text
+    assert re.search(rf"restore .* {pages}/{pages} pages 512\.\d/512\.\d MiB", terminal.text), terminal.text
+    seen = {int(done) for done in re.findall(rf"restore [^\r]*? (\d+)/{pages} pages", terminal.text)}
+    assert seen & set(range(1, pages)), f"no figure between 0 and {pages} pages: {sorted(seen)}"
 
 
 def test_bytes_read_counts_this_process_reads(tmp_path):

@@ -17,7 +17,7 @@ from blobgen_support import copy_sources  # noqa: E402
 
 def timed_scons(tree: pathlib.Path, *args: str) -> float:
     start = time.perf_counter()
-    subprocess.run(["scons", "-Q", *args, "blobs"], cwd=tree, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "SCons", "-Q", *args, "blobs"], cwd=tree, check=True, capture_output=True)
     return time.perf_counter() - start
 
 

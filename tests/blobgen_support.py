@@ -30,7 +30,9 @@ def copy_sources(dest: pathlib.Path) -> pathlib.Path:
 
 
 def scons(tree: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["scons", "-Q", *args], cwd=tree, capture_output=True, text=True, timeout=300)
+    """Runs the scons of the interpreter running the tests (the venv's), which need not be on PATH."""
+    return subprocess.run([sys.executable, "-m", "SCons", "-Q", *args], cwd=tree, capture_output=True, text=True,
+                          timeout=300)
 
 
 def blobgen(*args: str, cwd: pathlib.Path = REPO) -> subprocess.CompletedProcess:

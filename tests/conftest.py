@@ -2,6 +2,7 @@
 
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -13,8 +14,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session", autouse=True)
 def build_tree() -> pathlib.Path:
     """Runs `scons blobs targets` once per session (under the tree's scons lock) and returns build/."""
+    # The scons of the interpreter running the tests (the venv's): it need not be on PATH.
     done = subprocess.run(
-        ["flock", "/tmp/revive-scons.lock", "scons", "-Q", "blobs", "targets"],
+        ["flock", "/tmp/revive-scons.lock", sys.executable, "-m", "SCons", "-Q", "blobs", "targets"],
         cwd=REPO,
         capture_output=True,
         text=True,

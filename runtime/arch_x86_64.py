@@ -32,6 +32,13 @@ NR_MEMFD_CREATE = 319
 
 SYSCALL_INSN = b"\x0f\x05"
 SYSCALL_INSN_LEN = len(SYSCALL_INSN)
+# `mov $15, %eax; syscall` and `mov $15, %rax; syscall`: the rt_sigreturn every libc's
+# signal restorer (__restore_rt) consists of, found in nearly every process's code.
+SIGRETURN_SEQUENCES = (b"\xb8\x0f\x00\x00\x00\x0f\x05", b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05")
+SYSCALL_RET_INSNS = b"\x0f\x05\xc3"  # `syscall; ret`
+RED_ZONE = 128  # bytes below rsp that leaf code may use; the kernel's signal frames go below it
+EFLAGS_TF = 0x100  # single-step
+EFLAGS_DF = 0x400  # string direction: the ABI wants it clear on function entry
 
 # Values a syscall interrupted by a signal leaves in rax (include/linux/errno.h);
 # the kernel turns them into a restart or -EINTR when it returns to user mode.

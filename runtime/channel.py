@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runtime import faults
 from runtime.errors import InfectError
 
 POLL_SLICE_MS = 20
@@ -69,6 +70,7 @@ class Channel:
             socket.send_fds(self.conn, [request], fds)
         except OSError as exc:
             raise InfectError(self.pid, f"parasite socket closed while sending a request: {exc}") from exc
+        faults.point("infect.command")
 
     def receive(self, size: int, what: str, maxfds: int = 0) -> tuple[bytes, list[int]]:
         """One message of at most size bytes (and its fds); EOF is an error naming what was expected."""
@@ -93,6 +95,7 @@ class Channel:
             if n == 0:
                 break
             moved += n
+            faults.point("infect.pages")
         return moved
 
     def close(self) -> None:

@@ -1,26 +1,27 @@
 """Parasite infection: prepare -> infect -> call -> cure, every change registered as its undo step.
 
-Why an ExitStack: each step that changes the target (blocking its signals,
-a memfd, a mapping, registers pointing into the parasite) registers the step
-that takes the change back, the moment the change is made. Curing is then
-just closing the stack, in reverse order, and it is the same code after a
-successful session, after a failed command, a parasite that faulted, or an
-exception in the caller's own `with` body.
+Why an ExitStack: each step that changes the target (a memfd, a mapping,
+registers pointing into the parasite) registers the step that takes the
+change back, the moment the change is made. Curing is then just closing the
+stack, in reverse order, and it is the same code after a successful
+session, after a failed command, a parasite that faulted, or an exception in
+the caller's own `with` body.
 
-How the task gets back to its own context (docs/infection.md has the whole
-story): the parasite ends, when its socket closes, with rt_sigreturn on a
-frame built here from the task's saved registers, xstate and signal mask.
-When the runtime is alive it follows the parasite to that rt_sigreturn and
-cancels it (rt_sigreturn resets the thread's restart_block, so an
-interrupted nanosleep would lose its remaining time), then puts the saved
-state back itself at an interrupt stop, where the kernel applies its
-ordinary syscall-restart rules. If the runtime has died, the rt_sigreturn
-runs and the task continues from the frame.
+Why it is safe to kill the runtime at any instant (docs/infection.md has
+the whole story): before anything else the leader is parked on a return
+path (remote_syscall.ReturnPath): its own rt_sigreturn sequence, on a frame
+of its saved state below its stack's red zone. Injected syscalls return
+there, and the parasite ends there too: when its socket closes it unmaps
+its own area through a `syscall; ret` of the task's code whose `ret` lands
+on that rt_sigreturn. A runtime that dies leaves at most the area and its
+memfd's fd, named AREA_NAME, which the next infection removes. When the
+runtime is alive it cancels that final rt_sigreturn (it would reset the
+thread's restart_block, so an interrupted nanosleep would lose its
+remaining time) and puts the saved state back itself at an interrupt stop.
 """
 
 import contextlib
 import ctypes
-import errno
 import mmap
 import os
 import signal
@@ -28,20 +29,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from runtime import arch_x86_64 as arch
-from runtime import blobs, ptrace
+from runtime import blobs, faults, ptrace
 from runtime.channel import Channel
 from runtime.errors import InfectError
 from runtime.parasite import Parasite
 from runtime.procfs.fds import list_fds
-from runtime.remote_syscall import RemoteSyscall, settle, vdso_range
+from runtime.procfs.files import read_link, read_text
+from runtime.remote_syscall import ReturnPath
 from runtime.seize import Seized, seize, wait_for_stop
 
 CMD_ARGS_SIZE = 1 << 20  # room for 65k DUMP_PAGES iovecs per request
 PAGE_SIZE = mmap.PAGESIZE
 MFD_CLOEXEC = 0x1
 SIGRETURN_CHASE_LIMIT = 10000  # syscall stops the parasite may make before its rt_sigreturn
-EFLAGS_TF = 0x100
-EFLAGS_DF = 0x400
+AREA_NAME = "revive-parasite"  # the memfd's name: /proc shows a leftover as "/memfd:revive-parasite (deleted)"
+LEFTOVER_PATH = f"/memfd:{AREA_NAME} (deleted)"
+
+
+def is_leftover(path: str) -> bool:
+    """Whether a mapping's or fd's path is a parasite area a dead runtime left behind."""
+    return path == LEFTOVER_PATH
 
 
 def _align(value: int, alignment: int) -> int:
@@ -49,32 +56,21 @@ def _align(value: int, alignment: int) -> int:
 
 
 @dataclass(frozen=True)
-class SavedContext:
-    """The leader's own state before infection: what cure puts back."""
-
-    regs: arch.UserRegs
-    xstate: bytes
-    sigmask: int
-
-
-@dataclass(frozen=True)
 class AreaLayout:
-    """Offsets in the shared area: [image | bss | pad] [init args] [command args] [rt_sigframe]."""
+    """Offsets in the shared area: [image | bss | pad] [init args] [command args]."""
 
     blob_size: int
     init_offset: int
     cmd_offset: int
     cmd_size: int
-    frame_offset: int
     size: int
 
 
-def plan_area(blob_size: int, init_size: int, xstate_size: int) -> AreaLayout:
+def plan_area(blob_size: int, init_size: int) -> AreaLayout:
     init_offset = blob_size
     cmd_offset = _align(init_offset + init_size, 64)
-    frame_offset = _align(cmd_offset + CMD_ARGS_SIZE, arch.XSTATE_ALIGN)
-    size = _align(frame_offset + arch.rt_sigframe_size(xstate_size), PAGE_SIZE)
-    return AreaLayout(blob_size, init_offset, cmd_offset, CMD_ARGS_SIZE, frame_offset, size)
+    size = _align(cmd_offset + CMD_ARGS_SIZE, PAGE_SIZE)
+    return AreaLayout(blob_size, init_offset, cmd_offset, CMD_ARGS_SIZE, size)
 
 
 class Infection:
@@ -86,8 +82,7 @@ class Infection:
         self.undo = undo
         self.proto = blobs.protocol()
         self.blob = blobs.load("parasite")
-        self.remote = RemoteSyscall.for_thread(self.pid, self.pid)
-        self.context: SavedContext | None = None
+        self.path = ReturnPath(self.pid, self.pid, AREA_NAME.encode() + b"\0")
         self.layout: AreaLayout | None = None
         self.base = 0
         self.memfd: int | None = None  # the memfd's number in the target while it is open there
@@ -100,38 +95,38 @@ class Infection:
         self.returned = False  # the task already went back to its own context by itself
         self.stop_requested = False  # a SIGSTOP arrived meanwhile; it is re-sent after cure
 
-    # -- prepare: save what cure restores -------------------------------------------------
+    # -- prepare: park the leader on its way back, remove what a dead runtime left ------------
 
     def prepare(self) -> None:
-        pid = self.pid
-        self.context = SavedContext(ptrace.get_regs(pid), ptrace.get_xstate(pid), ptrace.get_sigmask(pid))
-        self.undo.callback(self._alive(self._restore_context))
-        # Nothing may be delivered to the task while it runs foreign code.
-        ptrace.set_sigmask(pid, arch.SIGSET_ALL)
+        self.path.enter()
+        self.undo.callback(self._parked(self.path.leave))
+        self._remove_leftovers()
 
-    def _restore_context(self) -> None:
-        if self.returned:
-            return
-        ptrace.set_regs(self.pid, self.context.regs)
-        ptrace.set_xstate(self.pid, self.context.xstate)
-        ptrace.set_sigmask(self.pid, self.context.sigmask)
+    def _remove_leftovers(self) -> None:
+        """Unmap and close the areas of earlier infections whose runtime died."""
+        for line in read_text(self.pid, "maps").splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and is_leftover(fields[5]):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                self._check(self.path(arch.NR_MUNMAP, start, end - start), "munmap of a leftover area")
+        for fd in list_fds(self.pid):
+            if is_leftover(read_link(self.pid, f"fd/{fd}")):
+                self._check(self.path(arch.NR_CLOSE, fd), "close of a leftover area's fd")
 
     # -- infect: shared area, blob, arguments, start ----------------------------------------
 
     def infect(self) -> None:
         init_type = self.proto.ParasiteInitArgs
-        self.layout = plan_area(self.blob.memory_size, ctypes.sizeof(init_type), len(self.context.xstate))
+        self.layout = plan_area(self.blob.memory_size, ctypes.sizeof(init_type))
         self._map_area()
         self.blob.place(self.area, self.base)
         self.channel = Channel.listen(self.pid, self.check_task)
         self.undo.callback(self.channel.close)
-        frame, sigreturn_sp = arch.build_rt_sigframe(arch.resume_registers(self.context.regs), self.context.xstate,
-                                                     self.context.sigmask, self.base + self.layout.frame_offset)
-        self._write(self.layout.frame_offset, frame)
         address = self.channel.address
         init = init_type(sun_len=2 + len(address), log_fd=-1,
                          cmd_args=self.base + self.layout.cmd_offset, cmd_args_size=self.layout.cmd_size,
-                         sigreturn_sp=sigreturn_sp)
+                         sigreturn_sp=self.path.sigreturn_sp, area_base=self.base, area_size=self.layout.size,
+                         syscall_ret=self.path.gadgets.syscall_ret)
         ctypes.memmove(init.sun_path, address, len(address))
         self._write(self.layout.init_offset, bytes(init))
         self._start()
@@ -142,14 +137,19 @@ class Infection:
     def _map_area(self) -> None:
         """A memfd mapped RWX-shared in the target and RW here: the blob and its arguments."""
         size = self.layout.size
-        self.memfd = self._check(self.remote(arch.NR_MEMFD_CREATE, self._empty_string(), MFD_CLOEXEC),
+        self.memfd = self._check(self.path(arch.NR_MEMFD_CREATE, self.path.strings_addr, MFD_CLOEXEC),
                                  "memfd_create")
-        self.undo.callback(self._alive(self._close_memfd))
-        self._check(self.remote(arch.NR_FTRUNCATE, self.memfd, size), "ftruncate of the memfd")
+        self.undo.callback(self._parked(self._close_memfd))
+        faults.point("infect.memfd")
+        self._check(self.path(arch.NR_FTRUNCATE, self.memfd, size), "ftruncate of the memfd")
         prot = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
-        self.base = self._check(self.remote(arch.NR_MMAP, 0, size, prot, mmap.MAP_SHARED, self.memfd, 0),
+        self.base = self._check(self.path(arch.NR_MMAP, 0, size, prot, mmap.MAP_SHARED, self.memfd, 0),
                                 "mmap of the memfd")
-        self.undo.callback(self._alive(lambda: self.remote(arch.NR_MUNMAP, self.base, size)))
+        # When the parasite ran, it unmapped the area itself on its way out; a munmap of a
+        # range with nothing mapped succeeds, and nothing else ran in the task meanwhile.
+        self.undo.callback(self._parked(lambda: self._check(self.path(arch.NR_MUNMAP, self.base, size),
+                                                            "munmap of the area")))
+        faults.point("infect.mmap")
         local = os.open(f"/proc/{self.pid}/fd/{self.memfd}", os.O_RDWR | os.O_CLOEXEC)
         try:
             self.area = mmap.mmap(local, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -157,32 +157,27 @@ class Infection:
             os.close(local)
         self.undo.callback(self.area.close)
         self._close_memfd()
-
-    def _empty_string(self) -> int:
-        """An address in the target holding a NUL byte: memfd_create needs a name there.
-
-        The vDSO is an ELF image and every ELF header has NUL bytes, so no
-        byte of the target needs to be written for it.
-        """
-        start, end = vdso_range(self.pid)
-        return start + ptrace.read_memory(self.pid, start, end - start).index(b"\0")
+        faults.point("infect.closed")
 
     def _close_memfd(self) -> None:
         """The mapping keeps the memfd alive; the fd itself must not stay in the target's table."""
         if self.memfd is not None:
             fd, self.memfd = self.memfd, None
-            self._check(self.remote(arch.NR_CLOSE, fd), "close of the memfd")
+            self._check(self.path(arch.NR_CLOSE, fd), "close of the memfd")
 
     def _start(self) -> None:
-        regs = arch.copy_regs(self.context.regs)
+        regs = arch.copy_regs(self.path.saved.regs)
         regs.rip = self.base + self.blob.exports["parasite_head_start"]
         regs.rdi = self.base + self.layout.init_offset
         regs.rax = 0
         regs.orig_rax = arch.SIGSET_ALL  # -1: the task's interrupted syscall must not be restarted now
-        regs.eflags &= ~(EFLAGS_TF | EFLAGS_DF)
+        regs.eflags &= ~(arch.EFLAGS_TF | arch.EFLAGS_DF)
         self.fds_before = frozenset(list_fds(self.pid))
+        # From here a dead runtime leaves the task in the parasite, which finds no socket to
+        # connect to and takes its own way out.
         ptrace.set_regs(self.pid, regs)
         self.undo.callback(self._alive(self._retire))
+        faults.point("infect.start")
         ptrace.cont(self.pid)
         self.running = True
 
@@ -212,7 +207,7 @@ class Infection:
     # -- cure -------------------------------------------------------------------------------
 
     def _retire(self) -> None:
-        """Stop the parasite and take the task back out of it (undo of _start)."""
+        """Stop the parasite and park the task on its return path again (undo of _start)."""
         if self.running:
             ptrace.interrupt(self.pid)
             if wait_for_stop(self.pid) is None:
@@ -220,41 +215,43 @@ class Infection:
                 return
             self.running = False
         self.channel.close()
-        rip = ptrace.get_regs(self.pid).rip
-        if not self._in_area(rip):
-            # The parasite already ran its rt_sigreturn (it lost its socket): the task is in
-            # its own context and may have run on; its registers are its own now.
+        faults.point("infect.retire")
+        regs = ptrace.get_regs(self.pid)
+        if not self._in_area(regs.rip) and not self.path.is_parked(regs):
+            # The parasite already took its own way out (it lost its socket): the task is in
+            # its own context and may have run on; its registers and stack are its own now.
             self.returned = True
             return
-        self._chase_sigreturn()
+        self._chase_exit()
+        faults.point("infect.cancelled")
         for fd in sorted(frozenset(list_fds(self.pid)) - self.fds_before):
-            self.remote(arch.NR_CLOSE, fd)
+            self._check(self.path(arch.NR_CLOSE, fd), f"close of fd {fd} the parasite left")
 
-    def _chase_sigreturn(self) -> None:
-        """Follow the parasite to its rt_sigreturn and cancel it; the saved state is put back by cure."""
+    def _chase_exit(self) -> None:
+        """Follow the parasite out to its final rt_sigreturn and cancel it: the task is parked again."""
         for _ in range(SIGRETURN_CHASE_LIMIT):
             ptrace.syscall(self.pid)
             stop = ptrace.wait(self.pid)
             if stop.exited:
                 self.dead = True
                 raise InfectError(self.pid, f"the target {stop.describe()} while the parasite was exiting")
+            if stop.is_signal_delivery and stop.signal == signal.SIGSTOP:
+                self.stop_requested = True
+                continue
+            if stop.is_event_stop:
+                continue
             if not stop.is_syscall_stop:
                 # A fault on the way out: the task is stopped inside the kernel's signal
-                # handling, where restoring its registers is as good as an interrupt stop.
+                # handling; parked from there, the fault's signal is not delivered.
+                self.path.park()
                 return
-            regs = ptrace.get_regs(self.pid)
-            if arch.signed(regs.orig_rax) == arch.NR_RT_SIGRETURN and arch.signed(regs.rax) == -errno.ENOSYS:
-                regs.orig_rax = arch.SIGSET_ALL  # skip it: the kernel runs no syscall for -1
-                ptrace.set_regs(self.pid, regs)
-                ptrace.syscall(self.pid)
-                if not ptrace.wait(self.pid).is_syscall_stop:
-                    raise InfectError(self.pid, "no syscall-exit stop after the cancelled rt_sigreturn")
-                settle(self.pid)
+            if self.path.at_final_sigreturn(ptrace.get_regs(self.pid)):
+                self.path.cancel_sigreturn()
                 return
         raise InfectError(self.pid, f"parasite made {SIGRETURN_CHASE_LIMIT} syscalls without reaching rt_sigreturn")
 
     def resend_stop(self) -> None:
-        if self.stop_requested and not self.dead:
+        if (self.stop_requested or self.path.stop_held) and not self.dead:
             os.kill(self.pid, signal.SIGSTOP)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -262,9 +259,13 @@ class Infection:
     def _alive(self, step):
         """An undo step that is skipped once the target has exited."""
         def run():
-            if not self.dead:
+            if not (self.dead or self.path.exited):
                 step()
         return run
+
+    def _parked(self, step):
+        """An undo step that needs the task on its return path: skipped once it went its own way."""
+        return self._alive(lambda: None if self.returned else step())
 
     def _in_area(self, address: int) -> bool:
         return self.layout is not None and self.base <= address < self.base + self.layout.size

@@ -190,6 +190,18 @@ def read_memory(pid: int, addr: int, size: int) -> bytes:
     return data
 
 
+def write_memory(pid: int, addr: int, data: bytes) -> None:
+    """Write a stopped tracee's memory through /proc/PID/mem (as POKEDATA, it may write read-only pages)."""
+    try:
+        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(addr)
+            written = mem.write(data)
+    except OSError as exc:
+        raise PtraceError(pid, "write /proc/PID/mem", exc.errno or 0, f"{len(data)} bytes at {addr:#x}") from exc
+    if written != len(data):
+        raise PtraceError(pid, "write /proc/PID/mem", 5, f"short write at {addr:#x}: {written} of {len(data)}")
+
+
 @dataclass(frozen=True)
 class Stop:
     """One waitpid report about a traced task."""

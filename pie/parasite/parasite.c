@@ -4,8 +4,8 @@
  *
  * Ending on EOF (or any socket error) rather than on FINI is what makes a
  * runtime that dies mid-command harmless: the kernel closes its end, the
- * parasite sees EOF and returns the task to the context saved in the
- * sigframe by itself.
+ * parasite sees EOF, unmaps its own area and returns the task to the context
+ * saved in the sigframe by itself (parasite_exit).
  */
 #include "errno.h"
 #include "log.h"
@@ -79,5 +79,5 @@ void parasite_main(const struct parasite_init_args *init)
 		serve(&ctx);
 		sys_call1(__NR_close, ctx.sock);
 	}
-	parasite_sigreturn(ctx.sigreturn_sp);
+	parasite_exit(ctx.sigreturn_sp, init->area_base, init->area_size, init->syscall_ret);
 }

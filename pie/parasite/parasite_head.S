@@ -21,21 +21,36 @@ __export_parasite_head_start:
 	.size __export_parasite_head_start, . - __export_parasite_head_start
 
 /*
- * parasite_sigreturn(sp): leave through rt_sigreturn on the frame the runtime
- * built from the task's saved context. The kernel reads the rt_sigframe at
- * rsp - 8 (where a handler's return address would have been popped), so sp
- * is the address of the frame's struct ucontext.
+ * parasite_exit(sp, base, size, syscall_ret): leave through rt_sigreturn on the
+ * frame the runtime built from the task's saved context (below the red zone of
+ * the task's own stack). The kernel reads the rt_sigframe at rsp - 8 (where a
+ * handler's return address would have been popped), so sp is the address of
+ * the frame's struct ucontext, and the frame's pretcode (at sp - 8) holds the
+ * address of a `mov $15, %eax; syscall` in the task's own code.
+ *
+ * With syscall_ret (the address of a `syscall; ret` outside this blob) the
+ * parasite also takes its own mapping away: the munmap runs from there, its
+ * `ret` pops pretcode, and the rt_sigreturn runs from the task's code, so no
+ * instruction executes in the unmapped area. Without it (0) the area stays
+ * mapped, for the runtime or the next infection to remove.
  */
 	.text
-	.globl parasite_sigreturn
-	.hidden parasite_sigreturn
-	.type parasite_sigreturn, @function
-parasite_sigreturn:
-	movq %rdi, %rsp
+	.globl parasite_exit
+	.hidden parasite_exit
+	.type parasite_exit, @function
+parasite_exit:
+	testq %rcx, %rcx
+	jz 1f
+	leaq -8(%rdi), %rsp
+	movq %rsi, %rdi
+	movq %rdx, %rsi
+	movl $__NR_munmap, %eax
+	jmp *%rcx
+1:	movq %rdi, %rsp
 	movl $__NR_rt_sigreturn, %eax
 	syscall
 	int3
-	.size parasite_sigreturn, . - parasite_sigreturn
+	.size parasite_exit, . - parasite_exit
 
 	.section .bss.parasite_stack, "aw", @nobits
 	.balign 16

@@ -31,7 +31,7 @@ from runtime.images import layout
 from runtime.images.model import (PAGE_SIZE, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
                                   ThreadCore, VdsoInfo, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
-from runtime.infect import infect
+from runtime.infect import infect, is_leftover
 from runtime.parasite import Iovec
 from runtime.procfs import auxv, fds, maps, pagemap, stat, status, vdso
 from runtime.procfs.fds import FileKind, OpenFile
@@ -125,14 +125,16 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
     if len(seized.threads) > 1 or st.threads > 1:
         raise DumpError(pid, f"multi-threaded process ({max(len(seized.threads), st.threads)} threads): "
                              "not supported yet")
-    mappings = maps.read_mappings(pid)
+    # A parasite area (and its fd) a killed runtime left behind is removed by the infection.
+    mappings = tuple(m for m in maps.read_mappings(pid) if not is_leftover(m.name))
     proxy = find_proxy(pid, mappings)
     if proxy is not None:
         # A vDSO proxy a restore installed is this process's vDSO (docs/vdso.md): a special mapping.
         mappings = tuple(replace(m, name="[vdso]") if m == proxy else m for m in mappings)
     check_mappings(pid, mappings)
     vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
-    open_files = dump_fds(pid, fds.read_open_files(pid), options.shell_job)
+    found_files = tuple(f for f in fds.read_open_files(pid) if not is_leftover(f.link))
+    open_files = dump_fds(pid, found_files, options.shell_job)
     page_runs = plan_page_runs(pid, mappings)
     found_vdso, vdso_info = read_vdso_info(pid, vmas, proxy)
     # Last: for a thread inside an rseq critical section this moves it to its abort handler.

@@ -36,6 +36,25 @@ DUMP_STEPS = (
     "dump.kill",  # the inventory is written; the target is about to be killed (or released)
 )
 
+# The parasite's infection and cure (runtime/remote_syscall.py, infect.py, channel.py);
+# a runtime that dies at any of them must leave the target in its own state.
+INFECT_STEPS = (
+    "infect.parked",  # the leader's registers point at its own rt_sigreturn on the saved frame
+    "infect.blocked",  # ... and every signal is blocked
+    "infect.syscall",  # an injected syscall's entry stop, its number and arguments set (@N: the Nth)
+    "infect.syscall_exit",  # an injected syscall's exit stop (@N: the Nth)
+    "infect.memfd",  # the memfd exists, its fd open in the target
+    "infect.mmap",  # the area is mapped in the target, the memfd's fd still open
+    "infect.closed",  # the memfd's fd is closed; the parasite is not started
+    "infect.start",  # the leader's registers point at the parasite, not yet continued
+    "infect.command",  # a request is sent, its reply not yet read
+    "infect.pages",  # page data is moving
+    "infect.retire",  # the parasite is interrupted and its socket closed by the runtime
+    "infect.cancelled",  # its final rt_sigreturn is cancelled: the leader is parked again
+    "infect.restoring",  # the leader's mask and xstate are its own again, its registers not yet
+    "infect.restored",  # its registers are its own again, the frame's stack bytes not yet
+)
+
 RESTORE_STEPS = (
     "restore.validate",  # the image is loaded and checked
     "restore.clone",  # the processes are about to be created

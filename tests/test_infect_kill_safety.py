@@ -115,7 +115,8 @@ def test_target_unharmed_when_the_runtime_dies_at_step(step, mode, tmp_path):
         runtime = dump_command(subject.pid, tmp_path / "killed", mode, f"{step}:die")
         _, stderr = runtime.communicate(timeout=30)
         assert runtime.returncode == -signal.SIGKILL, f"{step} not reached: {stderr}"
-        check_unharmed(subject.target, before)
+        leftovers = check_unharmed(subject.target, before)
+        print(f"\n{step} {mode}: unharmed, {leftovers} leftover area or fd")
         check_dumped_and_restored(subject)
     finally:
         subject.stop()

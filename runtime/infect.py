@@ -265,7 +265,10 @@ class Infection:
 
     def _parked(self, step):
         """An undo step that needs the task on its return path: skipped once it went its own way."""
-        return self._alive(lambda: None if self.returned else step())
+        def run():
+            if not self.returned:
+                step()
+        return self._alive(run)
 
     def _in_area(self, address: int) -> bool:
         return self.layout is not None and self.base <= address < self.base + self.layout.size

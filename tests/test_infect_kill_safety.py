@@ -18,13 +18,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dump_support import ROOT, Target, start_target, target_path
 from restore_support import Restorable, wait_for
-from runtime import faults
+from runtime import faults, infect, remote_syscall
 from runtime.images import layout
 from runtime.infect import is_leftover
 
@@ -154,3 +155,34 @@ def test_target_unharmed_when_the_runtime_dies_at_random_instants(tmp_path):
     print(f"\nrandom kills: {tries} tries, {killed} runtimes killed mid-dump, all {killed} targets unharmed "
           f"({leftovers} with a leftover area or fd), {completed} dumps completed first")
     assert killed >= tries // 2
+
+
+# A runtime that hides the process's `syscall; ret` (as for a process that has none), starts the
+# parasite and dies while it runs: the parasite can then only return, not unmap itself.
+RUNTIME_WITHOUT_SYSCALL_RET = """
+import dataclasses, os, signal, sys
+from runtime import infect, remote_syscall
+found = remote_syscall.find_gadgets
+remote_syscall.find_gadgets = lambda pid: dataclasses.replace(found(pid), syscall_ret=0)
+with infect.infect(int(sys.argv[1])) as parasite:
+    parasite.noop()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_an_area_the_parasite_could_not_unmap_is_removed_by_the_next_infection(tmp_path, monkeypatch):
+    target = start_target(target_argv(tmp_path), tmp_path)
+    try:
+        before = observe(target.pid)
+        runtime = subprocess.run([sys.executable, "-c", RUNTIME_WITHOUT_SYSCALL_RET, str(target.pid)], cwd=ROOT)
+        assert runtime.returncode == -signal.SIGKILL
+        assert check_unharmed(target, before) == 1  # the area
+        found = remote_syscall.find_gadgets
+        monkeypatch.setattr(remote_syscall, "find_gadgets", lambda pid: replace(found(pid), syscall_ret=0))
+        with infect.infect(target.pid) as parasite:
+            parasite.noop()
+        # The leftover is gone, and without the gadget the runtime unmapped this infection's area.
+        assert observe(target.pid) == before
+        assert check_unharmed(target, before) == 0
+    finally:
+        target.stop()

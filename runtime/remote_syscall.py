@@ -1,4 +1,4 @@
-"""Running one syscall inside a stopped thread of the target, leaving it exactly as it was.
+"""Running syscalls inside a stopped thread of the target, leaving it exactly as it was.
 
 Why through the vDSO: every process has a [vdso] mapping with a `syscall`
 instruction in it (the time functions' fallback path), so pointing rip at

@@ -44,7 +44,8 @@ def _parasite(args: argparse.Namespace) -> None:
 
 
 def _dump(args: argparse.Namespace) -> None:
-    dump(args.pid, args.images_dir, DumpOptions(leave_running=args.leave_running, shell_job=args.shell_job))
+    dump(args.pid, args.images_dir, DumpOptions(leave_running=args.leave_running, shell_job=args.shell_job,
+                                                force_dir=args.force_dir))
 
 
 def _restore(args: argparse.Namespace) -> None:
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="the process to dump")
     dump_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="where to write the images")
     dump_parser.add_argument("--leave-running", action="store_true", help="let the process run on after the dump")
+    dump_parser.add_argument("--force-dir", action="store_true",
+                             help="accept an image directory of your own that group or others may write "
+                                  "(the dump makes it 0700)")
     dump_parser.add_argument("-j", "--shell-job", action="store_true",
                              help="the process's stdio terminal or pipes belong to the caller's shell")
     _add_logging_options(dump_parser)

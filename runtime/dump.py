@@ -27,7 +27,6 @@ from pathlib import Path
 from runtime import arch_x86_64 as arch
 from runtime import progress, ptrace, rseq
 from runtime.errors import DumpError, ReviveError
-from runtime.images import layout
 from runtime.images.model import (PAGE_SIZE, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
                                   ThreadCore, VdsoInfo, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
@@ -53,6 +52,7 @@ _SPECIAL_KINDS = (VmaKind.VDSO, VmaKind.VVAR, VmaKind.VVAR_VCLOCK)
 class DumpOptions:
     leave_running: bool = False  # detach and let it run (default: SIGKILL after a successful dump)
     shell_job: bool = False  # stdio terminal/pipes are the caller's: saved as FdKind.INHERIT
+    force_dir: bool = False  # accept an image directory of ours that group or others may write (made 0700)
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,10 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
     log.info("dumping pid %d into %s", pid, directory)
     seized = seize(pid)
     directory = Path(directory)
-    created_directory = not directory.exists()
     writer = None
     try:
         snapshot = take_snapshot(pid, seized, options)
-        writer = ImageWriter(directory)
+        writer = ImageWriter(directory, force_dir=options.force_dir)
         process = _dump_with_parasite(pid, seized, snapshot, writer, options)
         writer.finish(pid)
     except BaseException as exc:
@@ -106,7 +105,7 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
         except ReviveError as release_error:
             log.error("pid %d: releasing it after the failed dump: %s", pid, release_error)
         if writer is not None:
-            _remove_partial_images(directory, created_directory)
+            writer.discard()
         if isinstance(exc, OSError):
             raise DumpError(pid, f"{exc.strerror or exc}") from exc
         raise
@@ -340,18 +339,6 @@ def armed_itimers(itimers: tuple[ITimer, ...]) -> tuple[ITimer, ...]:
     if (real.value_sec, real.value_usec) == (0, 0) and (real.interval_sec, real.interval_usec) != (0, 0):
         real = replace(real, value_sec=real.interval_sec, value_usec=real.interval_usec)
     return (real, *others)
-
-
-def _remove_partial_images(directory: Path, created_directory: bool) -> None:
-    """Take away what this dump wrote: only names of the image format, and the directory if it made it."""
-    for entry in directory.iterdir():
-        if layout.parse_name(entry.name) is not None or entry.name.startswith(f".{layout.INVENTORY}"):
-            entry.unlink(missing_ok=True)
-    if created_directory:
-        try:
-            directory.rmdir()
-        except OSError as exc:
-            log.warning("image directory %s left behind: %s", directory, exc.strerror)
 
 
 def kill_seized(seized: Seized) -> None:

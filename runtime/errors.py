@@ -101,3 +101,17 @@ class ImageError(ReviveError):
         self.field = field
         self.reason = reason
         super().__init__(f"{file}: {field}: {reason}" if field else f"{file}: {reason}")
+
+
+TEXT_SHOWN_MAX = 80
+
+
+def shorten(text: str, limit: int = TEXT_SHOWN_MAX) -> str:
+    """Text from an image or the system as a message shows it: one line, at most about limit characters.
+
+    A hostile image may hold a 100,000-character path or a newline in a
+    name; a message shows the start, escapes what is not printable, and
+    says how long the whole was.
+    """
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"

@@ -22,12 +22,13 @@ import os
 import resource
 import signal
 import struct
+import threading
 from dataclasses import dataclass
 
 from runtime import arch_x86_64 as arch
 from runtime import blobs, progress, ptrace, restore_child, rseq
 from runtime.clone import clone_with_pid
-from runtime.errors import ReviveError, RestoreError
+from runtime.errors import ReviveError, RestoreError, shorten
 from runtime.images import loader
 from runtime.images.model import FdKind, Process, RLimit
 from runtime.procfs.io import bytes_read
@@ -38,6 +39,11 @@ from runtime.vdso import VdsoMode, VdsoPlan, plan_restore
 log = logging.getLogger(__name__)
 
 PTRACE_O_EXITKILL = 0x100000
+# The child's error pipe: bytes kept, characters shown, and how long to wait for the end of
+# a message once the child has exited (its write end is closed then, so the drain ends at once).
+ERROR_BYTES_MAX = 4096
+ERROR_TEXT_MAX = 400
+ERROR_DRAIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -54,28 +60,27 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
     under this process's ptrace, in its own registers, before it has run
     any of its own code.
     """
-    checkpoint = loader.load(directory)
-    image = checkpoint.root
-    process = image.process
-    check_restorable(process, shell_job)
-    vdso = plan_vdso(process, image.vdso_path, vdso_mode)
-    with open(image.xstate_paths[process.pid], "rb") as f:
-        xstate = f.read()
-    fds = plan_fds(process, _open_fds())
-    area = build_area(process, xstate, fds, vdso)
-    plan = restore_child.ChildPlan(process, image.pages_path, fds, area, capped_rlimits(process))
-    restored = start(plan, leave_traced)
+    # The image files stay open only until the child has inherited the pages file.
+    with loader.load(directory) as checkpoint:
+        image = checkpoint.root
+        process = image.process
+        check_restorable(process, shell_job)
+        vdso = plan_vdso(process, image.vdso_image, vdso_mode)
+        fds = plan_fds(process, _open_fds())
+        area = build_area(process, image.xstates[process.pid], fds, vdso)
+        plan = restore_child.ChildPlan(process, image.pages.fileno(), fds, area, capped_rlimits(process))
+        restored = start(plan, leave_traced)
     log.info("pid %d restored from %s", restored.pid, directory)
     if detach or leave_traced:
         return 0
     return wait_relaying_signals(restored.pid)
 
 
-def plan_vdso(process: Process, vdso_path, mode: VdsoMode) -> VdsoPlan | None:
+def plan_vdso(process: Process, vdso_image: bytes | None, mode: VdsoMode) -> VdsoPlan | None:
     """Remap the running vDSO or proxy the dumped one (runtime/vdso.py decides)."""
     if process.vdso is None:
         return None
-    plan = plan_restore(process, vdso_path.read_bytes(), mode, [(r.start, r.end) for r in target_ranges(process)])
+    plan = plan_restore(process, vdso_image, mode, [(r.start, r.end) for r in target_ranges(process)])
     log.info("pid %d: vdso %s: %s", process.pid, plan.decision.path.value, plan.decision.reason)
     return plan
 
@@ -123,7 +128,8 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
         restore_child.run(plan, go_r, err_w)
     os.close(go_r)
     os.close(err_w)
-    with _killed_on_failure(child), contextlib.closing(os.fdopen(err_r, "rb")) as errors:
+    errors = ErrorChannel(err_r)
+    with _killed_on_failure(child):
         try:
             ptrace.seize(child, ptrace.PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
             os.write(go_w, struct.pack("<I", _glibc_rseq_length(child)))
@@ -140,6 +146,36 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
         if not leave_traced:
             ptrace.detach(child)
     return Restored(child, plan.area)
+
+
+class ErrorChannel:
+    """The read end of the child's error pipe, drained by a thread from the clone on.
+
+    Why drained as it comes: the child writes its error, then exits, and
+    the parent learns of the exit from waitpid. Were the parent to read only
+    after the exit, a message longer than the pipe buffer (64 KiB; a hostile
+    image's path can be longer) would block the child in write() while the
+    parent waits for it to exit, forever. The thread keeps the first
+    ERROR_BYTES_MAX bytes, more than any message needs, and drops the rest.
+    """
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._data = bytearray()
+        self._thread = threading.Thread(target=self._drain, name="restore-errors", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        try:
+            while chunk := os.read(self._fd, 1 << 16):
+                self._data += chunk[:max(ERROR_BYTES_MAX - len(self._data), 0)]
+        finally:
+            os.close(self._fd)
+
+    def read(self) -> bytes:
+        """What the child wrote, once it has exited (its end of the pipe closed with it)."""
+        self._thread.join(ERROR_DRAIN_SECONDS)
+        return bytes(self._data)
 
 
 @contextlib.contextmanager
@@ -182,7 +218,8 @@ def _failure(child: int, stop: ptrace.Stop, errors) -> RestoreError:
     """What the child or the restorer said before it exited, as a RestoreError."""
     data = errors.read()
     if data.startswith(restore_child.CHILD_ERROR_TAG):
-        return RestoreError(child, data[len(restore_child.CHILD_ERROR_TAG):].decode(errors="replace"))
+        text = data[len(restore_child.CHILD_ERROR_TAG):].decode(errors="replace")
+        return RestoreError(child, shorten(text, ERROR_TEXT_MAX))
     proto = blobs.protocol()
     if len(data) == ctypes.sizeof(proto.RestorerError):
         record = proto.RestorerError.from_buffer_copy(data)

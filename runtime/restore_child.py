@@ -13,23 +13,46 @@ Order matters: the fds the restorer needs move above every target number
 first, so reopening the target's descriptors cannot clobber them; the
 restorer area is mapped before rlimits (a lower RLIMIT_AS must not refuse
 it).
+
+What an image names is opened as the image's process would open it:
+between the helper descriptors and the restorer area the child takes the
+image's fsuid, fsgid and supplementary groups (acting_as), so the files
+the process maps, its descriptors, its cwd and root are reached with its
+own permissions, never with the runtime's (an image cannot make a root
+restore open /etc/shadow read-write for a process that runs as nobody).
+Each is looked at before it is opened (runtime/fileopen.py): a FIFO would
+block the open, a device's open has effects, so only the kind of file the
+image says (a regular file, a directory, a character device) is opened.
+The pages file is not opened at all: the loader checked it, and the child
+inherits that very descriptor.
 """
 
+import contextlib
 import ctypes
+import errno
 import os
 import resource
 import signal
+import stat
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
-from runtime.errors import RestoreError
-from runtime.images.model import FdKind, Process, RLimit
+from runtime import fileopen
+from runtime.errors import RestoreError, shorten
+from runtime.images.model import Creds, FdKind, Process, RLimit
 from runtime.restore_area import Area, HelperFds
 
 CHILD_ERROR_TAG = b"child:"
+# Below PIPE_BUF: the one write() of the message is atomic, and fits an empty pipe without blocking.
+CHILD_ERROR_MAX = 1024
 
 NR_RSEQ = 334
+# Raw system calls, not glibc's wrappers: glibc makes setgroups process-wide by signalling
+# every thread it knows, and this raw clone3 copy inherited the runtime's list of threads
+# (and possibly a lock one of them held); the child is one thread, and the call is for it.
+NR_SETGROUPS = 116
+NR_SETFSUID = 122
+NR_SETFSGID = 123
 NR_ARCH_PRCTL = 158
 ARCH_GET_FS = 0x1003
 RSEQ_FLAG_UNREGISTER = 1
@@ -57,7 +80,7 @@ class ChildPlan:
     """Everything the child needs, computed by the parent before the fork."""
 
     process: Process
-    pages_path: Path
+    pages_fd: int  # the pages file the loader opened and checked, inherited by the child
     fds: HelperFds
     area: Area
     rlimits: tuple[RLimit, ...]  # the dumped ones, hard limits capped at what this process may set
@@ -77,8 +100,10 @@ def run(plan: ChildPlan, go_fd: int, err_fd: int) -> None:
         rseq_len = _wait_for_go(go_fd)
         place_helper_fds(plan, err_fd)
         close_other_fds(plan)
-        reopen_target_fds(plan.process)
-        set_fs_context(plan.process)
+        with acting_as(plan.process.creds):
+            open_mapped_files(plan)
+            reopen_target_fds(plan.process)
+            set_fs_context(plan.process)
         map_restorer_area(plan.area)
         set_rlimits(plan.rlimits)
         set_identity(plan.process)
@@ -88,7 +113,8 @@ def run(plan: ChildPlan, go_fd: int, err_fd: int) -> None:
         fd = plan.fds.err if _is_open(plan.fds.err) else err_fd
         # The parent's RestoreError names our PID already.
         own = isinstance(exc, RestoreError) and exc.what == os.getpid()
-        os.write(fd, CHILD_ERROR_TAG + (exc.reason if own else str(exc)).encode(errors="replace"))
+        message = (exc.reason if own else str(exc)).encode(errors="replace")
+        os.write(fd, (CHILD_ERROR_TAG + message)[:CHILD_ERROR_MAX])
     finally:
         os._exit(1)
 
@@ -110,8 +136,15 @@ def _wait_for_go(go_fd: int) -> int:
     return struct.unpack("<I", data)[0]
 
 
-def _open_at(path: str, flags: int, number: int, inheritable: bool) -> None:
-    fd = os.open(path, flags)
+def _open_at(path: str, flags: int, kind: int, number: int, inheritable: bool) -> None:
+    """path opened with flags as descriptor number, if it is a file of type kind (stat.S_IFREG, ...)."""
+    path_fd, st = fileopen.look(path)
+    try:
+        if stat.S_IFMT(st.st_mode) != kind:
+            raise OSError(errno.EINVAL, f"{fileopen.describe_kind(st.st_mode)}, not {fileopen.describe_kind(kind)}")
+        fd = fileopen.reopen(path_fd, flags)
+    finally:
+        os.close(path_fd)
     if fd != number:
         os.dup2(fd, number, inheritable=inheritable)
         os.close(fd)
@@ -120,16 +153,69 @@ def _open_at(path: str, flags: int, number: int, inheritable: bool) -> None:
 
 
 def place_helper_fds(plan: ChildPlan, err_fd: int) -> None:
+    """The error pipe, the pages file and the exe at their planned numbers."""
     fds = plan.fds
-    os.dup2(err_fd, fds.err)
+    os.dup2(err_fd, fds.err, inheritable=False)
     os.close(err_fd)
-    _open_at(str(plan.pages_path), os.O_RDONLY, fds.pages, False)
-    _open_at(plan.process.mm.exe, os.O_RDONLY, fds.exe, False)
-    for f in fds.files:
+    os.dup2(plan.pages_fd, fds.pages, inheritable=False)
+    # With the runtime's credentials: a binary may be execute-only (0711), which exec maps
+    # without read permission. The descriptor only names the exe for PR_SET_MM_MAP (which
+    # checks exec permission) and is closed before the process runs.
+    try:
+        _open_at(plan.process.mm.exe, os.O_RDONLY, stat.S_IFREG, fds.exe, False)
+    except OSError as exc:
+        raise RestoreError(os.getpid(), f"cannot open the exe {shorten(plan.process.mm.exe)}: "
+                                        f"{exc.strerror}") from exc
+
+
+@contextlib.contextmanager
+def acting_as(creds: Creds):
+    """The image's fsuid, fsgid and groups for the opens in the block; the runtime's again after it.
+
+    A non-zero fsuid also clears the file-system capabilities (CAP_DAC_OVERRIDE,
+    CAP_FOWNER, ...) from the effective set, and fsuid 0 brings them back
+    (capabilities(7), "Effect of user ID changes on capabilities"): in the block,
+    permission checks are the target's own.
+    """
+    groups = os.getgroups()
+    fsuid, fsgid = creds.uids[3], creds.gids[3]
+    try:
+        _set_groups(creds.groups, groups)
+        _set_fs_id(NR_SETFSGID, fsgid, "fsgid")
+        _set_fs_id(NR_SETFSUID, fsuid, "fsuid")
+    except OSError as exc:
+        raise RestoreError(os.getpid(), f"cannot take the image's file-system identity (fsuid {fsuid}, "
+                                        f"fsgid {fsgid}, {len(creds.groups)} groups): {exc.strerror}") from exc
+    try:
+        yield
+    finally:
+        _set_fs_id(NR_SETFSUID, os.geteuid(), "fsuid")
+        _set_fs_id(NR_SETFSGID, os.getegid(), "fsgid")
+        _set_groups(groups, creds.groups)
+
+
+def _set_groups(wanted, current) -> None:
+    if sorted(wanted) == sorted(current):
+        return  # nothing to change, and an unprivileged restore of its own user's process may not
+    array = (ctypes.c_uint32 * max(len(wanted), 1))(*wanted)
+    _check(_libc.syscall(NR_SETGROUPS, len(wanted), array), "setgroups")
+
+
+def _set_fs_id(number: int, wanted: int, name: str) -> None:
+    # setfsuid/setfsgid report no error: they return the previous id. An invalid id
+    # (-1) changes nothing and returns the current one, which says whether it took.
+    _libc.syscall(number, ctypes.c_uint32(wanted))
+    if _libc.syscall(number, ctypes.c_uint32(0xFFFFFFFF)) != wanted:
+        raise OSError(errno.EPERM, f"setting {name} {wanted} did not take")
+
+
+def open_mapped_files(plan: ChildPlan) -> None:
+    for f in plan.fds.files:
         try:
-            _open_at(f.path, f.flags, f.fd, False)
+            _open_at(f.path, f.flags, stat.S_IFREG, f.fd, False)
         except OSError as exc:
-            raise RestoreError(f.path, f"cannot open a file the process maps: {exc.strerror}") from exc
+            raise RestoreError(os.getpid(), f"cannot open {shorten(f.path)}, a file the process maps: "
+                                            f"{exc.strerror}") from exc
 
 
 def close_other_fds(plan: ChildPlan) -> None:
@@ -137,7 +223,10 @@ def close_other_fds(plan: ChildPlan) -> None:
     keep = sorted(fd.fd for fd in plan.process.fds if fd.kind is FdKind.INHERIT)
     low = 0
     for fd in keep + [min(plan.fds.all)]:
-        os.closerange(low, fd)
+        # Never an empty range: Python turns closerange(0, 0) into close_range(0, ~0),
+        # which would close every descriptor, the helpers and the error pipe with them.
+        if low < fd:
+            os.closerange(low, fd)
         low = fd + 1
 
 
@@ -148,18 +237,24 @@ def reopen_target_fds(process: Process) -> None:
                 raise RestoreError(process.pid, f"fd {fd.fd}: the shell job's descriptor is not open in the caller")
             continue
         try:
-            _open_at(fd.path, fd.flags & ~_OPEN_FLAGS_DROPPED, fd.fd, not fd.cloexec)
+            _open_at(fd.path, fd.flags & ~_OPEN_FLAGS_DROPPED, stat.S_IFMT(fd.mode), fd.fd, not fd.cloexec)
             if fd.kind is FdKind.FILE:
                 os.lseek(fd.fd, fd.pos, os.SEEK_SET)
         except OSError as exc:
-            raise RestoreError(process.pid, f"fd {fd.fd}: cannot reopen {fd.path}: {exc.strerror}") from exc
+            raise RestoreError(process.pid, f"fd {fd.fd}: cannot reopen {shorten(fd.path)}: "
+                                            f"{exc.strerror}") from exc
 
 
 def set_fs_context(process: Process) -> None:
     # chdir first: the dumped cwd is a path as seen from outside the process's root.
-    os.chdir(process.cwd)
-    if process.root != "/":
-        os.chroot(process.root)
+    for name, change in (("cwd", os.chdir), ("root", os.chroot)):
+        path = getattr(process, name)
+        if name == "root" and path == "/":
+            continue
+        try:
+            change(path)
+        except OSError as exc:
+            raise RestoreError(process.pid, f"{name} {shorten(path)}: {exc.strerror}") from exc
     os.umask(process.umask)
 
 
@@ -187,7 +282,7 @@ def set_identity(process: Process) -> None:
 
     Dumpability is the restorer's last credential step: a uid change resets it.
     """
-    _check(_libc.prctl(PR_SET_NAME, process.comm.encode()[:15], 0, 0, 0), "prctl(PR_SET_NAME)")
+    _check(_libc.prctl(PR_SET_NAME, os.fsencode(process.comm)[:15], 0, 0, 0), "prctl(PR_SET_NAME)")
     _check(_libc.personality(ctypes.c_ulong(process.personality)), "personality")
 
 

@@ -7,6 +7,9 @@ holds CAP_SETPCAP.
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -26,10 +29,21 @@ def sleeping(pid: int) -> bool:
 
 
 @pytest.fixture
-def program(tmp_path, request):
-    proc = Restorable(request.param, tmp_path, ready=False)
+def program(request):
+    """The target, in a directory reachable from / whose output file nobody owns.
+
+    Restore reopens the process's files and cwd with the process's own
+    credentials (docs/security.md): pytest's tmp_path (under a 0700
+    directory) and a root-owned output file would be refused for nobody.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="revive-creds-"))
+    os.chmod(workdir, 0o755)
+    (workdir / "out.txt").touch()
+    os.chown(workdir / "out.txt", NOBODY, NOBODY)
+    proc = Restorable(request.param, workdir, ready=False)
     yield proc
     proc.stop()
+    shutil.rmtree(workdir)
 
 
 def dump_and_restore(program) -> tuple[dict[str, str], dict[str, str]]:

@@ -12,7 +12,7 @@ an inventory, so a dump never produces an image its restore would refuse.
 
 from collections.abc import Iterable, Mapping
 
-from runtime.errors import ImageError
+from runtime.errors import ImageError, shorten
 from runtime.images import layout
 from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE, FdKind,
                                   Inventory, Process, RseqCase, ThreadCore, VdsoInfo, Vma, VmaAdvice, VmaKind)
@@ -20,6 +20,29 @@ from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, 
 SIGINFO_SIZE = 128
 PROT_MASK = 0x7  # PROT_READ | PROT_WRITE | PROT_EXEC
 U32_MAX = (1 << 32) - 1
+OFF_MAX = (1 << 63) - 1  # off_t: file offsets and positions
+PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) reads, never sets
+SUID_DUMP_ROOT = 2  # the highest PR_GET_DUMPABLE value
+USEC_PER_SEC = 1_000_000
+# The kernel keeps at most AT_VECTOR_SIZE auxv words (2 * (2 + 22 + 1) = 50 on x86_64 6.x)
+# and PR_SET_MM_MAP refuses more; the bound leaves room for a newer kernel's few more.
+AUXV_WORDS_MAX = 64
+# The selectors of 64-bit user mode (arch/x86/include/asm/segment.h): rt_sigreturn into
+# other ones faults, and the process would die after a restore that said it succeeded.
+USER_CS = 0x33
+USER_DS = 0x2B
+RSEQ_MIN_SIZE = 32  # ORIG_RSEQ_SIZE: the kernel refuses a smaller registration
+# The open flags a file keeps after open() (fdinfo's flags): the kernel clears O_CREAT,
+# O_EXCL, O_NOCTTY and O_TRUNC in do_dentry_open, and a file opened with O_TMPFILE has no
+# name the dump could record. Anything else a reopen would act on, so it is refused.
+# The kernel's values (asm-generic/fcntl.h): Python's os.O_LARGEFILE is glibc's 0 on x86_64.
+O_KEPT = (0o3  # O_ACCMODE
+          | 0o2000 | 0o4000 | 0o10000 | 0o20000  # O_APPEND, O_NONBLOCK, O_DSYNC, FASYNC
+          | 0o40000 | 0o100000 | 0o200000 | 0o400000  # O_DIRECT, O_LARGEFILE, O_DIRECTORY, O_NOFOLLOW
+          | 0o1000000 | 0o2000000 | 0o4000000 | 0o10000000)  # O_NOATIME, O_CLOEXEC, __O_SYNC, O_PATH
+S_IFMT = 0o170000
+# The file types a descriptor reopened by path may have (restore_child opens no other).
+_FD_FILE_TYPES = {FdKind.FILE: (0o100000, 0o040000), FdKind.CHR: (0o020000,)}  # S_IFREG, S_IFDIR; S_IFCHR
 # The legacy 512-byte area plus the 64-byte xsave header is the least an xsave area holds;
 # no CPU's user area is near 64 KiB (AMX, the largest, makes it about 11 KiB).
 XSTATE_MIN = 576
@@ -33,27 +56,32 @@ def check_inventory(inventory: Inventory) -> None:
         raise ImageError(file, "format_version",
                          f"unsupported version {inventory.format_version} (this tool reads {layout.FORMAT_VERSION})")
     if inventory.tool != layout.TOOL:
-        raise ImageError(file, "tool", f"written by {inventory.tool!r}, not {layout.TOOL}")
+        raise ImageError(file, "tool", f"written by {shorten(repr(inventory.tool))}, not {layout.TOOL}")
     if not XSTATE_MIN <= inventory.xstate_size <= XSTATE_MAX:
         raise ImageError(file, "xstate_size", f"{inventory.xstate_size} is outside {XSTATE_MIN}..{XSTATE_MAX}")
     for name in inventory.files:
         if layout.parse_name(name) is None:
-            raise ImageError(file, f"files[{name!r}]", "not a file name of this image format")
+            raise ImageError(file, f"files[{shorten(repr(name))}]", "not a file name of this image format")
     if layout.process_file(inventory.root_pid) not in inventory.files:
         raise ImageError(file, "root_pid", f"no {layout.process_file(inventory.root_pid)} in files")
 
 
-def check_process(process: Process, file: str, inventory: Inventory, sizes: Mapping[str, int]) -> None:
-    """All of a process's invariants; sizes: byte size of each file the inventory lists."""
+def check_process(process: Process, file: str, inventory: Inventory, sizes: Mapping[str, int],
+                  mmap_min_addr: int, nr_open: int) -> None:
+    """All of a process's invariants; sizes: byte size of each file the inventory lists.
+
+    mmap_min_addr and nr_open are this machine's (images/host.py): no VMA
+    below the one, no descriptor number at or above the other.
+    """
     expected = layout.process_file(process.pid)
     if file != expected:
         raise ImageError(file, "pid", f"{process.pid} does not match the file name (expected {expected})")
     _check_counts(process, file)
-    _check_vmas(process.vmas, file)
+    _check_vmas(process.vmas, file, mmap_min_addr)
     _check_page_runs(process, file, sizes)
     _check_mm(process, file)
     _check_creds(process, file)
-    _check_fds(process, file)
+    _check_fds(process, file, nr_open)
     _check_threads(process, file, sizes, inventory.xstate_size)
     _check_vdso(process, file, inventory, sizes)
 
@@ -70,7 +98,18 @@ def _check_counts(process: Process, file: str) -> None:
         for name in ("handler", "restorer"):
             if getattr(action, name) >= TASK_SIZE:
                 raise ImageError(file, f"sigactions[{index}].{name}", f"{getattr(action, name):#x} is not a user address")
+    for index, timer in enumerate(process.itimers):
+        for name in ("interval_usec", "value_usec"):
+            if getattr(timer, name) >= USEC_PER_SEC:
+                raise ImageError(file, f"itimers[{index}].{name}", f"{getattr(timer, name)} is not below one second")
+        for name in ("interval_sec", "value_sec"):
+            if getattr(timer, name) > OFF_MAX:
+                raise ImageError(file, f"itimers[{index}].{name}", f"{getattr(timer, name)} does not fit a time_t")
     _check_siginfos(process.shared_pending, file, "shared_pending")
+    if process.personality >= PERSONALITY_QUERY:
+        raise ImageError(file, "personality", f"{process.personality:#x} is not a personality")
+    if process.dumpable > SUID_DUMP_ROOT:
+        raise ImageError(file, "dumpable", f"{process.dumpable} is not a PR_GET_DUMPABLE value (0..2)")
     if process.umask > 0o777:
         raise ImageError(file, "umask", f"{process.umask:#o} is not a umask")
     for name in ("cwd", "root"):
@@ -82,9 +121,12 @@ def _check_siginfos(siginfos: Iterable[bytes], file: str, name: str) -> None:
     for index, info in enumerate(siginfos):
         if len(info) != SIGINFO_SIZE:
             raise ImageError(file, f"{name}[{index}]", f"siginfo of {len(info)} bytes, expected {SIGINFO_SIZE}")
+        signo = int.from_bytes(info[:4], "little")
+        if not 1 <= signo <= NSIG:
+            raise ImageError(file, f"{name}[{index}]", f"signal number {signo} is outside 1..{NSIG}")
 
 
-def _check_vmas(vmas: tuple[Vma, ...], file: str) -> None:
+def _check_vmas(vmas: tuple[Vma, ...], file: str, mmap_min_addr: int) -> None:
     previous_end = 0
     for index, vma in enumerate(vmas):
         field = f"vmas[{index}]"
@@ -93,6 +135,11 @@ def _check_vmas(vmas: tuple[Vma, ...], file: str) -> None:
                 raise ImageError(file, f"{field}.{name}", f"{getattr(vma, name):#x} is not page-aligned")
         if vma.start >= vma.end:
             raise ImageError(file, f"{field}.end", f"{vma.end:#x} is not above start {vma.start:#x}")
+        if vma.start < mmap_min_addr:
+            raise ImageError(file, f"{field}.start", f"{vma.start:#x} is below vm.mmap_min_addr ({mmap_min_addr:#x}): "
+                                                     "no process may map there")
+        if vma.offset + vma.size > OFF_MAX:
+            raise ImageError(file, f"{field}.offset", f"{vma.offset:#x} puts the mapping beyond any file offset")
         if vma.end > TASK_SIZE:
             raise ImageError(file, f"{field}.end", f"{vma.end:#x} is beyond the user address space "
                                                    f"(TASK_SIZE {TASK_SIZE:#x})")
@@ -145,6 +192,10 @@ def _check_page_runs(process: Process, file: str, sizes: Mapping[str, int]) -> N
         if vmas[vma_index].kind in KERNEL_MAPPING_KINDS:
             raise ImageError(file, field, f"pages inside {vmas[vma_index].kind.value} (vmas[{vma_index}]) "
                                           "belong to the kernel and are not restored from the image")
+        if vmas[vma_index].kind is VmaKind.FILE and vmas[vma_index].shared:
+            # Writing them would write into the file on disk: its contents are the file's own.
+            raise ImageError(file, field, f"pages inside a shared file mapping (vmas[{vma_index}]): "
+                                          "its contents come from the file, a restore never writes them")
         offset += run.size
         if offset > sizes[pages]:
             raise ImageError(file, f"{field}.offset", f"run ends at byte {offset}, beyond {pages} "
@@ -164,6 +215,8 @@ def _check_mm(process: Process, file: str) -> None:
                       ("arg_start", "arg_end"), ("env_start", "env_end")):
         if getattr(mm, low) > getattr(mm, high):
             raise ImageError(file, f"mm.{high}", f"{getattr(mm, high):#x} is below {low} {getattr(mm, low):#x}")
+    if len(mm.auxv) > AUXV_WORDS_MAX:
+        raise ImageError(file, "mm.auxv", f"{len(mm.auxv)} words, more than the kernel keeps ({AUXV_WORDS_MAX})")
     if len(mm.auxv) % 2 or mm.auxv[-2:] != (0, 0):
         raise ImageError(file, "mm.auxv", "expected (type, value) pairs ending with AT_NULL")
     if not mm.exe.startswith("/"):
@@ -178,16 +231,26 @@ def _check_creds(process: Process, file: str) -> None:
                 raise ImageError(file, f"creds.{name}[{index}]", f"{value} is not a 32-bit id")
 
 
-def _check_fds(process: Process, file: str) -> None:
+def _check_fds(process: Process, file: str, nr_open: int) -> None:
     seen = set()
     for index, fd in enumerate(process.fds):
-        if fd.fd > 0x7FFFFFFF:
-            raise ImageError(file, f"fds[{index}].fd", f"{fd.fd} is not a descriptor number")
+        if fd.fd >= nr_open:
+            raise ImageError(file, f"fds[{index}].fd", f"{fd.fd} is not a descriptor number (fs.nr_open is {nr_open})")
         if fd.fd in seen:
             raise ImageError(file, f"fds[{index}].fd", f"descriptor {fd.fd} appears twice")
         seen.add(fd.fd)
-        if fd.kind is not FdKind.INHERIT and not fd.path.startswith("/"):
+        if fd.kind is FdKind.INHERIT:
+            continue
+        if not fd.path.startswith("/"):
             raise ImageError(file, f"fds[{index}].path", f"a {fd.kind.value} descriptor needs an absolute path")
+        if fd.flags & ~O_KEPT:
+            raise ImageError(file, f"fds[{index}].flags", f"{fd.flags:#o} has bits {fd.flags & ~O_KEPT:#o} that are "
+                                                          "not flags an open file keeps (O_CREAT, O_TRUNC, O_TMPFILE...)")
+        if fd.pos > OFF_MAX:
+            raise ImageError(file, f"fds[{index}].pos", f"{fd.pos} is beyond any file offset")
+        if fd.mode > U32_MAX or fd.mode & S_IFMT not in _FD_FILE_TYPES.get(fd.kind, (fd.mode & S_IFMT,)):
+            raise ImageError(file, f"fds[{index}].mode", f"{fd.mode:#o} is not the mode of a file a "
+                                                         f"{fd.kind.value} descriptor reopens")
 
 
 def _check_threads(process: Process, file: str, sizes: Mapping[str, int], xstate_size: int) -> None:
@@ -214,14 +277,22 @@ def _check_thread(thread: ThreadCore, file: str, field: str) -> None:
     for name in ("rip", "rsp", "fs_base", "gs_base"):
         if getattr(regs, name) >= TASK_SIZE:
             raise ImageError(file, f"{field}.regs.{name}", f"{getattr(regs, name):#x} is not a user address")
+    for name, selector in (("cs", USER_CS), ("ss", USER_DS)):
+        if getattr(regs, name) != selector:
+            raise ImageError(file, f"{field}.regs.{name}", f"{getattr(regs, name):#x} is not the 64-bit user "
+                                                           f"selector {selector:#x}")
     _check_siginfos(thread.pending, file, f"{field}.pending")
     if thread.altstack.sp + thread.altstack.size > TASK_SIZE:
         raise ImageError(file, f"{field}.altstack", "the alternate signal stack is not in the user address space")
+    if thread.altstack.flags > U32_MAX:
+        raise ImageError(file, f"{field}.altstack.flags", f"{thread.altstack.flags:#x} is not a 32-bit flag set")
     rseq = thread.rseq
     if rseq is None:
         return
     if rseq.address + rseq.size > TASK_SIZE or rseq.address == 0:
         raise ImageError(file, f"{field}.rseq.address", f"{rseq.address:#x} is not a user address")
+    if not RSEQ_MIN_SIZE <= rseq.size <= U32_MAX:
+        raise ImageError(file, f"{field}.rseq.size", f"{rseq.size} is not an rseq area length")
     if rseq.signature > U32_MAX:
         raise ImageError(file, f"{field}.rseq.signature", f"{rseq.signature:#x} is not a 32-bit signature")
     if rseq.case is RseqCase.NO_RESTART and (rseq.cs is None or rseq.rseq_cs == 0):

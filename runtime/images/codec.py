@@ -7,8 +7,11 @@ written, read and type-checked without code here. Decoding is also the
 first line of defence against a corrupt or hostile image: every field must
 be present and of its declared type, no unknown field is accepted, and
 integers must fit the u64 the kernel and the restorer's argument block
-hold. Every failure is an ImageError naming the file and the field path
-(`vmas[3].start`), so a user sees which byte of which file is wrong.
+hold; strings must be text a path or name can be (no NUL, at most
+PATH_MAX bytes, UTF-8 or the raw bytes Python's surrogateescape carries).
+Every failure is an ImageError naming the file and the field path
+(`vmas[3].start`), so a user sees which byte of which file is wrong; a
+value from the file is shown shortened, never whole.
 
 On disk: ints as JSON numbers, bytes as lowercase hex strings, enums by
 their value, tuples as arrays, dataclasses as objects in declaration order,
@@ -25,9 +28,11 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from runtime.errors import ImageError
+from runtime.errors import ImageError, shorten
 
 U64_MAX = (1 << 64) - 1
+# PATH_MAX counts the terminating NUL: a path (the longest string an image holds) has at most 4095 bytes.
+STR_BYTES_MAX = 4095
 
 T = TypeVar("T")
 
@@ -121,7 +126,7 @@ class _Decoder:
             return data
         if hint is str:
             self.expect(data, str, path, "str")
-            return data
+            return self.text(data, path)
         if hint is bytes:
             self.expect(data, str, path, "hex str")
             try:
@@ -136,7 +141,7 @@ class _Decoder:
         names = {f.name for f in fields}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise self.fail(_join(path, unknown[0]), f"unknown field in {cls.__name__}")
+            raise self.fail(_join(path, shorten(unknown[0])), f"unknown field in {cls.__name__}")
         hints = _hints(cls)
         values = {}
         for f in fields:
@@ -150,7 +155,7 @@ class _Decoder:
             return cls(data)
         except (ValueError, TypeError):
             allowed = ", ".join(repr(m.value) for m in cls)
-            raise self.fail(path, f"{data!r} is not a {cls.__name__} ({allowed})") from None
+            raise self.fail(path, f"{shorten(repr(data))} is not a {cls.__name__} ({allowed})") from None
 
     def tuple(self, data: Any, args: tuple, path: str) -> tuple:
         self.expect(data, list, path, "array")
@@ -165,7 +170,24 @@ class _Decoder:
         key_hint, value_hint = args
         if key_hint is not str:
             raise TypeError(f"unsupported dict key type {key_hint!r} in the checkpoint model")
-        return {key: self.decode(value, value_hint, f"{path}[{key!r}]") for key, value in data.items()}
+        return {self.text(key, f"{path}[{shorten(repr(key))}]"): self.decode(value, value_hint,
+                                                                          f"{path}[{shorten(repr(key))}]")
+                for key, value in data.items()}
+
+    def text(self, data: str, path: str) -> str:
+        """data, if the system can take it as a path or a name: bytes os.fsencode can make, no NUL, PATH_MAX."""
+        try:
+            # JSON may carry any lone surrogate; only U+DC80..U+DCFF stand for a raw byte.
+            encoded = data.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as exc:
+            raise self.fail(path, f"not valid UTF-8: lone surrogate U+{ord(data[exc.start]):04X} "
+                                  f"at character {exc.start}") from None
+        if b"\0" in encoded:
+            raise self.fail(path, f"holds a NUL character at {data.index(chr(0))}")
+        if len(encoded) > STR_BYTES_MAX:
+            raise self.fail(path, f"{len(encoded)} bytes, longer than any path ({STR_BYTES_MAX}): "
+                                  f"{shorten(data)}")
+        return data
 
 
 def _join(path: str, name: str) -> str:

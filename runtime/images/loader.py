@@ -11,38 +11,55 @@ checks (images/checks.py) that the types cannot express. Whatever is wrong,
 the caller gets one ImageError naming the file and field, and nothing has
 been forked or mapped.
 
-Every file is opened with O_NOFOLLOW and must be a regular file: an image
-directory may come from elsewhere, and a symlink inside it must not make a
-restore read (or a checksum step hang on) something outside it.
+Every file is opened once and used through that open file afterwards: looked
+at with O_PATH and O_NOFOLLOW first (a symlink, a FIFO, a directory or a
+device in the image directory is refused by name before anything opens
+it: a FIFO would block the open, a device's open has effects, a symlink
+would make a restore read something outside the directory), then opened
+for reading and checksummed. Small files are read into memory once and
+parsed from the bytes that were hashed; each pages file stays open in the
+Checkpoint, and the restoring child inherits that descriptor, so a file
+swapped after the check is never read. A Checkpoint is a context manager
+that closes them.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ImageError
-from runtime.images import checks, codec, layout
+from runtime import fileopen
+from runtime.errors import ImageError, shorten
+from runtime.images import checks, codec, host, layout
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
 from runtime.images.model import Inventory, Process
 from runtime.images.writer import file_sha256
+from runtime.images.xsave import check_xsave_area
 
 # A JSON record larger than this is not one this tool wrote (a process with
 # a million VMAs stays far below it); refusing it keeps a hostile file from
-# costing gigabytes of memory in the JSON parser.
-JSON_SIZE_MAX = 64 << 20
+# costing gigabytes of memory in the JSON parser. Files other than pages are
+# read whole too, and are smaller still (xstate, vDSO).
+SMALL_FILE_MAX = 64 << 20
 
 
 @dataclass(frozen=True)
 class ProcessImage:
-    """One process of a checkpoint and the paths of its data files."""
+    """One process of a checkpoint and its data: the pages file open, the small files' bytes.
+
+    The paths are the files' names, for messages and show; nothing opens them again.
+    """
 
     process: Process
+    pages: io.FileIO = field(compare=False)  # pages-PID.img, opened and checksummed by the loader
+    xstates: dict[int, bytes]  # tid -> the bytes of xstate-TID.img
+    vdso_image: bytes | None  # the bytes of vdso-PID.img
     pages_path: Path
     xstate_paths: dict[int, Path]  # tid -> xstate-TID.img
     vdso_path: Path | None
@@ -50,7 +67,7 @@ class ProcessImage:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A validated image directory."""
+    """A validated image directory; close() (or a with block) closes the pages files."""
 
     directory: Path
     inventory: Inventory
@@ -60,6 +77,16 @@ class Checkpoint:
     def root(self) -> ProcessImage:
         return self.processes[0]
 
+    def close(self) -> None:
+        for image in self.processes:
+            image.pages.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 def load(directory: str | os.PathLike, *, check_cpu: bool = True) -> Checkpoint:
     """The checkpoint in directory, fully validated; ImageError naming file and field otherwise.
@@ -68,29 +95,45 @@ def load(directory: str | os.PathLike, *, check_cpu: bool = True) -> Checkpoint:
     features (show displays an image taken elsewhere; restore never skips it).
     """
     path = Path(directory)
-    _check_directory(path)
-    inventory = _load_inventory(path)
-    if check_cpu:
-        check_xsave_features(inventory)
-    sizes: dict[str, int] = {}
-    records: dict[str, bytes] = {}
-    for name, digest in sorted(inventory.files.items()):
-        with _open(path, name) as file:
+    dir_fd = _open_directory(path)
+    opened: dict[str, io.FileIO] = {}
+    try:
+        inventory = _load_inventory(dir_fd, path)
+        if check_cpu:
+            check_xsave_features(inventory)
+        sizes: dict[str, int] = {}
+        contents: dict[str, bytes] = {}
+        for name, digest in sorted(inventory.files.items()):
+            file = _open(dir_fd, name, path)
             sizes[name] = os.fstat(file.fileno()).st_size
-            if layout.parse_name(name)[0] == "process":
-                # Parse the very bytes that were hashed, not a second read of a file that may change.
-                records[name] = _read_json_bytes(file, name, sizes[name])
-                _check_digest(hashlib.sha256(records[name]).hexdigest(), name, digest)
-            else:
+            if layout.parse_name(name)[0] == "pages":
+                opened[name] = file
                 _check_digest(file_sha256(file), name, digest)
-    processes = []
-    for name, text in records.items():
-        process = codec.loads(Process, text, name)
-        checks.check_process(process, name, inventory, sizes)
-        processes.append(process)
-    checks.check_files_claimed(inventory, processes)
-    processes.sort(key=lambda p: (p.pid != inventory.root_pid, p.pid))
-    return Checkpoint(path, inventory, tuple(_process_image(path, p) for p in processes))
+            else:
+                with file:
+                    # Parse the very bytes that were hashed, not a second read of a file that may change.
+                    contents[name] = _read_whole(file, name, sizes[name])
+                _check_digest(hashlib.sha256(contents[name]).hexdigest(), name, digest)
+        processes = []
+        for name, data in contents.items():
+            if layout.parse_name(name)[0] == "process":
+                process = codec.loads(Process, data, name)
+                checks.check_process(process, name, inventory, sizes, host.mmap_min_addr(), host.nr_open())
+                processes.append(process)
+        checks.check_files_claimed(inventory, processes)
+        if check_cpu:
+            for process in processes:
+                for thread in process.threads:
+                    name = layout.xstate_file(thread.tid)
+                    check_xsave_area(contents[name], inventory.xsave_features, name)
+        processes.sort(key=lambda p: (p.pid != inventory.root_pid, p.pid))
+        return Checkpoint(path, inventory, tuple(_process_image(path, p, opened, contents) for p in processes))
+    except BaseException:
+        for file in opened.values():
+            file.close()
+        raise
+    finally:
+        os.close(dir_fd)
 
 
 def check_xsave_features(inventory: Inventory) -> None:
@@ -102,33 +145,49 @@ def check_xsave_features(inventory: Inventory) -> None:
                          f" this CPU has {here:#x} ({describe_xsave_features(here)})")
 
 
-def _check_directory(path: Path) -> None:
+def _open_directory(path: Path) -> int:
     try:
-        mode = os.stat(path).st_mode
+        # O_PATH: the loader never lists the directory, so search permission is all it needs.
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except NotADirectoryError:
+        raise ImageError(shorten(str(path)), "", "not a directory") from None
     except OSError as exc:
-        raise ImageError(str(path), "", f"image directory: {exc.strerror}") from None
-    if not stat.S_ISDIR(mode):
-        raise ImageError(str(path), "", "not a directory")
+        raise ImageError(shorten(str(path)), "", f"image directory: {_reason(exc)}") from None
 
 
-def _open(directory: Path, name: str) -> io.FileIO:
+def _reason(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _open(dir_fd: int, name: str, directory: Path) -> io.FileIO:
+    """name in the directory, opened for reading only if it is a regular file (never through a symlink)."""
     try:
-        fd = os.open(directory / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        path_fd, st = fileopen.look(name, dir_fd=dir_fd, follow=False)
     except FileNotFoundError:
-        raise ImageError(name, "", f"missing from {directory}") from None
+        raise ImageError(name, "", f"missing from {shorten(str(directory))}") from None
     except OSError as exc:
-        raise ImageError(name, "", f"cannot open: {exc.strerror}") from None
-    file = io.FileIO(fd, "rb", closefd=True)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        file.close()
-        raise ImageError(name, "", "not a regular file")
-    return file
+        raise ImageError(name, "", f"cannot open: {_reason(exc)}") from None
+    try:
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(name, "", f"{fileopen.describe_kind(st.st_mode)}, not a regular file: not opened")
+        try:
+            fd = fileopen.reopen(path_fd, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ImageError(name, "", f"cannot open: {_reason(exc)}") from None
+    finally:
+        os.close(path_fd)
+    return io.FileIO(fd, "rb", closefd=True)
 
 
-def _read_json_bytes(file: io.FileIO, name: str, size: int) -> bytes:
-    if size > JSON_SIZE_MAX:
-        raise ImageError(name, "", f"{size} bytes is larger than any record this tool writes ({JSON_SIZE_MAX})")
-    data = file.readall()
+def _read_whole(file: io.FileIO, name: str, size: int) -> bytes:
+    if size > SMALL_FILE_MAX:
+        raise ImageError(name, "", f"{size} bytes is larger than any such file this tool writes ({SMALL_FILE_MAX})")
+    try:
+        data = file.readall()
+    except OSError as exc:
+        raise ImageError(name, "", f"cannot read: {_reason(exc)}") from None
     if len(data) != size:
         raise ImageError(name, "", f"changed while being read ({len(data)} of {size} bytes)")
     return data
@@ -136,17 +195,21 @@ def _read_json_bytes(file: io.FileIO, name: str, size: int) -> bytes:
 
 def _check_digest(actual: str, name: str, expected: str) -> None:
     if actual != expected:
-        raise ImageError(name, "", f"sha256 {actual} does not match inventory.json ({expected}): "
+        raise ImageError(name, "", f"sha256 {actual} does not match inventory.json ({shorten(expected)}): "
                                    "the file is truncated or corrupt")
 
 
-def _load_inventory(directory: Path) -> Inventory:
+def _load_inventory(dir_fd: int, directory: Path) -> Inventory:
     name = layout.INVENTORY
-    if not os.path.lexists(directory / name):
-        raise ImageError(name, "", f"missing from {directory}: not an image directory, "
-                                   "or the dump that wrote it did not finish")
-    with _open(directory, name) as file:
-        data = codec.parse_json(_read_json_bytes(file, name, os.fstat(file.fileno()).st_size), name)
+    try:
+        file = _open(dir_fd, name, directory)
+    except ImageError as exc:
+        if exc.reason.startswith("missing from"):
+            raise ImageError(name, "", f"{exc.reason}: not an image directory, "
+                                       "or the dump that wrote it did not finish") from None
+        raise
+    with file:
+        data = codec.parse_json(_read_whole(file, name, os.fstat(file.fileno()).st_size), name)
     _check_version_first(data)
     inventory = codec.decode(Inventory, data, name)
     checks.check_inventory(inventory)
@@ -159,13 +222,18 @@ def _check_version_first(data: Any) -> None:
         version = data["format_version"]
         if version != layout.FORMAT_VERSION or isinstance(version, bool):
             raise ImageError(layout.INVENTORY, "format_version",
-                             f"unsupported version {version!r} (this tool reads {layout.FORMAT_VERSION})")
+                             f"unsupported version {shorten(repr(version))} (this tool reads {layout.FORMAT_VERSION})")
 
 
-def _process_image(directory: Path, process: Process) -> ProcessImage:
+def _process_image(directory: Path, process: Process, opened: dict[str, io.FileIO],
+                   contents: dict[str, bytes]) -> ProcessImage:
+    vdso = None if process.vdso is None else layout.vdso_file(process.pid)
     return ProcessImage(
         process=process,
+        pages=opened[layout.pages_file(process.pid)],
+        xstates={t.tid: contents[layout.xstate_file(t.tid)] for t in process.threads},
+        vdso_image=None if vdso is None else contents[vdso],
         pages_path=directory / layout.pages_file(process.pid),
         xstate_paths={t.tid: directory / layout.xstate_file(t.tid) for t in process.threads},
-        vdso_path=None if process.vdso is None else directory / layout.vdso_file(process.pid),
+        vdso_path=None if vdso is None else directory / vdso,
     )

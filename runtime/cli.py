@@ -15,13 +15,15 @@ import sys
 
 from runtime.check import check
 from runtime.dump import DumpOptions, dump
-from runtime.errors import ReviveError
+from runtime.errors import ReviveError, shorten
 from runtime.images.show import show
 from runtime.infect import infect
 from runtime.restore import restore
 from runtime.vdso import VdsoMode
 
 PARASITE_COMMANDS = ("noop", "echo", "misc", "sigactions", "thread")
+# Longer than any message the runtime composes; a longer one is cut, never spread over lines.
+MESSAGE_SHOWN_MAX = 2000
 
 
 def _parasite(args: argparse.Namespace) -> None:
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except ReviveError as exc:
-        print(f"revive: {exc}", file=sys.stderr)
+        # One line whatever the message carries: an image's text may hold newlines.
+        print(f"revive: {shorten(str(exc), MESSAGE_SHOWN_MAX)}", file=sys.stderr)
         return 1
     return 0

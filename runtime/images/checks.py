@@ -311,7 +311,7 @@ def _check_vdso(process: Process, file: str, inventory: Inventory, sizes: Mappin
     if sizes[vdso_name] != vdso.vdso_size:
         raise ImageError(vdso_name, "", f"{sizes[vdso_name]} bytes, but {file} vdso.vdso_size is {vdso.vdso_size}")
     if inventory.files[vdso_name] != vdso.sha256:
-        raise ImageError(file, "vdso.sha256", f"{vdso.sha256} is not the digest of {vdso_name}")
+        raise ImageError(file, "vdso.sha256", f"{shorten(vdso.sha256)} is not the digest of {vdso_name}")
     _check_special_vma(process.vmas, file, "vdso", VmaKind.VDSO, vdso.vdso_start, vdso.vdso_size)
     if vdso.vvar_start is not None:
         _check_special_vma(process.vmas, file, "vvar", VmaKind.VVAR, vdso.vvar_start, vdso.vvar_size)
@@ -329,7 +329,8 @@ def _check_special_vma(vmas: tuple[Vma, ...], file: str, name: str, kind: VmaKin
 def _check_vdso_symbols(vdso: VdsoInfo, file: str) -> None:
     for index, symbol in enumerate(vdso.symbols):
         if symbol.offset + symbol.size > vdso.vdso_size:
-            raise ImageError(file, f"vdso.symbols[{index}]", f"{symbol.name} lies beyond the vDSO's {vdso.vdso_size} bytes")
+            raise ImageError(file, f"vdso.symbols[{index}]",
+                             f"{shorten(symbol.name)} lies beyond the vDSO's {vdso.vdso_size} bytes")
 
 
 def check_files_claimed(inventory: Inventory, processes: Iterable[Process]) -> None:

@@ -244,8 +244,8 @@ def _check_fds(process: Process, file: str, nr_open: int) -> None:
         if not fd.path.startswith("/"):
             raise ImageError(file, f"fds[{index}].path", f"a {fd.kind.value} descriptor needs an absolute path")
         if fd.flags & ~O_KEPT:
-            raise ImageError(file, f"fds[{index}].flags", f"{fd.flags:#o} has bits {fd.flags & ~O_KEPT:#o} that are "
-                                                          "not flags an open file keeps (O_CREAT, O_TRUNC, O_TMPFILE...)")
+            raise ImageError(file, f"fds[{index}].flags", f"{fd.flags:#o} has bits {fd.flags & ~O_KEPT:#o}, not "
+                                                          "flags an open file keeps (O_CREAT, O_TRUNC, O_TMPFILE ...)")
         if fd.pos > OFF_MAX:
             raise ImageError(file, f"fds[{index}].pos", f"{fd.pos} is beyond any file offset")
         if fd.mode > U32_MAX or fd.mode & S_IFMT not in _FD_FILE_TYPES.get(fd.kind, (fd.mode & S_IFMT,)):

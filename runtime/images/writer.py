@@ -216,8 +216,9 @@ def _remove_earlier_image(dir_fd: int, fail) -> None:
     names = os.listdir(dir_fd)
     foreign = [n for n in names if n not in (layout.INVENTORY, TEMPORARY_INVENTORY) and layout.parse_name(n) is None]
     if foreign:
-        raise fail(f"holds {shorten(repr(sorted(foreign)[0]))}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''},"
-                   " which is not part of an image: dump into an empty directory or one holding an earlier image")
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise fail(f"holds {shorten(repr(sorted(foreign)[0]))}{more}, which is not part of an image: "
+                   "dump into an empty directory or one holding an earlier image")
     # The inventory first: from then on the directory is no image, whatever is left of it.
     for name in sorted(names, key=lambda n: n != layout.INVENTORY):
         os.unlink(name, dir_fd=dir_fd)

@@ -19,6 +19,7 @@ point to | rt_sigframe, 64-byte aligned].
 import ctypes
 import mmap
 import os
+import resource
 from dataclasses import dataclass, field
 
 from runtime import arch_x86_64 as arch
@@ -124,7 +125,15 @@ def plan_fds(process: Process, inherited: list[int]) -> HelperFds:
         if vma.kind is VmaKind.FILE and (vma.path, _file_flags(vma)) not in seen:
             seen.add((vma.path, _file_flags(vma)))
             files.append(MappedFile(vma.path, _file_flags(vma), first + 3 + len(files)))
-    return HelperFds(err=first, pages=first + 1, exe=first + 2, files=tuple(files))
+    helpers = HelperFds(err=first, pages=first + 1, exe=first + 2, files=tuple(files))
+    # The child opens every number with the runtime's RLIMIT_NOFILE (it sets the image's later):
+    # dup2 to a number at or above it fails, so such an image is refused before the fork.
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if max(helpers.all) >= limit:
+        highest = max(fd.fd for fd in process.fds) if process.fds else 0
+        raise RestoreError(process.pid, f"descriptor numbers up to {max(helpers.all)} are needed (the image's "
+                                        f"highest is {highest}), but this restore's RLIMIT_NOFILE is {limit}")
+    return helpers
 
 
 def _align(value: int, alignment: int) -> int:

@@ -113,10 +113,17 @@ def run(plan: ChildPlan, go_fd: int, err_fd: int) -> None:
         fd = plan.fds.err if _is_open(plan.fds.err) else err_fd
         # The parent's RestoreError names our PID already.
         own = isinstance(exc, RestoreError) and exc.what == os.getpid()
-        message = (exc.reason if own else str(exc)).encode(errors="replace")
+        message = (exc.reason if own else _describe(exc)).encode(errors="replace")
         os.write(fd, (CHILD_ERROR_TAG + message)[:CHILD_ERROR_MAX])
     finally:
         os._exit(1)
+
+
+def _describe(exc: Exception) -> str:
+    """A failure no step named, in words: an OSError without Python's "[Errno N]"."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {shorten(str(exc.filename))}" if exc.filename is not None else exc.strerror
+    return str(exc)
 
 
 def _is_open(fd: int) -> bool:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import struct
@@ -194,6 +195,14 @@ def test_numbers_and_strings_python_cannot_take_are_refused_by_field(sleep_image
     pid, images = sleep_image
     edit_process(images, pid, change)
     restore_refused(pid, images, f"process-{pid}.json", *words)
+
+
+def test_a_descriptor_above_the_restores_open_files_limit_is_refused_before_the_fork(sleep_image):
+    pid, images = sleep_image
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    edit_process(images, pid, lambda r: add_fd(r, fd=limit, path="/etc/hostname"))
+    restore_refused(pid, images, f"pid {pid}: descriptor numbers up to", f"highest is {limit}",
+                    f"RLIMIT_NOFILE is {limit}")
 
 
 @pytest.mark.parametrize("field, offset, value, words", [

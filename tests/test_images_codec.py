@@ -37,7 +37,9 @@ def strategy_for(hint) -> st.SearchStrategy:
         key, value = typing.get_args(hint)
         return st.dictionaries(strategy_for(key), strategy_for(value), max_size=3)
     return {int: U64, bool: st.booleans(), bytes: st.binary(max_size=16),
-            str: st.text(st.characters(codec="utf-8") | st.sampled_from(["\udcff", "\udc80"]), max_size=12)}[hint]
+            # Text a path can be (the codec refuses NUL): UTF-8, or raw bytes carried as U+DC80..U+DCFF.
+            str: st.text(st.characters(codec="utf-8", exclude_characters="\0") | st.sampled_from(["\udcff", "\udc80"]),
+                         max_size=12)}[hint]
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -125,3 +127,27 @@ def test_arbitrary_bytes_decode_or_raise_image_error_only(text):
         codec.loads(Process, text, "process-9.json")
     except ImageError:
         pass
+
+
+@pytest.mark.parametrize("text, message", [
+    ("/a\0b", "path: holds a NUL character at 2"),
+    ("/\ud800", "path: not valid UTF-8: lone surrogate U+D800 at character 1"),
+    ("/" + "é" * 2048, "path: 4097 bytes, longer than any path (4095): /éééé"),
+])
+def test_a_string_no_path_can_be_is_refused_by_field(text, message):
+    vma = json.loads(codec.dumps(Vma(0x1000, 0x2000, 5, False, VmaKind.FILE, path="/lib.so")))
+    vma["path"] = text
+    with pytest.raises(ImageError) as caught:
+        codec.decode(Vma, vma, "process-1.json")
+    assert str(caught.value).startswith(f"process-1.json: {message}")
+    assert len(str(caught.value)) < 200
+
+
+def test_a_long_unknown_field_and_enum_value_are_shown_shortened():
+    vma = json.loads(codec.dumps(Vma(0x1000, 0x2000, 5, False, VmaKind.FILE, path="/lib.so")))
+    with pytest.raises(ImageError) as caught:
+        codec.decode(Vma, {**vma, "kind": "k" * 100_000}, "process-1.json")
+    assert "(100002 characters) is not a VmaKind" in str(caught.value) and len(str(caught.value)) < 300
+    with pytest.raises(ImageError) as caught:
+        codec.decode(Vma, {**vma, "u" * 100_000: 1}, "process-1.json")
+    assert str(caught.value).endswith("... (100000 characters): unknown field in Vma")

@@ -188,9 +188,10 @@ def test_a_fifo_and_a_symlink_in_place_of_image_files_are_named(sleep_image, tmp
     (lambda r: r["threads"][0]["regs"].update(cs=0x23), ("regs.cs",)),
     (lambda r: r["threads"][0]["altstack"].update(flags=2**63), ("altstack.flags",)),
     (lambda r: r.update(dumpable=2**40), ("dumpable",)),
+    (lambda r: r.update(pgid=2**40), ("pgid", "not a process id")),
     (lambda r: r["vmas"][0].update(kind="x" * 100_000), ("vmas[0].kind", "characters")),
 ], ids=["fd-flags", "fd-pos", "fd-number", "nul", "surrogate", "long-cwd", "personality", "itimer", "cs",
-        "altstack", "dumpable", "long-enum"])
+        "altstack", "dumpable", "pgid", "long-enum"])
 def test_numbers_and_strings_python_cannot_take_are_refused_by_field(sleep_image, change, words):
     pid, images = sleep_image
     edit_process(images, pid, change)

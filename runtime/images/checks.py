@@ -20,6 +20,7 @@ from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, 
 SIGINFO_SIZE = 128
 PROT_MASK = 0x7  # PROT_READ | PROT_WRITE | PROT_EXEC
 U32_MAX = (1 << 32) - 1
+PID_MAX_LIMIT = 4 * 1024 * 1024  # the kernel's ceiling for kernel.pid_max on 64-bit (include/linux/threads.h)
 OFF_MAX = (1 << 63) - 1  # off_t: file offsets and positions
 PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) reads, never sets
 SUID_DUMP_ROOT = 2  # the highest PR_GET_DUMPABLE value
@@ -76,6 +77,9 @@ def check_process(process: Process, file: str, inventory: Inventory, sizes: Mapp
     expected = layout.process_file(process.pid)
     if file != expected:
         raise ImageError(file, "pid", f"{process.pid} does not match the file name (expected {expected})")
+    for name in ("pid", "ppid", "pgid", "sid"):
+        if getattr(process, name) >= PID_MAX_LIMIT:
+            raise ImageError(file, name, f"{getattr(process, name)} is not a process id (below {PID_MAX_LIMIT})")
     _check_counts(process, file)
     _check_vmas(process.vmas, file, mmap_min_addr)
     _check_page_runs(process, file, sizes)
@@ -261,6 +265,8 @@ def _check_threads(process: Process, file: str, sizes: Mapping[str, int], xstate
     seen = set()
     for index, thread in enumerate(process.threads):
         field = f"threads[{index}]"
+        if thread.tid >= PID_MAX_LIMIT:
+            raise ImageError(file, f"{field}.tid", f"{thread.tid} is not a thread id (below {PID_MAX_LIMIT})")
         if thread.tid in seen:
             raise ImageError(file, f"{field}.tid", f"thread {thread.tid} appears twice")
         seen.add(thread.tid)

@@ -18,6 +18,7 @@ import os
 import signal
 
 from runtime.errors import RestoreError
+from runtime.procfs.holders import describe_holder
 
 NR_CLONE3 = 435
 PR_SET_CHILD_SUBREAPER = 36
@@ -54,7 +55,7 @@ def clone_with_pid(pid: int) -> int:
         return got
     err = ctypes.get_errno()
     if err == errno.EEXIST:
-        raise RestoreError(pid, "pid is in use")
+        raise RestoreError(pid, f"pid is in use: {describe_holder(pid)}")
     if err == errno.EPERM:
         raise RestoreError(pid, "choosing a pid needs CAP_CHECKPOINT_RESTORE (clone3 set_tid: not permitted)")
     if err == errno.EINVAL:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from runtime import arch_x86_64 as arch
-from runtime import progress, ptrace, rseq
+from runtime import faults, futex_links, kcmp, progress, ptrace, refusals, rseq, task_controls
 from runtime.errors import DumpError, ReviveError
-from runtime.images.model import (PAGE_SIZE, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
+from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
                                   ThreadCore, VdsoInfo, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
 from runtime.infect import infect, is_leftover
@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 STDIO_FDS = (0, 1, 2)
 DELETED = " (deleted)"
 PEEK_BATCH = 32
-
-_SPECIAL_KINDS = (VmaKind.VDSO, VmaKind.VVAR, VmaKind.VVAR_VCLOCK)
 
 
 @dataclass(frozen=True)
@@ -94,10 +92,13 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
     directory = Path(directory)
     writer = None
     try:
+        faults.point("dump.seize")
         snapshot = take_snapshot(pid, seized, options)
+        faults.point("dump.snapshot")
         writer = ImageWriter(directory, force_dir=options.force_dir)
         process = _dump_with_parasite(pid, seized, snapshot, writer, options)
         writer.finish(pid)
+        faults.point("dump.kill")
     except BaseException as exc:
         log.debug("dump of pid %d failed: %s", pid, exc)
         try:
@@ -121,25 +122,23 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
 def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
     """Read (and refuse what is unsupported in) a seized process, before any parasite runs."""
     st = status.read_status(pid)
-    if len(seized.threads) > 1 or st.threads > 1:
-        raise DumpError(pid, f"multi-threaded process ({max(len(seized.threads), st.threads)} threads): "
-                             "not supported yet")
+    task_stat = stat.read_stat(pid)
     # A parasite area (and its fd) a killed runtime left behind is removed by the infection.
     mappings = tuple(m for m in maps.read_mappings(pid) if not is_leftover(m.name))
     proxy = find_proxy(pid, mappings)
     if proxy is not None:
         # A vDSO proxy a restore installed is this process's vDSO (docs/vdso.md): a special mapping.
         mappings = tuple(replace(m, name="[vdso]") if m == proxy else m for m in mappings)
-    check_mappings(pid, mappings)
-    vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
     found_files = tuple(f for f in fds.read_open_files(pid) if not is_leftover(f.link))
+    refusals.check_process(pid, seized.tids, st, task_stat, mappings, found_files, options.shell_job)
+    vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
     open_files = dump_fds(pid, found_files, options.shell_job)
     page_runs = plan_page_runs(pid, mappings)
     found_vdso, vdso_info = read_vdso_info(pid, vmas, proxy)
     # Last: for a thread inside an rseq critical section this moves it to its abort handler.
     thread = snapshot_thread(pid)
     return Snapshot(
-        stat=stat.read_stat(pid),
+        stat=task_stat,
         status=st,
         personality=stat.read_personality(pid),
         auxv=auxv.read_auxv(pid),
@@ -165,22 +164,6 @@ def _existing_path(pid: int, link: str, what: str) -> str:
 
 # -- memory ---------------------------------------------------------------------------------
 
-def check_mappings(pid: int, mappings: tuple[Mapping, ...]) -> None:
-    """Refuse the mappings a restore could not bring back, naming each."""
-    for m in mappings:
-        where = f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'}"
-        if m.name == maps.VSYSCALL:
-            continue
-        if m.deleted:
-            raise DumpError(pid, f"{where}: a deleted file (or memfd/SysV shm) cannot be reopened: not supported yet")
-        if m.inode and not m.file_backed and not m.shared_anon:
-            raise DumpError(pid, f"{where}: mappings of this kind of file are not supported yet")
-        if "ht" in m.vmflags:
-            raise DumpError(pid, f"{where}: hugetlbfs mappings are not supported yet")
-        if ({"io", "pf"} & m.vmflags) and m.vma().kind not in _SPECIAL_KINDS:
-            raise DumpError(pid, f"{where}: device (VM_IO/VM_PFNMAP) mappings are not supported yet")
-
-
 def plan_page_runs(pid: int, mappings: tuple[Mapping, ...]) -> tuple[PageRun, ...]:
     """The page runs to save, sorted by vaddr, with their offsets in the pages file.
 
@@ -196,7 +179,7 @@ def plan_page_runs(pid: int, mappings: tuple[Mapping, ...]) -> tuple[PageRun, ..
     runs: list[PageRun] = []
     offset = 0
     for m in mappings:
-        if m.name == maps.VSYSCALL or m.vma().kind in _SPECIAL_KINDS:
+        if m.name == maps.VSYSCALL or m.vma().kind in KERNEL_MAPPING_KINDS:
             continue
         for start, end in _saved_ranges(pid, m):
             if not m.prot & mmap.PROT_READ:
@@ -225,7 +208,7 @@ def _saved_ranges(pid: int, m: Mapping) -> list[tuple[int, int]]:
 def read_vdso_info(pid: int, vmas: tuple[Vma, ...],
                    proxy: Mapping | None = None) -> tuple[vdso.Vdso | None, VdsoInfo | None]:
     """The process's vDSO: its proxy if it has one (the kernel's own [vdso] is then elsewhere)."""
-    special = {v.kind: v for v in vmas if v.kind in _SPECIAL_KINDS}
+    special = {v.kind: v for v in vmas if v.kind in KERNEL_MAPPING_KINDS}
     vdso_vma = special.get(VmaKind.VDSO) if proxy is None else proxy.vma()
     if vdso_vma is None:
         return None, None
@@ -243,7 +226,13 @@ def read_vdso_info(pid: int, vmas: tuple[Vma, ...],
 # -- file descriptors ------------------------------------------------------------------------
 
 def dump_fds(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool) -> tuple[Fd, ...]:
-    return tuple(dump_fd(pid, f, shell_job) for f in open_files)
+    """The fds in ascending order; one that shares a lower fd's open file description says which."""
+    dumped: list[Fd] = []
+    for f in open_files:
+        first = next((d.fd for d in dumped if d.same_as is None and kcmp.same_file(pid, d.fd, f.fd)), None)
+        fd = dump_fd(pid, f, shell_job)
+        dumped.append(fd if first is None else replace(fd, same_as=first))
+    return tuple(dumped)
 
 
 def dump_fd(pid: int, f: OpenFile, shell_job: bool) -> Fd:
@@ -294,18 +283,27 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
     pages = writer.pages_file(pid)
     iovecs = [Iovec(run.vaddr, run.size) for run in snapshot.page_runs]
     with infect(seized) as parasite:
+        faults.point("dump.infect")
         misc = parasite.get_misc()
+        faults.point("dump.misc")
         if misc.pid != pid:
             raise DumpError(pid, f"the process sees itself as pid {misc.pid}: "
                                  "processes in another PID namespace are not supported yet")
+        controls = task_controls.controls_from(pid, misc.prctl, stopped=seized.leader.group_stopped)
         sigactions = parasite.dump_sigactions()
+        faults.point("dump.sigactions")
         thread_state = parasite.dump_thread()
+        faults.point("dump.thread")
         with progress.watch("dump", sum(v.len for v in iovecs), lambda: os.fstat(pages.fileno()).st_size):
             written = parasite.dump_pages(iovecs, pages.fileno())
+        faults.point("dump.pages")
+    faults.point("dump.cure")
     log.info("pid %d: %d page runs, %d bytes of pages", pid, len(iovecs), written)
     thread = snapshot.thread
+    robust_list, robust_list_len = futex_links.read_robust_list(thread.tid)
     core = ThreadCore(tid=thread.tid, regs=thread.regs, blocked=thread.blocked, altstack=thread_state.altstack,
-                      clear_child_tid=thread_state.clear_child_tid, pending=thread.pending, rseq=thread.rseq)
+                      clear_child_tid=thread_state.clear_child_tid, pending=thread.pending, rseq=thread.rseq,
+                      robust_list=robust_list, robust_list_len=robust_list_len)
     st = snapshot.stat
     mm = MmFields(start_code=st.start_code, end_code=st.end_code, start_data=st.start_data, end_data=st.end_data,
                   start_brk=st.start_brk, brk=misc.brk, start_stack=st.start_stack,
@@ -317,12 +315,13 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         dumpable=misc.dumpable, creds=snapshot.status.creds, mm=mm,
         rlimits=misc.rlimits, sigactions=sigactions, itimers=armed_itimers(misc.itimers),
         shared_pending=snapshot.shared_pending, vmas=snapshot.vmas, page_runs=snapshot.page_runs,
-        fds=snapshot.fds, threads=(core,), vdso=snapshot.vdso_info, shell_job=options.shell_job,
+        fds=snapshot.fds, threads=(core,), controls=controls, vdso=snapshot.vdso_info, shell_job=options.shell_job,
     )
     writer.write_xstate(thread.tid, thread.xstate)
     if snapshot.vdso is not None:
         writer.write_vdso(pid, snapshot.vdso.image)
     writer.write_process(process)
+    faults.point("dump.write")
     return process
 
 

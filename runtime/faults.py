@@ -9,7 +9,7 @@ REVIVE_FAULT names a step:
 
     REVIVE_FAULT=dump.infect            the step raises InjectedFault
     REVIVE_FAULT=dump.pages:die         the runtime SIGKILLs itself there
-    REVIVE_FAULT=dump.thread@3          the 3rd time the point is reached (counting from 1)
+    REVIVE_FAULT=dump.thread@3          only the 3rd time this process reaches it (counting from 1)
 
 The restorer's own steps (`restore.restorer.<step>`) are named after the
 protocol's restorer_step enum and are checked inside the blob, which is told
@@ -76,13 +76,13 @@ class InjectedFault(ReviveError):
 _reached: dict[str, int] = {}
 
 
-def _wanted() -> tuple[str, str, int] | None:
+def _wanted() -> tuple[str, str, int | None] | None:
     spec = os.environ.get(ENV)
     if not spec:
         return None
     spec, _, mode = spec.partition(":")
     step, _, nth = spec.partition("@")
-    return step, mode, int(nth) if nth else 1
+    return step, mode, int(nth) if nth else None
 
 
 def point(step: str) -> None:
@@ -90,9 +90,10 @@ def point(step: str) -> None:
     wanted = _wanted()
     if wanted is None or wanted[0] != step:
         return
-    _reached[step] = _reached.get(step, 0) + 1
-    if _reached[step] != wanted[2]:
-        return
+    if wanted[2] is not None:
+        _reached[step] = _reached.get(step, 0) + 1
+        if _reached[step] != wanted[2]:
+            return
     if wanted[1] == "die":
         os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(step)

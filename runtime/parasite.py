@@ -36,6 +36,7 @@ class Misc:
     brk: int
     rlimits: tuple[RLimit, ...]
     itimers: tuple[ITimer, ...]  # REAL, VIRTUAL, PROF
+    prctl: dict[str, int]  # parasite_controls by field name: each PR_GET_*'s result, negative an errno
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ class Parasite:
         m = self._get(self.proto.ParasiteMisc)
         return Misc(m.pid, m.tid, m.ppid, m.pgid, m.sid, m.umask, m.dumpable, m.personality, m.brk,
                     tuple(RLimit(r.cur, r.max) for r in m.rlimits),
-                    tuple(ITimer(t.interval_sec, t.interval_usec, t.value_sec, t.value_usec) for t in m.itimers))
+                    tuple(ITimer(t.interval_sec, t.interval_usec, t.value_sec, t.value_usec) for t in m.itimers),
+                    {name: getattr(m.controls, name) for name, _ in m.controls._fields_})
 
     def dump_sigactions(self) -> tuple[SigAction, ...]:
         """All 64 actions; [i] is signal i + 1 (SIGKILL and SIGSTOP read as default)."""

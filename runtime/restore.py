@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass
 
 from runtime import arch_x86_64 as arch
-from runtime import blobs, progress, ptrace, restore_child, rseq
+from runtime import blobs, faults, futex_links, progress, ptrace, restore_child, rseq, task_controls
 from runtime.clone import clone_with_pid
 from runtime.errors import ReviveError, RestoreError, shorten
 from runtime.images import loader
@@ -64,11 +64,13 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
     with loader.load(directory) as checkpoint:
         image = checkpoint.root
         process = image.process
-        check_restorable(process, shell_job)
+        check_restorable(process, shell_job, detach)
+        faults.point("restore.validate")
         vdso = plan_vdso(process, image.vdso_image, vdso_mode)
         fds = plan_fds(process, _open_fds())
         area = build_area(process, image.xstates[process.pid], fds, vdso)
         plan = restore_child.ChildPlan(process, image.pages.fileno(), fds, area, capped_rlimits(process))
+        faults.point("restore.clone")
         restored = start(plan, leave_traced)
     log.info("pid %d restored from %s", restored.pid, directory)
     if detach or leave_traced:
@@ -85,7 +87,11 @@ def plan_vdso(process: Process, vdso_image: bytes | None, mode: VdsoMode) -> Vds
     return plan
 
 
-def check_restorable(process: Process, shell_job: bool) -> None:
+def check_restorable(process: Process, shell_job: bool, detach: bool) -> None:
+    if detach and process.controls.pdeath_signal:
+        raise RestoreError(process.pid, f"has a parent-death signal ({signal.Signals(process.controls.pdeath_signal).name}"
+                                        "): this command becomes its parent, so -d would deliver it at once; "
+                                        "restore without -d")
     if len(process.threads) > 1:
         raise RestoreError(process.pid, f"has {len(process.threads)} threads; restoring threads is not supported yet")
     inherited = [fd.fd for fd in process.fds if fd.kind is FdKind.INHERIT]
@@ -138,13 +144,25 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
         with progress.watch("restore", sum(run.size for run in plan.process.page_runs),
                             lambda: bytes_read(child)):
             wait_for_restorer_trap(child, errors)
+        faults.point("restore.handover")
         follow_to_own_context(child, errors)
         unmap_restorer(child, plan.area)
         # After the unmap: its injected syscall returns to user mode outside any section,
         # where the kernel clears rseq_cs; nothing returns there again before the task's own code.
         rseq.write_back(child, plan.process.threads[0].rseq)
+        controls = plan.process.controls
+        in_child = RemoteSyscall.for_thread(child, child)
+        futex_links.set_links(child, plan.process.threads[0], in_child)
+        task_controls.set_after_creds(child, controls, in_child)
+        if controls.stopped:
+            # Queued while the task is in a ptrace stop: it takes the group stop on its way back
+            # to user mode after the detach, before any instruction of its own.
+            os.kill(child, signal.SIGSTOP)
         if not leave_traced:
             ptrace.detach(child)
+            if controls.stopped:
+                # Return once it is stopped (or already continued): as it was when dumped.
+                os.waitpid(child, os.WUNTRACED | os.WCONTINUED)
     return Restored(child, plan.area)
 
 

@@ -23,7 +23,7 @@ import resource
 from dataclasses import dataclass, field
 
 from runtime import arch_x86_64 as arch
-from runtime import blobs
+from runtime import blobs, faults
 from runtime.errors import RestoreError
 from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, TASK_SIZE, Creds, Process, Vma, VmaAdvice,
                                   VmaKind)
@@ -44,6 +44,8 @@ MAP_GROWSDOWN = 0x100
 # madvise(2) advice numbers (include/uapi/asm-generic/mman-common.h); restorer_vma.advice
 # has bit n set for advice n.
 MADV_NUMBERS = {
+    VmaAdvice.RANDOM: 1,
+    VmaAdvice.SEQUENTIAL: 2,
     VmaAdvice.DONTFORK: 10,
     VmaAdvice.MERGEABLE: 12,
     VmaAdvice.HUGEPAGE: 14,
@@ -274,9 +276,21 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan |
     args.sigreturn_sp = sigreturn_sp
     # rt_sigreturn does not touch the segment bases: the TLS pointer is set by the restorer.
     args.fs_base, args.gs_base = thread.regs.fs_base, thread.regs.gs_base
+    args.fail_step = _requested_failure(proto)
     _fill_creds(args.creds, process)
     del args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr, proxy_arr
     return Area(base, bytes(buffer), base + blob.exports["restorer_entry"], addr[0], temp, tuple(keep))
+
+
+def _requested_failure(proto) -> int:
+    """The restorer_step a test asked to fail (runtime/faults.py), 0 for none."""
+    step = faults.restorer_step()
+    if step is None:
+        return 0
+    number = getattr(proto, f"RESTORER_STEP_{step.upper()}", None)
+    if number is None:
+        raise faults.InjectedFault(f"{faults.RESTORER_PREFIX}{step} (no such restorer step)")
+    return number
 
 
 def describe_advice_failure(detail: int) -> str:

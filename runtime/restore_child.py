@@ -37,7 +37,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from runtime import fileopen
+from runtime import faults, fileopen, task_controls
 from runtime.errors import RestoreError, shorten
 from runtime.images.model import Creds, FdKind, Process, RLimit
 from runtime.restore_area import Area, HelperFds
@@ -107,6 +107,9 @@ def run(plan: ChildPlan, go_fd: int, err_fd: int) -> None:
         map_restorer_area(plan.area)
         set_rlimits(plan.rlimits)
         set_identity(plan.process)
+        task_controls.set_in_child(plan.process.pid, plan.process.controls)
+        set_session(plan.process)
+        faults.point("restore.child")
         unregister_glibc_rseq(rseq_len)
         enter_restorer(plan.area)
     except Exception as exc:
@@ -239,6 +242,10 @@ def close_other_fds(plan: ChildPlan) -> None:
 
 def reopen_target_fds(process: Process) -> None:
     for fd in process.fds:
+        if fd.same_as is not None:
+            # One open file description under two numbers: a dup shares its offset and flags.
+            os.dup2(fd.same_as, fd.fd, inheritable=not fd.cloexec)
+            continue
         if fd.kind is FdKind.INHERIT:
             if not _is_open(fd.fd):
                 raise RestoreError(process.pid, f"fd {fd.fd}: the shell job's descriptor is not open in the caller")
@@ -250,6 +257,13 @@ def reopen_target_fds(process: Process) -> None:
         except OSError as exc:
             raise RestoreError(process.pid, f"fd {fd.fd}: cannot reopen {shorten(fd.path)}: "
                                             f"{exc.strerror}") from exc
+
+
+def set_session(process: Process) -> None:
+    """Its own session and group again; a shell job joins the restoring caller's (the dump refused others)."""
+    if process.shell_job:
+        return
+    os.setsid()
 
 
 def set_fs_context(process: Process) -> None:

@@ -18,7 +18,9 @@ PROGRAMS = {
     "sleep": (["sleep", "1000"], None),
     "python3": ([sys.executable, "-c", "import itertools, sys, time\n"
                  "for i in itertools.count():\n    print(i, flush=True)\n    time.sleep(0.02)"], "out.txt"),
-    "bash": (["bash", "-c", "i=0; while :; do echo $i >> seq.txt; i=$((i+1)); sleep 0.02; done"], "seq.txt"),
+    # Waits by counting, not with sleep: a child (a running `sleep`) would make the dump refuse it.
+    "bash": (["bash", "-c", "i=0; while :; do echo $i >> seq.txt; i=$((i+1)); "
+                            "for ((j = 0; j < 3000; j++)); do :; done; done"], "seq.txt"),
 }
 
 

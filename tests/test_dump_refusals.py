@@ -1,10 +1,13 @@
 """What the dump refuses, and failures half-way: the target is left running exactly as before."""
 
+import os
+import signal
 import subprocess
 
 import pytest
 
 from dump_support import start_target, target_path
+from restore_support import wait_for
 from runtime.dump import DumpOptions, dump
 from runtime.errors import DumpError
 from runtime.images.model import FdKind
@@ -29,7 +32,7 @@ def refused_target(tmp_path, request):
 @pytest.fixture
 def piped_sleep():
     proc = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     yield proc
     proc.kill()
     proc.wait()
@@ -37,10 +40,16 @@ def piped_sleep():
 
 
 @pytest.mark.parametrize("refused_target, message", [
-    ("thread", r"multi-threaded process \(2 threads\): not supported yet"),
+    ("thread", r"multi-threaded process \(2 threads; the others: \d+\): not supported yet"),
     ("socket", r"fd 3 \(socket socket:\[\d+\]\): not supported yet"),
     ("eventfd", r"fd 3 \(anonymous inode \[eventfd\]\): not supported yet"),
     ("pipe", r"fd 3 \(pipe pipe:\[\d+\]\): not supported yet"),
+    ("posix_timer", r"has POSIX timers \(ids 0; timer_create\): not supported yet"),
+    ("flock", r"fd 3 \(regular file .*/locked\) holds a file lock \(1: FLOCK  ADVISORY  WRITE .*\): "
+              r"restoring file locks is not supported yet"),
+    ("seccomp", r"runs under seccomp \(filter mode\): restoring seccomp filters is not supported yet"),
+    ("mlock", r"mapping 0x[0-9a-f]+-0x[0-9a-f]+ \(anonymous\): locked pages \(mlock\) are not restored yet "
+              r"\(VmFlag 'lo'\)"),
 ], indirect=["refused_target"])
 def test_dump_refuses_what_is_not_supported_and_leaves_it_running(refused_target, message, tmp_path):
     with pytest.raises(DumpError, match=f"pid {refused_target.pid}: {message}"):
@@ -89,3 +98,59 @@ def test_dump_failing_after_infection_cures_and_leaves_no_inventory(tmp_path, ti
         assert (tmp_path / "img" / "inventory.json").exists()
     finally:
         target.stop()
+
+
+@pytest.mark.parametrize("refused_target", ["child"], indirect=True)
+def test_dump_refuses_a_process_with_a_child_naming_it(refused_target, tmp_path):
+    child = int(refused_target.info["child"])
+    with pytest.raises(DumpError, match=f"pid {refused_target.pid}: has child processes {child}: "
+                                        "dumping process trees is not supported yet"):
+        dump(refused_target.pid, tmp_path / "img")  # default mode: a dump that went on would kill it
+    assert_left_as_before(refused_target.pid)
+    assert_left_as_before(child)
+
+
+def test_dump_refuses_a_shell_waiting_for_its_job_and_both_keep_running(tmp_path):
+    shell = subprocess.Popen(["bash", "-c", "sleep 1000 & echo $!; wait"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, text=True)
+    try:
+        child = int(shell.stdout.readline())
+        wait_for(lambda: read_status(shell.pid).state == "S", what="bash to wait")
+        blocked = read_status(shell.pid).sig_blocked  # bash blocks SIGCHLD around its wait
+        with pytest.raises(DumpError, match=f"has child processes {child}"):
+            dump(shell.pid, tmp_path / "img")
+        assert_left_as_before(shell.pid, blocked)
+        assert_left_as_before(child)
+        os.kill(child, signal.SIGTERM)
+        assert shell.wait(timeout=10) == 0  # bash's wait returned: it was still the parent, unharmed
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL) if shell.poll() is None else None
+        shell.wait()
+        shell.stdout.close()
+
+
+def test_dump_refuses_a_process_in_another_namespace_naming_it(tmp_path):
+    proc = subprocess.Popen(["unshare", "--uts", "sleep", "1000"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: read_status(proc.pid).name == "sleep", what="unshare to exec sleep")
+        with pytest.raises(DumpError, match=r"lives in another uts namespace \(uts:\[\d+\], the runtime's is "
+                                            r"uts:\[\d+\]\): restoring namespaces is not supported yet"):
+            dump(proc.pid, tmp_path / "img")
+        assert_left_as_before(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_dump_refuses_a_session_led_from_outside_without_shell_job(tmp_path):
+    proc = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # in pytest's own session and group
+    try:
+        with pytest.raises(DumpError, match=rf"pid {proc.pid}: its session {os.getsid(0)} is led by pid "
+                                            rf"{os.getsid(0)}, outside the dump: dump with --shell-job"):
+            dump(proc.pid, tmp_path / "img")
+        assert_left_as_before(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,4 +1,4 @@
-"""madvise advice a mapping carries (smaps VmFlags dc, wf, dd, hg, nh, mg) is dumped, restored and still works.
+"""madvise advice a mapping carries (smaps VmFlags dc, wf, dd, hg, nh, mg, sr, rr) is dumped, restored and still works.
 
 The target (tests/targets/madvise_flags.c) maps one region per advice; each
 test reads the flags from the restored process's own /proc/PID/smaps, not
@@ -26,12 +26,15 @@ EXPECTED_FLAGS = {
     "hugepage": {"hg"},
     "nohugepage": {"nh"},
     "mergeable": {"mg"},
+    "sequential": {"sr"},
+    "random": {"rr"},
     "dontfork_dontdump": {"dc", "dd"},
     "file_dontdump": {"dd"},
 }
 # The VmFlags code of each advice (fs/proc/task_mmu.c).
 ADVICE_OF_FLAG = {"dc": VmaAdvice.DONTFORK, "wf": VmaAdvice.WIPEONFORK, "dd": VmaAdvice.DONTDUMP,
-                  "hg": VmaAdvice.HUGEPAGE, "nh": VmaAdvice.NOHUGEPAGE, "mg": VmaAdvice.MERGEABLE}
+                  "hg": VmaAdvice.HUGEPAGE, "nh": VmaAdvice.NOHUGEPAGE, "mg": VmaAdvice.MERGEABLE,
+                  "sr": VmaAdvice.SEQUENTIAL, "rr": VmaAdvice.RANDOM}
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import pytest
 from restore_support import Restorable, wait_for
 
 PYTHON_LOOP = "import time\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.01)\n"
-BASH_LOOP = "i=0; while true; do echo $i >> seq.txt; i=$((i+1)); sleep 0.01; done"
+# Waits by counting, not with sleep: a child (a running `sleep`) would make the dump refuse it.
+BASH_LOOP = "i=0; while true; do echo $i >> seq.txt; i=$((i+1)); for ((j = 0; j < 3000; j++)); do :; done; done"
 
 
 @pytest.fixture

@@ -94,7 +94,8 @@ def test_restoring_the_same_images_twice_in_a_row_works(state_target):
 def test_restore_refuses_a_taken_pid_and_works_once_it_is_free(state_target):
     wait_ticks(state_target, 2)
     state_target.dump(leave_running=True)
-    with pytest.raises(RestoreError, match=rf"^pid {state_target.pid}: pid is in use$"):
+    with pytest.raises(RestoreError,
+                       match=rf"^pid {state_target.pid}: pid is in use: held by the live process restore_state"):
         restore.restore(str(state_target.images), detach=True)
     wait_ticks(state_target, 2)
     assert state_target.target.alive()

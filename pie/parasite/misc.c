@@ -9,7 +9,16 @@
 #include "parasite.h"
 #include "syscall.h"
 
+#define PR_GET_PDEATHSIG 2
 #define PR_GET_DUMPABLE 3
+#define PR_GET_TSC 25
+#define PR_GET_SECUREBITS 27
+#define PR_GET_TIMERSLACK 30
+#define PR_MCE_KILL_GET 34
+#define PR_GET_CHILD_SUBREAPER 37
+#define PR_GET_THP_DISABLE 42
+#define PR_GET_MDWE 66
+#define PR_GET_MEMORY_MERGE 68
 #define PERSONALITY_QUERY 0xffffffffUL
 
 long cmd_echo(struct parasite_ctx *ctx)
@@ -75,6 +84,32 @@ static long read_itimers(struct parasite_misc *misc)
 	return 0;
 }
 
+/* prctl's GET forms that write an int through arg2 instead of returning it. */
+static s64 prctl_int_out(long option)
+{
+	int value = 0;
+	long ret = sys_call2(__NR_prctl, option, &value);
+
+	return ret < 0 ? ret : value;
+}
+
+/*
+ * Every prctl setting the runtime restores or refuses (docs/state.md); a
+ * negative value is the errno of a kernel that lacks the option.
+ */
+static void read_controls(struct parasite_controls *c)
+{
+	c->pdeath_sig = prctl_int_out(PR_GET_PDEATHSIG);
+	c->child_subreaper = prctl_int_out(PR_GET_CHILD_SUBREAPER);
+	c->tsc_mode = prctl_int_out(PR_GET_TSC);
+	c->timer_slack = sys_call1(__NR_prctl, PR_GET_TIMERSLACK);
+	c->thp_disable = sys_call1(__NR_prctl, PR_GET_THP_DISABLE);
+	c->mce_kill = sys_call1(__NR_prctl, PR_MCE_KILL_GET);
+	c->mdwe = sys_call1(__NR_prctl, PR_GET_MDWE);
+	c->memory_merge = sys_call1(__NR_prctl, PR_GET_MEMORY_MERGE);
+	c->securebits = sys_call1(__NR_prctl, PR_GET_SECUREBITS);
+}
+
 long cmd_get_misc(struct parasite_ctx *ctx)
 {
 	struct parasite_misc *misc = ctx->args;
@@ -93,6 +128,7 @@ long cmd_get_misc(struct parasite_ctx *ctx)
 	misc->pad0 = 0;
 	misc->personality = (u64)sys_call1(__NR_personality, PERSONALITY_QUERY);
 	misc->brk = (u64)sys_call1(__NR_brk, 0);
+	read_controls(&misc->controls);
 	ret = read_rlimits(misc);
 	if (ret < 0)
 		return ret;

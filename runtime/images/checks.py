@@ -243,6 +243,8 @@ def _check_fds(process: Process, file: str, nr_open: int) -> None:
         if fd.fd in seen:
             raise ImageError(file, f"fds[{index}].fd", f"descriptor {fd.fd} appears twice")
         seen.add(fd.fd)
+        if fd.same_as is not None and (fd.same_as >= fd.fd or fd.same_as not in seen):
+            raise ImageError(file, f"fds[{index}].same_as", f"{fd.same_as} is not a lower descriptor of the image")
         if fd.kind is FdKind.INHERIT:
             continue
         if not fd.path.startswith("/"):

@@ -48,6 +48,8 @@ class VmaAdvice(enum.Enum):
     HUGEPAGE = "hugepage"  # MADV_HUGEPAGE: back with transparent huge pages
     NOHUGEPAGE = "nohugepage"  # MADV_NOHUGEPAGE: never back with transparent huge pages
     MERGEABLE = "mergeable"  # MADV_MERGEABLE: KSM may merge its identical pages
+    SEQUENTIAL = "sequential"  # MADV_SEQUENTIAL: aggressive read-ahead, pages dropped soon after use
+    RANDOM = "random"  # MADV_RANDOM: no read-ahead
 
 
 # The mappings the kernel makes and owns: a restore moves or recreates them, it never maps them.
@@ -176,9 +178,11 @@ class ThreadCore:
     regs: Registers
     blocked: int  # signal mask, bit (sig - 1)
     altstack: SigAltStack
-    clear_child_tid: int
+    clear_child_tid: int  # set_tid_address: zeroed and futex-woken when the thread exits
     pending: tuple[bytes, ...] = ()  # raw 128-byte siginfo of thread-private pending signals
     rseq: Rseq | None = None
+    robust_list: int = 0  # set_robust_list head: robust futexes the kernel releases when the thread dies
+    robust_list_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,43 @@ class Fd:
     pos: int = 0
     mode: int = 0  # st_mode of the file
     cloexec: bool = False
+    same_as: int | None = None  # a lower fd of the same open file description (dup, 2>&1): restored by dup
+
+
+@dataclass(frozen=True)
+class SchedAttr:
+    """The scheduling state sched_getattr(2) reports and sched_setattr(2) takes back (struct sched_attr)."""
+
+    policy: int  # SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, DEADLINE 6
+    flags: int  # SCHED_FLAG_* (RESET_ON_FORK 1)
+    nice_rank: int  # 20 - nice, 1..40 (as the getpriority syscall counts): the image holds no negative numbers
+    priority: int  # the real-time priority of FIFO/RR
+    runtime: int  # the DEADLINE parameters, in ns
+    deadline: int
+    period: int
+    util_min: int  # utilisation clamps, 0..1024
+    util_max: int
+
+
+@dataclass(frozen=True)
+class TaskControls:
+    """Settings of a task outside its memory, registers and signals: prctl options, scheduling, stop state.
+
+    docs/state.md lists each with where it is read and how it is set back.
+    """
+
+    pdeath_signal: int  # PR_SET_PDEATHSIG, 0: none
+    child_subreaper: bool  # PR_SET_CHILD_SUBREAPER
+    timer_slack_ns: int  # PR_SET_TIMERSLACK
+    thp_disabled: bool  # PR_SET_THP_DISABLE
+    tsc_mode: int  # PR_SET_TSC: PR_TSC_ENABLE 1, PR_TSC_SIGSEGV 2
+    mce_kill: int  # PR_MCE_KILL_GET's value: PR_MCE_KILL_DEFAULT 2, or LATE 0 / EARLY 1
+    sched: SchedAttr
+    cpus: tuple[int, ...]  # CPU affinity, ascending CPU numbers
+    io_priority: int  # ioprio_get(IOPRIO_WHO_PROCESS): class << 13 | data
+    oom_score_adj_rank: int  # /proc/PID/oom_score_adj + 1000, 0..2000 (the image holds no negative numbers)
+    coredump_filter: int  # /proc/PID/coredump_filter
+    stopped: bool  # group-stopped (SIGSTOP, ^Z) when dumped: restored stopped, SIGCONT continues it
 
 
 @dataclass(frozen=True)
@@ -292,6 +333,7 @@ class Process:
     page_runs: tuple[PageRun, ...]  # sorted by vaddr, stored back to back
     fds: tuple[Fd, ...]
     threads: tuple[ThreadCore, ...]  # threads[0] is the leader
+    controls: TaskControls
     vdso: VdsoInfo | None = None
     shell_job: bool = False
 

@@ -44,6 +44,7 @@ class OpenFile:
     mode: int  # st_mode of the open file
     rdev: int  # device number for character and block devices
     nlink: int  # 0 for an unlinked file
+    locks: tuple[str, ...] = ()  # the fdinfo "lock:" lines: file locks this open file holds or waits for
 
     @property
     def cloexec(self) -> bool:
@@ -73,15 +74,18 @@ def classify(link: str, st: os.stat_result) -> FileKind:
     }.get(fmt, FileKind.OTHER)
 
 
-def parse_fdinfo(pid: int, fd: int, text: str) -> tuple[int, int]:
-    """(pos, flags) from the text of /proc/PID/fdinfo/FD."""
+def parse_fdinfo(pid: int, fd: int, text: str) -> tuple[int, int, tuple[str, ...]]:
+    """(pos, flags, lock lines) from the text of /proc/PID/fdinfo/FD."""
     values: dict[str, str] = {}
+    locks = []
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep:
+        if key == "lock":
+            locks.append(value.strip())
+        elif sep:
             values.setdefault(key, value.strip())
     try:
-        return int(values["pos"]), int(values["flags"], 8)
+        return int(values["pos"]), int(values["flags"], 8), tuple(locks)
     except (KeyError, ValueError):
         raise DumpError(pid, f"/proc/{pid}/fdinfo/{fd}: no pos/flags lines in {text[:80]!r}") from None
 
@@ -90,8 +94,8 @@ def read_open_file(pid: int, fd: int) -> OpenFile:
     link = read_link(pid, f"fd/{fd}")
     with translated(pid, f"fd/{fd}"):
         st = os.stat(proc_path(pid, f"fd/{fd}"))
-    pos, flags = parse_fdinfo(pid, fd, read_text(pid, f"fdinfo/{fd}"))
-    return OpenFile(fd, link, classify(link, st), flags, pos, st.st_mode, st.st_rdev, st.st_nlink)
+    pos, flags, locks = parse_fdinfo(pid, fd, read_text(pid, f"fdinfo/{fd}"))
+    return OpenFile(fd, link, classify(link, st), flags, pos, st.st_mode, st.st_rdev, st.st_nlink, locks)
 
 
 def list_fds(pid: int) -> tuple[int, ...]:

@@ -36,6 +36,8 @@ ADVICE_FLAGS = {
     "hg": VmaAdvice.HUGEPAGE,
     "nh": VmaAdvice.NOHUGEPAGE,
     "mg": VmaAdvice.MERGEABLE,
+    "sr": VmaAdvice.SEQUENTIAL,
+    "rr": VmaAdvice.RANDOM,
 }
 
 # A MAP_SHARED|MAP_ANONYMOUS mapping is backed by an unlinked shmem file the

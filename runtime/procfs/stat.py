@@ -13,7 +13,7 @@ from runtime.errors import DumpError
 from runtime.procfs.files import read_text
 
 # proc(5) field numbers.
-_STATE, _PPID, _PGRP, _SESSION = 3, 4, 5, 6
+_STATE, _PPID, _PGRP, _SESSION, _FLAGS = 3, 4, 5, 6, 9
 _START_CODE, _END_CODE, _START_STACK = 26, 27, 28
 _START_DATA, _END_DATA, _START_BRK = 45, 46, 47
 _ARG_START, _ARG_END, _ENV_START, _ENV_END = 48, 49, 50, 51
@@ -26,6 +26,7 @@ class Stat:
     ppid: int
     pgid: int
     sid: int
+    flags: int  # the task's PF_* flags
     start_code: int
     end_code: int
     start_stack: int
@@ -53,7 +54,7 @@ def parse_stat(pid: int, text: str) -> Stat:
     return Stat(
         comm=text[open_paren + 1:close_paren],
         state=rest[0],
-        ppid=field(_PPID), pgid=field(_PGRP), sid=field(_SESSION),
+        ppid=field(_PPID), pgid=field(_PGRP), sid=field(_SESSION), flags=field(_FLAGS),
         start_code=field(_START_CODE), end_code=field(_END_CODE), start_stack=field(_START_STACK),
         start_data=field(_START_DATA), end_data=field(_END_DATA), start_brk=field(_START_BRK),
         arg_start=field(_ARG_START), arg_end=field(_ARG_END),

@@ -25,6 +25,9 @@ class Status:
     sig_pending: int  # thread-private pending signals (SigPnd), bit (sig - 1)
     shd_pending: int  # process-wide pending signals (ShdPnd)
     sig_blocked: int
+    seccomp: int  # SECCOMP_MODE_*: 0 none, 1 strict, 2 filter
+    speculation: tuple[str, str]  # Speculation_Store_Bypass, SpeculationIndirectBranch as printed
+    thread_features: str  # x86_Thread_features (shadow stack ...), "" when the kernel prints none
 
 
 def parse_status(pid: int, text: str) -> Status:
@@ -68,6 +71,9 @@ def parse_status(pid: int, text: str) -> Status:
         sig_pending=int(get("SigPnd"), 16),
         shd_pending=int(get("ShdPnd"), 16),
         sig_blocked=int(get("SigBlk"), 16),
+        seccomp=int(get("Seccomp")),
+        speculation=(fields.get("Speculation_Store_Bypass", ""), fields.get("SpeculationIndirectBranch", "")),
+        thread_features=fields.get("x86_Thread_features", ""),
     )
 
 

@@ -1,12 +1,23 @@
 /* Dump target holding one thing the dump does not support yet, chosen by argv[1]:
  * "thread" (a second thread), "socket" (a socketpair), "eventfd", "pipe"
- * (a pipe at fds 3 and 4). Prints "ready" and sleeps.
+ * (a pipe at fds 3 and 4), "posix_timer" (timer_create), "flock" (a lock on
+ * a file "locked" in the working directory, at fd 3), "seccomp" (strict-free
+ * filter mode: a filter that allows everything), "mlock" (a locked page),
+ * "child" (a child process that sleeps). Prints "ready" and sleeps.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,6 +29,7 @@ static __attribute__((noreturn)) void *sleeper(void *arg) {
 int main(int argc, char **argv) {
 	int fds[2];
 	pthread_t thread;
+	pid_t child = 0;
 	if (argc != 2) { fprintf(stderr, "usage: dump_refused thread|socket|eventfd|pipe\n"); return 2; }
 	if (!strcmp(argv[1], "thread")) {
 		if (pthread_create(&thread, NULL, sleeper, NULL)) return 1;
@@ -27,10 +39,28 @@ int main(int argc, char **argv) {
 		if (eventfd(0, 0) < 0) return 1;
 	} else if (!strcmp(argv[1], "pipe")) {
 		if (pipe(fds)) return 1;
+	} else if (!strcmp(argv[1], "posix_timer")) {
+		timer_t timer;
+		struct sigevent ev = { .sigev_notify = SIGEV_NONE };
+		if (timer_create(CLOCK_MONOTONIC, &ev, &timer)) return 1;
+	} else if (!strcmp(argv[1], "flock")) {
+		int fd = open("locked", O_RDWR | O_CREAT, 0600);
+		if (fd < 0 || flock(fd, LOCK_EX)) return 1;
+	} else if (!strcmp(argv[1], "seccomp")) {
+		struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+		struct sock_fprog prog = { .len = 1, .filter = &allow };
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) return 1;
+	} else if (!strcmp(argv[1], "mlock")) {
+		static char page[4096] __attribute__((aligned(4096)));
+		if (mlock(page, sizeof(page))) return 1;
+	} else if (!strcmp(argv[1], "child")) {
+		child = fork();
+		if (child < 0) return 1;
+		if (child == 0) for (;;) pause();
 	} else {
 		return 2;
 	}
-	printf("ready\n");
+	printf("ready child=%d\n", (int)child);
 	fflush(stdout);
 	for (;;) pause();
 }

@@ -2,7 +2,7 @@
  * Restore target for madvise advice that stays on a mapping (smaps VmFlags).
  *
  * Maps one private anonymous region per advice (DONTFORK, WIPEONFORK,
- * DONTDUMP, HUGEPAGE, NOHUGEPAGE, MERGEABLE), one region carrying two
+ * DONTDUMP, HUGEPAGE, NOHUGEPAGE, MERGEABLE, SEQUENTIAL, RANDOM), one region carrying two
  * (DONTFORK and DONTDUMP) and a private mapping of the file "backing" in
  * the working directory with DONTDUMP; fills each with a pattern of its own
  * and applies the advice. Prints "ready pid=.. NAME=0x.. ... pages=N", then
@@ -40,6 +40,8 @@ static struct region regions[] = {
 	{ "hugepage", { MADV_HUGEPAGE } },
 	{ "nohugepage", { MADV_NOHUGEPAGE } },
 	{ "mergeable", { MADV_MERGEABLE } },
+	{ "sequential", { MADV_SEQUENTIAL } },
+	{ "random", { MADV_RANDOM } },
 	{ "dontfork_dontdump", { MADV_DONTFORK, MADV_DONTDUMP } },
 	{ "file_dontdump", { MADV_DONTDUMP }, 1 },
 };

@@ -29,6 +29,11 @@ from runtime.procfs.pagemap import scan
 from runtime.procfs.stat import read_personality, read_stat
 from runtime.procfs.status import read_status
 from runtime.procfs.vdso import read_vdso
+from runtime.task_controls import controls_from
+
+# What the dump's parasite reads with PR_GET_* (only the task itself can): a `sleep` has the defaults.
+SNAPSHOT_PRCTL = {"pdeath_sig": 0, "child_subreaper": 0, "timer_slack": 50_000, "thp_disable": 0, "tsc_mode": 1,
+                  "mce_kill": 2, "mdwe": 0, "memory_merge": 0, "securebits": 0}
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ def _build(pid, regs, xstate, rseq_conf, blocked) -> Snapshot:
         page_runs=tuple(runs),
         fds=(),
         threads=(thread,),
+        controls=controls_from(pid, SNAPSHOT_PRCTL, stopped=False),
         vdso=vdso_info,
     )
     return Snapshot(process, xstate, vdso_image)

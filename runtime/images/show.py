@@ -36,12 +36,12 @@ SIG_DFL = 0
 
 def show(directory: str, as_json: bool, console: Console | None = None) -> None:
     """Load and print the image in directory; ImageError as the loader raises it."""
-    checkpoint = load(directory, check_cpu=False)
-    if as_json:
-        print(json.dumps(checkpoint_json(checkpoint), indent=1))
-        return
-    # Piped output has no width to fit; rich would assume 80 columns and fold every path.
-    render(checkpoint, console or Console(highlight=False, width=None if sys.stdout.isatty() else 200))
+    with load(directory, check_cpu=False) as checkpoint:
+        if as_json:
+            print(json.dumps(checkpoint_json(checkpoint), indent=1))
+            return
+        # Piped output has no width to fit; rich would assume 80 columns and fold every path.
+        render(checkpoint, console or Console(highlight=False, width=None if sys.stdout.isatty() else 200))
 
 
 def checkpoint_json(checkpoint: Checkpoint) -> dict[str, Any]:

@@ -30,6 +30,7 @@ inherits that very descriptor.
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import resource
 import signal
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from runtime import faults, fileopen, task_controls
 from runtime.errors import RestoreError, shorten
 from runtime.images.model import Creds, FdKind, Process, RLimit
+from runtime.procfs.fds import MEM_MAJOR
 from runtime.restore_area import Area, HelperFds
 
 CHILD_ERROR_TAG = b"child:"
@@ -147,14 +149,25 @@ def _wait_for_go(go_fd: int) -> int:
 
 
 def _open_at(path: str, flags: int, kind: int, number: int, inheritable: bool) -> None:
-    """path opened with flags as descriptor number, if it is a file of type kind (stat.S_IFREG, ...)."""
+    """path opened with flags as descriptor number, if it is a file of type kind (stat.S_IFREG, ...).
+
+    A character device must be one of the memory devices the dump records (/dev/null,
+    /dev/zero, ...: major 1). It is opened O_NONBLOCK (the flag cleared after, unless the
+    image has it) and O_NOCTTY: a serial line's open waits for its carrier, and a
+    terminal's would become the child's controlling terminal.
+    """
     path_fd, st = fileopen.look(path)
     try:
         if stat.S_IFMT(st.st_mode) != kind:
             raise OSError(errno.EINVAL, f"{fileopen.describe_kind(st.st_mode)}, not {fileopen.describe_kind(kind)}")
-        fd = fileopen.reopen(path_fd, flags)
+        if kind == stat.S_IFCHR and os.major(st.st_rdev) != MEM_MAJOR:
+            raise OSError(errno.EINVAL, f"character device {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}, "
+                                        f"not a memory device ({MEM_MAJOR}:N)")
+        fd = fileopen.reopen(path_fd, flags | os.O_NONBLOCK | os.O_NOCTTY)
     finally:
         os.close(path_fd)
+    if not flags & os.O_NONBLOCK:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     if fd != number:
         os.dup2(fd, number, inheritable=inheritable)
         os.close(fd)

@@ -155,6 +155,13 @@ def test_an_fd_on_a_fifo_is_refused_without_opening_it(sleep_image, tmp_path):
     restore_refused(pid, images, "fd 7", "a FIFO")
 
 
+def test_a_character_device_other_than_a_memory_device_is_not_opened(sleep_image):
+    """/dev/ptmx: its open would allocate a terminal; a serial line's would wait for a carrier."""
+    pid, images = sleep_image
+    edit_process(images, pid, lambda r: add_fd(r, fd=7, kind="chr", path="/dev/ptmx", mode=0o20666, flags=0o100002))
+    restore_refused(pid, images, "fd 7", "character device 5:2, not a memory device")
+
+
 @pytest.mark.parametrize("kind", ["pages", "xstate", "process", "inventory"])
 def test_a_directory_in_place_of_an_image_file_is_named(sleep_image, kind):
     pid, images = sleep_image

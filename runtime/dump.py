@@ -99,6 +99,7 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
         process = _dump_with_parasite(pid, seized, snapshot, writer, options)
         writer.finish(pid)
         faults.point("dump.kill")
+        writer.close()
     except BaseException as exc:
         log.debug("dump of pid %d failed: %s", pid, exc)
         try:

@@ -58,7 +58,8 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
 
     leave_traced (for tests): return at once with the task still stopped
     under this process's ptrace, in its own registers, before it has run
-    any of its own code.
+    any of its own code (a process dumped group-stopped is not stopped
+    again: that is the caller's to do).
     """
     # The image files stay open only until the child has inherited the pages file.
     with loader.load(directory) as checkpoint:
@@ -147,18 +148,18 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
         faults.point("restore.handover")
         follow_to_own_context(child, errors)
         unmap_restorer(child, plan.area)
-        # After the unmap: its injected syscall returns to user mode outside any section,
-        # where the kernel clears rseq_cs; nothing returns there again before the task's own code.
-        rseq.write_back(child, plan.process.threads[0].rseq)
         controls = plan.process.controls
         in_child = RemoteSyscall.for_thread(child, child)
         futex_links.set_links(child, plan.process.threads[0], in_child)
         task_controls.set_after_creds(child, controls, in_child)
-        if controls.stopped:
-            # Queued while the task is in a ptrace stop: it takes the group stop on its way back
-            # to user mode after the detach, before any instruction of its own.
-            os.kill(child, signal.SIGSTOP)
+        # After the last injected syscall: each returns to user mode outside any section, where
+        # the kernel clears rseq_cs; nothing returns there again before the task's own code.
+        rseq.write_back(child, plan.process.threads[0].rseq)
         if not leave_traced:
+            if controls.stopped:
+                # Queued while the task is in a ptrace stop: it takes the group stop on its way back
+                # to user mode after the detach, before any instruction of its own.
+                os.kill(child, signal.SIGSTOP)
             ptrace.detach(child)
             if controls.stopped:
                 # Return once it is stopped (or already continued): as it was when dumped.

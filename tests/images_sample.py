@@ -46,7 +46,8 @@ class Snapshot:
 
 
 def start_sleeper() -> subprocess.Popen:
-    return subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def stop_and_reap(proc: subprocess.Popen) -> None:
@@ -157,6 +158,7 @@ def write_image(directory: Path, snap: Snapshot, **finish_args) -> None:
         writer.write_vdso(process.pid, snap.vdso_image)
     writer.write_process(process)
     writer.finish(process.pid, **finish_args)
+    writer.close()
 
 
 def _copy(src: int, src_offset: int, dst: int, size: int) -> None:

@@ -28,7 +28,8 @@ PROGRAMS = {
 def program(request, tmp_path):
     argv, output = PROGRAMS[request.param]
     with open(tmp_path / "out.txt", "w") as out:
-        proc = subprocess.Popen(argv, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     time.sleep(0.3)
     yield proc, output and tmp_path / output
     proc.kill()

@@ -175,18 +175,28 @@ class ImageWriter:
         self._write(TEMPORARY_INVENTORY, codec.dumps(inventory))
         os.replace(TEMPORARY_INVENTORY, layout.INVENTORY, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         self._names.discard(TEMPORARY_INVENTORY)
-        os.close(self._dir_fd)
-        self._dir_fd = -1
+        self._names.add(layout.INVENTORY)
         return inventory
 
+    def close(self) -> None:
+        """The image is complete and the dump succeeded: nothing of it will be discarded any more."""
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        self._names.clear()
+
     def discard(self) -> None:
-        """Take away what this writer wrote (and the directory, if it made it), after a failed dump."""
+        """Take away what this writer wrote (and the directory, if it made it), after a failed dump.
+
+        Also after finish(): a dump that fails at its very end (the kill) leaves no image either.
+        """
         for file in self._open:
             file.close()
         self._open.clear()
         if self._dir_fd < 0:
             return
-        for name in sorted(self._names):
+        # The inventory first: an image without it is never taken for a complete one.
+        for name in sorted(self._names, key=lambda name: name != layout.INVENTORY):
             try:
                 os.unlink(name, dir_fd=self._dir_fd)
             except FileNotFoundError:

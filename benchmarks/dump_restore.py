@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runtime.clone import become_subreaper
+from runtime.kernel.clone import become_subreaper
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = REPO / "build" / "targets" / "restore_state"

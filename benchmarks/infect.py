@@ -21,8 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from dump_support import start_target, target_path  # noqa: E402
-from runtime.infect import infect  # noqa: E402
-from runtime.seize import seize  # noqa: E402
+from runtime.infect.seize import seize  # noqa: E402
+from runtime.infect.session import infect  # noqa: E402
 
 RUNS = 100
 DUMP_RUNS = 3
@@ -30,8 +30,8 @@ DUMP_RUNS = 3
 # Run in a child so its ru_maxrss is the runtime's alone. argv: pid base size out (size 0: no dump).
 DUMPER = """
 import os, sys, time
-from runtime.infect import infect
-from runtime.parasite import Iovec
+from runtime.infect.parasite import Iovec
+from runtime.infect.session import infect
 pid, base, size = (int(a, 0) for a in sys.argv[1:4])
 fd = os.open(sys.argv[4], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 with infect(pid) as parasite:

@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from dump_support import start_target, target_path  # noqa: E402
 from runtime import dump, restore  # noqa: E402
-from runtime.vdso import VdsoMode  # noqa: E402
+from runtime.mm.vdso import VdsoMode  # noqa: E402
 
 RUNS = 10
 

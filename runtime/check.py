@@ -25,12 +25,15 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from runtime import arch_x86_64 as arch
-from runtime import blobs, ptrace, rseq, vdso
-from runtime.clone import clone_with_pid
+from runtime.arch import x86_64 as arch
 from runtime.errors import ReviveError
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
-from runtime.procfs import pagemap, stat, status
+from runtime.infect import blobs
+from runtime.kernel import ptrace
+from runtime.kernel.clone import clone_with_pid
+from runtime.kernel.procfs import pagemap, stat, status
+from runtime.mm import vdso
+from runtime.task import rseq
 
 DUMP = "dump"
 RESTORE = "restore"

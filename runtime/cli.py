@@ -16,10 +16,10 @@ import sys
 from runtime.check import check
 from runtime.dump import DumpOptions, dump
 from runtime.errors import ReviveError, shorten
-from runtime.images.show import show
-from runtime.infect import infect
+from runtime.infect.session import infect
+from runtime.mm.vdso import VdsoMode
 from runtime.restore import restore
-from runtime.vdso import VdsoMode
+from runtime.show import show
 
 PARASITE_COMMANDS = ("noop", "echo", "misc", "sigactions", "thread")
 # Longer than any message the runtime composes; a longer one is cut, never spread over lines.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from runtime.clone import become_subreaper
+from runtime.kernel.clone import become_subreaper
 
 COUNTER_PROGRAM = """
 import time

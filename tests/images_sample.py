@@ -19,17 +19,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import ptrace
+from runtime.kernel import ptrace
 from runtime.images.model import (NR_ITIMERS, NR_RLIMITS, NSIG, ITimer, MmFields, PageRun, Process, Registers,
                                   RLimit, Rseq, SigAction, SigAltStack, ThreadCore, VdsoInfo, VmaKind)
 from runtime.images.writer import ImageWriter
-from runtime.procfs.auxv import read_auxv
-from runtime.procfs.maps import VSYSCALL, read_mappings
-from runtime.procfs.pagemap import scan
-from runtime.procfs.stat import read_personality, read_stat
-from runtime.procfs.status import read_status
-from runtime.procfs.vdso import read_vdso
-from runtime.task_controls import controls_from
+from runtime.kernel.procfs.auxv import read_auxv
+from runtime.kernel.procfs.maps import VSYSCALL, read_mappings
+from runtime.kernel.procfs.pagemap import scan
+from runtime.kernel.procfs.stat import read_personality, read_stat
+from runtime.kernel.procfs.status import read_status
+from runtime.kernel.procfs.vdso import read_vdso
+from runtime.task.controls import controls_from
 
 # What the dump's parasite reads with PR_GET_* (only the task itself can): a `sleep` has the defaults.
 SNAPSHOT_PRCTL = {"pdeath_sig": 0, "child_subreaper": 0, "timer_slack": 50_000, "thp_disable": 0, "tsc_mode": 1,

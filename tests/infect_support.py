@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import ptrace
+from runtime.kernel import ptrace
 
 SPECIAL = ("[vvar]", "[vvar_vclock]", "[vsyscall]")
 

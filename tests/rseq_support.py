@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from dump_support import Target, start_target, target_path
-from runtime.procfs.status import read_status
+from runtime.kernel.procfs.status import read_status
 
 NO_GLIBC_RSEQ = "glibc.pthread.rseq=0"
 

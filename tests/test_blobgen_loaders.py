@@ -6,7 +6,7 @@ import struct
 import subprocess
 
 from blobgen_support import REPO, build_fixture_blob, map_rwx, place_at, run_in_child
-from runtime import blobs
+from runtime.infect import blobs
 
 MASK = 2**64 - 1
 

@@ -8,7 +8,7 @@ import pytest
 
 from dump_support import ROOT, start_target, target_path
 from runtime.images.loader import load
-from runtime.procfs.status import read_status
+from runtime.kernel.procfs.status import read_status
 
 
 def run_dump(*args):

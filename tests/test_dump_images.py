@@ -9,11 +9,11 @@ import time
 import pytest
 
 from dump_support import start_target, target_path
-from runtime import arch_x86_64 as arch
+from runtime.arch import x86_64 as arch
 from runtime.dump import DumpOptions, dump
 from runtime.images.loader import load
 from runtime.images.model import TASK_SIZE, FdKind, RseqCase, VmaKind
-from runtime.procfs.status import read_status
+from runtime.kernel.procfs.status import read_status
 
 PAGE = 4096
 LEAVE_RUNNING = DumpOptions(leave_running=True)

@@ -9,8 +9,8 @@ import pytest
 from dump_support import start_target, target_path
 from runtime.errors import NoSuchProcess
 from runtime.images.model import VmaKind
-from runtime.procfs import auxv, fds, maps, pagemap, stat, status, vdso
-from runtime.procfs.fds import FileKind
+from runtime.kernel.procfs import auxv, fds, maps, pagemap, stat, status, vdso
+from runtime.kernel.procfs.fds import FileKind
 
 PAGE = 4096
 

@@ -11,7 +11,7 @@ import pytest
 from runtime.dump import DumpOptions, dump
 from runtime.images.loader import load
 from runtime.images.model import FdKind, VmaKind
-from runtime.procfs.status import read_status
+from runtime.kernel.procfs.status import read_status
 
 # name -> (argv, the file it keeps writing to, or None)
 PROGRAMS = {

@@ -11,7 +11,7 @@ from restore_support import wait_for
 from runtime.dump import DumpOptions, dump
 from runtime.errors import DumpError
 from runtime.images.model import FdKind
-from runtime.procfs.status import read_status
+from runtime.kernel.procfs.status import read_status
 
 LEAVE_RUNNING = DumpOptions(leave_running=True)
 

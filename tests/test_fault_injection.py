@@ -16,12 +16,13 @@ import pytest
 from dump_support import start_target, target_path
 from infect_support import snapshot
 from restore_support import lines, wait_for
-from runtime import blobs, faults, restore
+from runtime import faults, restore
 from runtime.dump import DumpOptions, dump
 from runtime.errors import ReviveError
 from runtime.faults import InjectedFault
-from runtime.procfs.status import read_status
-from runtime.seize import seize
+from runtime.infect import blobs
+from runtime.infect.seize import seize
+from runtime.kernel.procfs.status import read_status
 
 
 def restorer_steps() -> list[str]:

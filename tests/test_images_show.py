@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from images_sample import image_of_a_sleep
-from runtime.images import codec, layout
+from runtime.images import codec, names as layout
 from runtime.images.model import Inventory, Process
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from images_sample import image_of_a_sleep, replace
 from runtime.errors import ImageError
-from runtime.images import codec, layout
+from runtime.images import codec, names as layout
 from runtime.images.cpu import current_xsave_features
 from runtime.images.loader import load
 from runtime.images.model import TASK_SIZE, Fd, FdKind, Inventory, Process, Vma, VmaKind

@@ -7,7 +7,7 @@ import pytest
 
 from dump_support import start_target, target_path
 from infect_support import wait_for_line
-from runtime.infect import infect
+from runtime.infect.session import infect
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_own_process():
 
 
 def test_already_traced(state_target):
-    tracer = subprocess.Popen([sys.executable, "-c", "import sys; from runtime import ptrace; "
+    tracer = subprocess.Popen([sys.executable, "-c", "import sys; from runtime.kernel import ptrace; "
                                f"ptrace.seize({state_target.pid}); print('ok', flush=True); sys.stdin.read()"],
                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

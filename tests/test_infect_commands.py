@@ -9,8 +9,8 @@ import pytest
 from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking
 from runtime.errors import InfectError
-from runtime.infect import infect
-from runtime.parasite import Iovec
+from runtime.infect.parasite import Iovec
+from runtime.infect.session import infect
 
 PAGE = 4096
 SA_SIGINFO, SA_ONSTACK, SA_RESTART, SA_RESTORER = 0x4, 0x08000000, 0x10000000, 0x04000000

@@ -6,8 +6,8 @@ import pytest
 
 from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking, snapshot
-from runtime.infect import infect
-from runtime.seize import seize
+from runtime.infect.seize import seize
+from runtime.infect.session import infect
 
 CYCLES = 200
 

@@ -25,9 +25,10 @@ import pytest
 
 from dump_support import ROOT, Target, start_target, target_path
 from restore_support import Restorable, wait_for
-from runtime import faults, infect, remote_syscall
-from runtime.images import layout
-from runtime.infect import is_leftover
+from runtime import faults
+from runtime.images import names as layout
+from runtime.infect import session as infect, remote_syscall
+from runtime.infect.session import is_leftover
 
 INJECTED_SYSCALLS = 5  # memfd_create, ftruncate, mmap, close; munmap at cure
 RANDOM_BUDGET = 30.0  # seconds of random kills
@@ -161,7 +162,7 @@ def test_target_unharmed_when_the_runtime_dies_at_random_instants(tmp_path):
 # parasite and dies while it runs: the parasite can then only return, not unmap itself.
 RUNTIME_WITHOUT_SYSCALL_RET = """
 import dataclasses, os, signal, sys
-from runtime import infect, remote_syscall
+from runtime.infect import session as infect, remote_syscall
 found = remote_syscall.find_gadgets
 remote_syscall.find_gadgets = lambda pid: dataclasses.replace(found(pid), syscall_ret=0)
 with infect.infect(int(sys.argv[1])) as parasite:

@@ -10,9 +10,9 @@ import pytest
 
 from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking, ticks, wait_for_line
-from runtime import ptrace
-from runtime.infect import infect
-from runtime.seize import seize
+from runtime.infect.seize import seize
+from runtime.infect.session import infect
+from runtime.kernel import ptrace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 64
@@ -21,8 +21,8 @@ MIB = 64
 # in the middle of DUMP_PAGES with the parasite blocked in vmsplice.
 STUCK_RUNTIME = """
 import os, sys
-from runtime.infect import infect
-from runtime.parasite import Iovec
+from runtime.infect.parasite import Iovec
+from runtime.infect.session import infect
 pid, base, size = (int(a, 0) for a in sys.argv[1:4])
 r, w = os.pipe()
 with infect(pid) as parasite:

@@ -6,8 +6,8 @@ import pytest
 
 from dump_support import start_target, target_path
 from infect_support import thread_states
-from runtime import ptrace
-from runtime.infect import infect
+from runtime.infect.session import infect
+from runtime.kernel import ptrace
 
 THREADS = 6
 

@@ -15,7 +15,7 @@ import pytest
 from dump_support import start_target, target_path
 from restore_support import wait_for
 from runtime import progress
-from runtime.procfs.io import bytes_read
+from runtime.kernel.procfs.io import bytes_read
 
 REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

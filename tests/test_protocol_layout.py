@@ -70,7 +70,7 @@ def render(tmp: pathlib.Path, toml_text: str) -> tuple[pathlib.Path, object]:
 
 
 def test_c_and_python_layouts_agree(build_tree, tmp_path):
-    from runtime import blobs
+    from runtime.infect import blobs
 
     module = blobs.protocol()
     py = python_layouts(module)

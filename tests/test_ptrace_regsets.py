@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from runtime import arch_x86_64 as arch
-from runtime import ptrace
-from runtime.seize import seize
+from runtime.arch import x86_64 as arch
+from runtime.infect.seize import seize
+from runtime.kernel import ptrace
 
 
 @pytest.fixture

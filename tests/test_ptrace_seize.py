@@ -10,12 +10,12 @@ import pytest
 
 from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking, snapshot, thread_states, wait_for_line
-from runtime import arch_x86_64 as arch
-from runtime import ptrace
+from runtime.arch import x86_64 as arch
+from runtime.kernel import ptrace
 from runtime.errors import (AlreadyTraced, KernelThread, NoSuchProcess, OwnProcess,
                             ZombieProcess)
-from runtime.remote_syscall import RemoteSyscall
-from runtime.seize import seize
+from runtime.infect.remote_syscall import RemoteSyscall
+from runtime.infect.seize import seize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,7 +144,7 @@ def test_refuses_zombie():
 
 
 def test_refuses_process_traced_by_someone_else(state_target):
-    tracer = subprocess.Popen([sys.executable, "-c", "import sys; from runtime import ptrace; "
+    tracer = subprocess.Popen([sys.executable, "-c", "import sys; from runtime.kernel import ptrace; "
                                f"ptrace.seize({state_target.pid}); print('ok', flush=True); sys.stdin.read()"],
                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -160,7 +160,7 @@ def test_caller_without_ptrace_capability_is_denied():
     """A process of another uid needs CAP_SYS_PTRACE, which the caller gives up through its bounding set."""
     other = subprocess.Popen(["sleep", "60"], user=65534, group=65534)
     try:
-        code = ("from runtime.seize import seize\nfrom runtime.errors import AccessDenied\n"
+        code = ("from runtime.infect.seize import seize\nfrom runtime.errors import AccessDenied\n"
                 f"try:\n    seize({other.pid})\nexcept AccessDenied as e:\n    print(e)\n")
         out = subprocess.run(["setpriv", "--bounding-set=-sys_ptrace", sys.executable, "-c", code], cwd=ROOT,
                              capture_output=True, text=True, timeout=30)

@@ -7,10 +7,10 @@ import pytest
 
 from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking
-from runtime import arch_x86_64 as arch
-from runtime import ptrace
-from runtime.remote_syscall import RemoteSyscall, settle
-from runtime.seize import seize
+from runtime.arch import x86_64 as arch
+from runtime.infect.remote_syscall import RemoteSyscall, settle
+from runtime.infect.seize import seize
+from runtime.kernel import ptrace
 
 GPRS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
         "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from restore_support import wait_for
-from runtime.clone import clone_with_pid
 from runtime.errors import RestoreError
+from runtime.kernel.clone import clone_with_pid
 
 PR_SET_CHILD_SUBREAPER = 36
 

@@ -4,8 +4,8 @@ import pytest
 
 from dump_support import target_path
 from restore_support import Restorable
-from runtime.futex_links import read_robust_list
-from runtime.infect import infect
+from runtime.infect.session import infect
+from runtime.task.futex_links import read_robust_list
 
 
 @pytest.fixture

@@ -8,12 +8,13 @@ from collections import Counter
 import pytest
 
 from rseq_support import start_rseq_target, status_lines, wait_progress, wait_stopped
-from runtime import ptrace, rseq
 from runtime.dump import DumpOptions, dump
 from runtime.errors import DumpError
 from runtime.images import loader
 from runtime.images.model import Rseq, RseqCase, RseqCs
-from runtime.seize import seize
+from runtime.infect.seize import seize
+from runtime.kernel import ptrace
+from runtime.task import rseq
 
 SIG = 0x5EE5C0DE
 

@@ -11,12 +11,13 @@ import pytest
 
 from dump_support import start_target, target_path
 from rseq_support import kill_and_reap, start_rseq_target, status_lines, wait_progress, wait_stopped
-from runtime import ptrace, rseq
 from runtime.dump import dump
 from runtime.images import loader
 from runtime.images.model import RseqCase
+from runtime.infect.seize import seize
+from runtime.kernel import ptrace
 from runtime.restore import restore
-from runtime.seize import seize
+from runtime.task import rseq
 
 SIG = 0x5EE5C0DE
 SI_KERNEL = 0x80

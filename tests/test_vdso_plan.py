@@ -11,11 +11,11 @@ import capstone
 import pytest
 
 from dump_support import start_target, target_path
-from runtime import vdso
 from runtime.errors import RestoreError
 from runtime.images.model import TASK_SIZE, VdsoInfo
-from runtime.procfs import maps
-from runtime.procfs.vdso import parse_symbols
+from runtime.kernel.procfs import maps
+from runtime.kernel.procfs.vdso import parse_symbols
+from runtime.mm import vdso
 from vdso_images import rename_symbols, shift_functions
 
 PAGE = 4096

@@ -14,9 +14,9 @@ from dump_support import start_target, target_path
 from runtime import dump, restore
 from runtime.errors import RestoreError
 from runtime.images import loader
-from runtime.procfs import maps
-from runtime.procfs.vdso import parse_symbols, read_memory
-from runtime.vdso import PROXY_MAGIC, VdsoMode, proxy_origin, read_running_vdso
+from runtime.kernel.procfs import maps
+from runtime.kernel.procfs.vdso import parse_symbols, read_memory
+from runtime.mm.vdso import PROXY_MAGIC, VdsoMode, proxy_origin, read_running_vdso
 from vdso_images import rename_symbols, shift_functions, write_vdso
 
 FUNCTIONS = ("clock_gettime", "gettimeofday", "time", "getcpu", "clock_getres")

@@ -13,7 +13,7 @@ an inventory, so a dump never produces an image its restore would refuse.
 from collections.abc import Iterable, Mapping
 
 from runtime.errors import ImageError, shorten
-from runtime.images import layout
+from runtime.images import names as layout
 from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE, FdKind,
                                   Inventory, Process, RseqCase, ThreadCore, VdsoInfo, Vma, VmaAdvice, VmaKind)
 

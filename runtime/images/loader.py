@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import fileopen
 from runtime.errors import ImageError, shorten
-from runtime.images import checks, codec, host, layout
+from runtime.images import checks, codec, host, names as layout
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
 from runtime.images.model import Inventory, Process
 from runtime.images.writer import file_sha256
 from runtime.images.xsave import check_xsave_area
+from runtime.kernel import fileopen
 
 # A JSON record larger than this is not one this tool wrote (a process with
 # a million VMAs stays far below it); refusing it keeps a hostile file from

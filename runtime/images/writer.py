@@ -34,7 +34,7 @@ import stat
 from pathlib import Path
 
 from runtime.errors import ImageError, shorten
-from runtime.images import checks, codec, host, layout
+from runtime.images import checks, codec, host, names as layout
 from runtime.images.cpu import current_xsave_features
 from runtime.images.model import Inventory, Process
 

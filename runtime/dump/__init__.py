@@ -1,0 +1,361 @@
+"""Dumping one process: seize, read, infect, save pages, cure, write the images, kill or release.
+
+Why this order: everything the parasite would change is read first, while
+the task is stopped at its own instruction: its registers (with an
+interrupted syscall turned into its restart, as the kernel would on return
+to user mode), the full xstate, the signal mask, the pending signals and
+the rseq state (the kernel clears (struct rseq).rseq_cs as soon as the task
+returns to user mode outside a critical section, which the parasite does).
+What only the process itself can say (sigactions, umask, rlimits, itimers,
+brk, altstack, clear_child_tid) and the page data come from the parasite.
+The images are written last, the inventory last of all (the writer's
+commit point), and only then is the target killed, still stopped under
+ptrace, so it never runs a single instruction after its state was taken.
+
+What is not supported yet is refused before the target is touched beyond
+seizing, and any failure at any step cures, detaches and leaves the target
+running exactly as before, with no inventory in the image directory.
+"""
+
+import logging
+import mmap
+import os
+import signal
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from runtime import faults, progress
+from runtime.arch import x86_64 as arch
+from runtime.dump import refusals
+from runtime.errors import DumpError, ReviveError
+from runtime.kernel import kcmp, ptrace
+from runtime.task import futex_links, rseq, controls as task_controls
+from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
+                                  ThreadCore, VdsoInfo, Vma, VmaKind)
+from runtime.images.writer import ImageWriter
+from runtime.infect.parasite import Iovec
+from runtime.infect.seize import Seized, seize
+from runtime.infect.session import infect, is_leftover
+from runtime.kernel.procfs import auxv, fds, maps, pagemap, stat, status, vdso
+from runtime.kernel.procfs.fds import FileKind, OpenFile
+from runtime.kernel.procfs.files import read_link
+from runtime.kernel.procfs.maps import Mapping
+from runtime.mm.vdso import find_proxy
+
+log = logging.getLogger(__name__)
+
+STDIO_FDS = (0, 1, 2)
+DELETED = " (deleted)"
+PEEK_BATCH = 32
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    leave_running: bool = False  # detach and let it run (default: SIGKILL after a successful dump)
+    shell_job: bool = False  # stdio terminal/pipes are the caller's: saved as FdKind.INHERIT
+    force_dir: bool = False  # accept an image directory of ours that group or others may write (made 0700)
+
+
+@dataclass(frozen=True)
+class ThreadSnapshot:
+    """A thread's state read through ptrace before the parasite runs."""
+
+    tid: int
+    regs: Registers  # as the task resumes: syscall restart applied, rseq abort applied
+    xstate: bytes
+    blocked: int
+    pending: tuple[bytes, ...]
+    rseq: Rseq | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything read from /proc and ptrace before infection."""
+
+    stat: stat.Stat
+    status: status.Status
+    personality: int
+    auxv: tuple[int, ...]
+    exe: str
+    cwd: str
+    root: str
+    vmas: tuple[Vma, ...]
+    page_runs: tuple[PageRun, ...]
+    fds: tuple[Fd, ...]
+    thread: ThreadSnapshot
+    shared_pending: tuple[bytes, ...]
+    vdso: vdso.Vdso | None
+    vdso_info: VdsoInfo | None
+
+
+def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOptions()) -> Process:
+    """Checkpoint process pid into directory; see the module docstring for the steps."""
+    log.info("dumping pid %d into %s", pid, directory)
+    seized = seize(pid)
+    directory = Path(directory)
+    writer = None
+    try:
+        faults.point("dump.seize")
+        snapshot = take_snapshot(pid, seized, options)
+        faults.point("dump.snapshot")
+        writer = ImageWriter(directory, force_dir=options.force_dir)
+        process = _dump_with_parasite(pid, seized, snapshot, writer, options)
+        writer.finish(pid)
+        faults.point("dump.kill")
+        writer.close()
+    except BaseException as exc:
+        log.debug("dump of pid %d failed: %s", pid, exc)
+        try:
+            seized.release()
+        except ReviveError as release_error:
+            log.error("pid %d: releasing it after the failed dump: %s", pid, release_error)
+        if writer is not None:
+            writer.discard()
+        if isinstance(exc, OSError):
+            raise DumpError(pid, f"{exc.strerror or exc}") from exc
+        raise
+    if options.leave_running:
+        seized.release()
+        log.info("pid %d dumped and left running", pid)
+    else:
+        kill_seized(seized)
+        log.info("pid %d dumped and killed", pid)
+    return process
+
+
+def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
+    """Read (and refuse what is unsupported in) a seized process, before any parasite runs."""
+    st = status.read_status(pid)
+    task_stat = stat.read_stat(pid)
+    # A parasite area (and its fd) a killed runtime left behind is removed by the infection.
+    mappings = tuple(m for m in maps.read_mappings(pid) if not is_leftover(m.name))
+    proxy = find_proxy(pid, mappings)
+    if proxy is not None:
+        # A vDSO proxy a restore installed is this process's vDSO (docs/vdso.md): a special mapping.
+        mappings = tuple(replace(m, name="[vdso]") if m == proxy else m for m in mappings)
+    found_files = tuple(f for f in fds.read_open_files(pid) if not is_leftover(f.link))
+    refusals.check_process(pid, seized.tids, st, task_stat, mappings, found_files, options.shell_job)
+    vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
+    open_files = dump_fds(pid, found_files, options.shell_job)
+    page_runs = plan_page_runs(pid, mappings)
+    found_vdso, vdso_info = read_vdso_info(pid, vmas, proxy)
+    # Last: for a thread inside an rseq critical section this moves it to its abort handler.
+    thread = snapshot_thread(pid)
+    return Snapshot(
+        stat=task_stat,
+        status=st,
+        personality=stat.read_personality(pid),
+        auxv=auxv.read_auxv(pid),
+        exe=_existing_path(pid, "exe", "executable"),
+        cwd=_existing_path(pid, "cwd", "working directory"),
+        root=_existing_path(pid, "root", "root directory"),
+        vmas=vmas,
+        page_runs=page_runs,
+        fds=open_files,
+        thread=thread,
+        shared_pending=peek_pending(pid, shared=True),
+        vdso=found_vdso,
+        vdso_info=vdso_info,
+    )
+
+
+def _existing_path(pid: int, link: str, what: str) -> str:
+    path = read_link(pid, link)
+    if path.endswith(DELETED):
+        raise DumpError(pid, f"{what} {path} was deleted: not supported yet")
+    return path
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+def plan_page_runs(pid: int, mappings: tuple[Mapping, ...]) -> tuple[PageRun, ...]:
+    """The page runs to save, sorted by vaddr, with their offsets in the pages file.
+
+    Only present or swapped pages are saved. Pages still backed by the page
+    cache in a file mapping equal the file (a private mapping's page becomes
+    anonymous when first written), so restore maps them from the file. A
+    page mapped to the shared zero page reads as zeros and a fresh anonymous
+    mapping gives that. Shared anonymous memory is saved whole: its pages
+    live in a shmem object whose swapped pages the page tables do not show.
+    The kernel's own mappings ([vdso], [vvar], [vvar_vclock], [vsyscall]) are
+    not the process's data: reading [vvar] pages could even fault.
+    """
+    runs: list[PageRun] = []
+    offset = 0
+    for m in mappings:
+        if m.name == maps.VSYSCALL or m.vma().kind in KERNEL_MAPPING_KINDS:
+            continue
+        for start, end in _saved_ranges(pid, m):
+            if not m.prot & mmap.PROT_READ:
+                raise DumpError(pid, f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'} has pages "
+                                     f"but no read permission: not supported yet")
+            runs.append(PageRun(start, (end - start) // PAGE_SIZE, offset))
+            offset += end - start
+    return tuple(runs)
+
+
+def _saved_ranges(pid: int, m: Mapping) -> list[tuple[int, int]]:
+    if m.shared_anon:
+        return [(m.start, m.end)]
+    skip = pagemap.PAGE_IS_FILE if m.file_backed else pagemap.PAGE_IS_PFNZERO
+    merged: list[tuple[int, int]] = []
+    for r in pagemap.scan(pid, m.start, m.end):
+        if r.categories & skip:
+            continue
+        if merged and merged[-1][1] == r.start:
+            merged[-1] = (merged[-1][0], r.end)
+        else:
+            merged.append((r.start, r.end))
+    return merged
+
+
+def read_vdso_info(pid: int, vmas: tuple[Vma, ...],
+                   proxy: Mapping | None = None) -> tuple[vdso.Vdso | None, VdsoInfo | None]:
+    """The process's vDSO: its proxy if it has one (the kernel's own [vdso] is then elsewhere)."""
+    special = {v.kind: v for v in vmas if v.kind in KERNEL_MAPPING_KINDS}
+    vdso_vma = special.get(VmaKind.VDSO) if proxy is None else proxy.vma()
+    if vdso_vma is None:
+        return None, None
+    found = vdso.read_vdso(pid, vdso_vma.start, vdso_vma.size)
+    vvar, vclock = special.get(VmaKind.VVAR), special.get(VmaKind.VVAR_VCLOCK)
+    info = VdsoInfo(
+        vdso_start=vdso_vma.start, vdso_size=vdso_vma.size, sha256=found.sha256, symbols=found.symbols,
+        vvar_start=vvar.start if vvar else None, vvar_size=vvar.size if vvar else 0,
+        vvar_vclock_start=vclock.start if vclock else None, vvar_vclock_size=vclock.size if vclock else 0,
+        proxy=proxy is not None,
+    )
+    return found, info
+
+
+# -- file descriptors ------------------------------------------------------------------------
+
+def dump_fds(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool) -> tuple[Fd, ...]:
+    """The fds in ascending order; one that shares a lower fd's open file description says which."""
+    dumped: list[Fd] = []
+    for f in open_files:
+        first = next((d.fd for d in dumped if d.same_as is None and kcmp.same_file(pid, d.fd, f.fd)), None)
+        fd = dump_fd(pid, f, shell_job)
+        dumped.append(fd if first is None else replace(fd, same_as=first))
+    return tuple(dumped)
+
+
+def dump_fd(pid: int, f: OpenFile, shell_job: bool) -> Fd:
+    """The Fd a restore reopens, or a DumpError naming the fd and its kind."""
+    refused = f"fd {f.fd} ({f.description})"
+    if f.kind in (FileKind.TTY, FileKind.PIPE):
+        if shell_job and f.fd in STDIO_FDS:
+            return Fd(f.fd, FdKind.INHERIT, flags=f.flags, mode=f.mode, cloexec=f.cloexec)
+        hint = " (with --shell-job, stdio terminals and pipes are taken as the restoring caller's)" \
+            if f.fd in STDIO_FDS else ""
+        raise DumpError(pid, f"{refused}: not supported yet{hint}")
+    if f.kind in (FileKind.REGULAR, FileKind.DIRECTORY):
+        if f.nlink == 0 or f.link.endswith(DELETED) or not f.link.startswith("/"):
+            raise DumpError(pid, f"{refused}: a deleted file cannot be reopened: not supported yet")
+        return Fd(f.fd, FdKind.FILE, f.link, f.flags, f.pos, f.mode, f.cloexec)
+    if f.kind is FileKind.CHAR and os.major(f.rdev) == fds.MEM_MAJOR:
+        return Fd(f.fd, FdKind.CHR, f.link, f.flags, f.pos, f.mode, f.cloexec)
+    raise DumpError(pid, f"{refused}: not supported yet")
+
+
+# -- the thread, before infection ------------------------------------------------------------
+
+def snapshot_thread(tid: int) -> ThreadSnapshot:
+    """Registers (rseq abort applied first, as the kernel would), xstate, mask and queued signals."""
+    fixup = rseq.fix_up_thread(tid)
+    resumed = arch.resume_registers(fixup.regs)
+    # The restored task returns by rt_sigreturn, which leaves no syscall to restart.
+    resumed.orig_rax = arch.SIGSET_ALL
+    regs = Registers(**{f.name: getattr(resumed, f.name) for f in fields(Registers)})
+    return ThreadSnapshot(tid, regs, ptrace.get_xstate(tid), ptrace.get_sigmask(tid),
+                          peek_pending(tid, shared=False), fixup.rseq)
+
+
+def peek_pending(tid: int, shared: bool) -> tuple[bytes, ...]:
+    """Every queued siginfo of the thread (or, shared, of its process), oldest first."""
+    queued: list[bytes] = []
+    while True:
+        batch = ptrace.peek_siginfo(tid, shared, start=len(queued), count=PEEK_BATCH)
+        queued.extend(batch)
+        if len(batch) < PEEK_BATCH:
+            return tuple(queued)
+
+
+# -- the parasite part, and the images ----------------------------------------------------------
+
+def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: ImageWriter,
+                        options: DumpOptions) -> Process:
+    pages = writer.pages_file(pid)
+    iovecs = [Iovec(run.vaddr, run.size) for run in snapshot.page_runs]
+    with infect(seized) as parasite:
+        faults.point("dump.infect")
+        misc = parasite.get_misc()
+        faults.point("dump.misc")
+        if misc.pid != pid:
+            raise DumpError(pid, f"the process sees itself as pid {misc.pid}: "
+                                 "processes in another PID namespace are not supported yet")
+        controls = task_controls.controls_from(pid, misc.prctl, stopped=seized.leader.group_stopped)
+        sigactions = parasite.dump_sigactions()
+        faults.point("dump.sigactions")
+        thread_state = parasite.dump_thread()
+        faults.point("dump.thread")
+        with progress.watch("dump", sum(v.len for v in iovecs), lambda: os.fstat(pages.fileno()).st_size):
+            written = parasite.dump_pages(iovecs, pages.fileno())
+        faults.point("dump.pages")
+    faults.point("dump.cure")
+    log.info("pid %d: %d page runs, %d bytes of pages", pid, len(iovecs), written)
+    thread = snapshot.thread
+    robust_list, robust_list_len = futex_links.read_robust_list(thread.tid)
+    core = ThreadCore(tid=thread.tid, regs=thread.regs, blocked=thread.blocked, altstack=thread_state.altstack,
+                      clear_child_tid=thread_state.clear_child_tid, pending=thread.pending, rseq=thread.rseq,
+                      robust_list=robust_list, robust_list_len=robust_list_len)
+    st = snapshot.stat
+    mm = MmFields(start_code=st.start_code, end_code=st.end_code, start_data=st.start_data, end_data=st.end_data,
+                  start_brk=st.start_brk, brk=misc.brk, start_stack=st.start_stack,
+                  arg_start=st.arg_start, arg_end=st.arg_end, env_start=st.env_start, env_end=st.env_end,
+                  auxv=snapshot.auxv, exe=snapshot.exe)
+    process = Process(
+        pid=pid, ppid=st.ppid, pgid=st.pgid, sid=st.sid, comm=st.comm,
+        personality=snapshot.personality, umask=misc.umask, cwd=snapshot.cwd, root=snapshot.root,
+        dumpable=misc.dumpable, creds=snapshot.status.creds, mm=mm,
+        rlimits=misc.rlimits, sigactions=sigactions, itimers=armed_itimers(misc.itimers),
+        shared_pending=snapshot.shared_pending, vmas=snapshot.vmas, page_runs=snapshot.page_runs,
+        fds=snapshot.fds, threads=(core,), controls=controls, vdso=snapshot.vdso_info, shell_job=options.shell_job,
+    )
+    writer.write_xstate(thread.tid, thread.xstate)
+    if snapshot.vdso is not None:
+        writer.write_vdso(pid, snapshot.vdso.image)
+    writer.write_process(process)
+    faults.point("dump.write")
+    return process
+
+
+def armed_itimers(itimers: tuple[ITimer, ...]) -> tuple[ITimer, ...]:
+    """The timers as setitimer must see them at restore.
+
+    An ITIMER_REAL that expired while the task was stopped reads as value 0
+    with its interval still set: the kernel re-arms it only when the task
+    dequeues that SIGALRM. setitimer with value 0 would disarm it, so an
+    expired periodic REAL timer is recorded as due again one interval on.
+    (VIRTUAL and PROF are re-armed by the kernel at expiry.)
+    """
+    real, *others = itimers
+    if (real.value_sec, real.value_usec) == (0, 0) and (real.interval_sec, real.interval_usec) != (0, 0):
+        real = replace(real, value_sec=real.interval_sec, value_usec=real.interval_usec)
+    return (real, *others)
+
+
+def kill_seized(seized: Seized) -> None:
+    """SIGKILL a process that is still stopped under our ptrace and collect its exit as its tracer.
+
+    Killing before the detach means it runs nothing after its state was
+    taken; waiting as tracer hands the exit on to its real parent (or reaps
+    it, if that is us).
+    """
+    os.kill(seized.pid, signal.SIGKILL)
+    for tid in list(seized.threads):
+        try:
+            while not ptrace.wait(tid).exited:
+                pass
+        except ReviveError as exc:
+            log.debug("waiting for killed thread %d: %s", tid, exc)
+        del seized.threads[tid]

@@ -1,0 +1,178 @@
+"""What a dump refuses, in one place: every check runs on the seized process before any parasite.
+
+Why one module: docs/state.md lists every piece of process state Linux
+exposes with its verdict (dumped, refused, ignored); the refusals of that
+table are made here and nowhere else, so the table and the code can be read
+side by side. A check names the PID and the state it refuses, and runs
+before infection, so a refused process has only been stopped and released.
+
+The VmFlags table is the model of the rule "anything not known is refused":
+every two-letter flag /proc/PID/smaps prints is either handled (by the
+mapping's kind, protection or madvise advice), ignored with a reason, or
+refused; a flag this table has never seen is refused too.
+"""
+
+import os
+
+from runtime.errors import DumpError
+from runtime.images.model import KERNEL_MAPPING_KINDS
+from runtime.kernel.procfs.fds import OpenFile
+from runtime.kernel.procfs.files import proc_path, read_text, translated
+from runtime.kernel.procfs.maps import VSYSCALL, Mapping
+from runtime.kernel.procfs.stat import Stat
+from runtime.kernel.procfs.status import Status
+from runtime.task import controls as task_controls
+
+# Namespaces the restored process would silently leave: it is created in the runtime's own.
+NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "time_for_children", "user", "uts")
+
+# Every smaps VmFlag (fs/proc/task_mmu.c): None where restore brings it back or it is the kernel's to set,
+# else why the dump refuses it.
+VMFLAGS: dict[str, str | None] = {
+    # The protection and sharing: the mapping is recreated with them.
+    "rd": None, "wr": None, "ex": None, "sh": None, "mr": None, "mw": None, "me": None, "ms": None,
+    "gd": None,  # MAP_GROWSDOWN: the Vma's growsdown
+    "ac": None,  # VM_ACCOUNT: the kernel charges private writable memory itself
+    "nr": None,  # MAP_NORESERVE: only commit accounting, which the restoring kernel does by its own policy
+    "sd": None,  # soft-dirty: tracking state (not built into this kernel)
+    "de": None,  # VM_DONTEXPAND: the kernel sets it on its special mappings, which it recreates
+    "io": None, "pf": None,  # the kernel's own special mappings only: others are refused in check_mappings
+    # madvise advice, restored (VmaAdvice)
+    "dc": None, "wf": None, "dd": None, "hg": None, "nh": None, "mg": None, "sr": None, "rr": None,
+    "lo": "locked pages (mlock) are not restored yet",
+    "lf": "locked-on-fault pages (mlock2 MLOCK_ONFAULT) are not restored yet",
+    "ht": "hugetlbfs mappings are not supported yet",
+    "sf": "synchronous page faults (MAP_SYNC, DAX) are not supported",
+    "mm": "mixed page mappings (VM_MIXEDMAP, device drivers) are not supported",
+    "um": "userfaultfd registrations (missing pages) are not supported yet",
+    "uw": "userfaultfd registrations (write protection) are not supported yet",
+    "ui": "userfaultfd registrations (minor faults) are not supported yet",
+    "ss": "shadow stacks are not supported yet",
+    "sl": "sealed mappings (mseal) are not supported yet",
+    "ar": "architecture-specific mapping flags (VM_ARCH_1) are not supported",
+    "gu": "guard regions (MADV_GUARD_INSTALL) are not restored yet",
+}
+
+
+def check_process(pid: int, tids: list[int], status: Status, stat: Stat, mappings: tuple[Mapping, ...],
+                  open_files: tuple[OpenFile, ...], shell_job: bool) -> None:
+    """Raise DumpError for the first piece of state a restore could not bring back."""
+    check_threads(pid, tids, status)
+    check_children(pid, tids)
+    check_session(pid, stat, shell_job)
+    check_namespaces(pid)
+    check_security(pid, status)
+    task_controls.check_stat_flags(pid, stat.flags)
+    check_posix_timers(pid)
+    check_memory_policy(pid)
+    check_mappings(pid, mappings)
+    check_file_locks(pid, open_files)
+
+
+def check_threads(pid: int, tids: list[int], status: Status) -> None:
+    if len(tids) > 1 or status.threads > 1:
+        others = sorted(t for t in tids if t != pid)
+        raise DumpError(pid, f"multi-threaded process ({max(len(tids), status.threads)} threads; "
+                             f"the others: {_listed(others)}): not supported yet")
+
+
+def check_children(pid: int, tids: list[int]) -> None:
+    """Children are not dumped yet: a dump without them would orphan them and lose the tree."""
+    children = sorted({int(c) for tid in tids for c in read_text(pid, f"task/{tid}/children").split()})
+    if children:
+        raise DumpError(pid, f"has child processes {_listed(children)}: dumping process trees is not supported "
+                             "yet (dump each process without children, or wait for the process-tree support)")
+
+
+def check_session(pid: int, stat: Stat, shell_job: bool) -> None:
+    """A session or group led from outside the dump cannot be restored: only --shell-job joins the caller's."""
+    if shell_job or stat.sid == stat.pgid == pid:
+        return
+    which = f"session {stat.sid}" if stat.sid != pid else f"process group {stat.pgid}"
+    leader = stat.sid if stat.sid != pid else stat.pgid
+    raise DumpError(pid, f"its {which} is led by pid {leader}, outside the dump: dump with --shell-job (-j) to "
+                         "restore it into the restoring caller's session and group, or start it with setsid")
+
+
+def check_namespaces(pid: int) -> None:
+    for name in NAMESPACES:
+        ours = _namespace(os.getpid(), name)
+        theirs = _namespace(pid, name)
+        if theirs is not None and theirs != ours:
+            raise DumpError(pid, f"lives in another {name} namespace ({theirs}, the runtime's is {ours}): "
+                                 "restoring namespaces is not supported yet")
+
+
+def _namespace(pid: int, name: str) -> str | None:
+    """The namespace's link text (e.g. 'uts:[4026531838]'), None where this kernel has no such namespace."""
+    try:
+        with translated(pid, f"ns/{name}"):
+            return os.readlink(proc_path(pid, f"ns/{name}"))
+    except FileNotFoundError:
+        return None
+
+
+def check_security(pid: int, status: Status) -> None:
+    if status.seccomp:
+        mode = {1: "strict", 2: "filter"}.get(status.seccomp, str(status.seccomp))
+        raise DumpError(pid, f"runs under seccomp ({mode} mode): restoring seccomp filters is not supported yet")
+    ours = _own_status_field(("Speculation_Store_Bypass", "SpeculationIndirectBranch"))
+    if status.speculation != ours:
+        raise DumpError(pid, f"has speculation controls set (PR_SET_SPECULATION_CTRL: {', '.join(status.speculation)}"
+                             f"; a new process gets {', '.join(ours)}): not supported yet")
+    if status.thread_features.strip():
+        raise DumpError(pid, f"uses x86 thread features ({status.thread_features}): not supported yet")
+
+
+def _own_status_field(names: tuple[str, ...]) -> tuple[str, ...]:
+    fields = dict(line.split(":", 1) for line in read_text(os.getpid(), "status").splitlines() if ":" in line)
+    return tuple(fields.get(name, "").strip() for name in names)
+
+
+def check_posix_timers(pid: int) -> None:
+    ids = [line.split()[1] for line in read_text(pid, "timers").splitlines() if line.startswith("ID:")]
+    if ids:
+        raise DumpError(pid, f"has POSIX timers (ids {', '.join(ids)}; timer_create): not supported yet")
+
+
+def check_memory_policy(pid: int) -> None:
+    """A NUMA policy (set_mempolicy, mbind) shows in numa_maps as something other than 'default'."""
+    try:
+        text = read_text(pid, "numa_maps")
+    except FileNotFoundError:
+        return  # a kernel without NUMA: there is no policy to lose
+    for line in text.splitlines():
+        address, policy = line.split()[:2]
+        if policy != "default":
+            raise DumpError(pid, f"mapping at {address}: NUMA memory policy {policy!r} is not supported yet")
+
+
+def check_mappings(pid: int, mappings: tuple[Mapping, ...]) -> None:
+    """Refuse the mappings a restore could not bring back, naming each and what it is."""
+    for m in mappings:
+        if m.name == VSYSCALL:
+            continue
+        where = f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'}"
+        if m.deleted:
+            raise DumpError(pid, f"{where}: a deleted file (or memfd/SysV shm) cannot be reopened: not supported yet")
+        if m.inode and not m.file_backed and not m.shared_anon:
+            raise DumpError(pid, f"{where}: mappings of this kind of file are not supported yet")
+        if ({"io", "pf"} & m.vmflags) and m.vma().kind not in KERNEL_MAPPING_KINDS:
+            raise DumpError(pid, f"{where}: device (VM_IO/VM_PFNMAP) mappings are not supported yet")
+        for flag in sorted(m.vmflags):
+            if flag not in VMFLAGS:
+                raise DumpError(pid, f"{where}: VmFlag {flag!r} is unknown to this runtime: refused rather than lost")
+            if VMFLAGS[flag] is not None:
+                raise DumpError(pid, f"{where}: {VMFLAGS[flag]} (VmFlag {flag!r})")
+
+
+def check_file_locks(pid: int, open_files: tuple[OpenFile, ...]) -> None:
+    for f in open_files:
+        if f.locks:
+            raise DumpError(pid, f"fd {f.fd} ({f.description}) holds a file lock ({f.locks[0]}): "
+                                 "restoring file locks is not supported yet")
+
+
+def _listed(pids: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(p) for p in pids[:limit])
+    return shown + (f" and {len(pids) - limit} more" if len(pids) > limit else "")

@@ -1,0 +1,309 @@
+"""Restore one process from an image directory: validate, fork with its PID, restorer, hand over.
+
+Why this shape: everything that can be checked is checked before clone3
+(the loader validates the image; the vDSO and layout are compared here),
+because once the restorer has unmapped the child's memory there is no way
+back. After clone3 the child is traced (PTRACE_O_EXITKILL: if the runtime
+dies, so does the half-restored child) and any failure kills and reaps it,
+so no half-restored process is ever left running.
+
+The hand-over: the restorer stops itself with int3 when the address space
+and signal state are in place; from there the parent follows its syscalls
+to the exit of rt_sigreturn, where the task runs in its own registers,
+xstate and mask, unmaps the restorer area with an injected munmap, and
+detaches.
+"""
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import resource
+import signal
+import struct
+import threading
+from dataclasses import dataclass
+
+from runtime import faults, progress
+from runtime.arch import x86_64 as arch
+from runtime.errors import ReviveError, RestoreError, shorten
+from runtime.images import loader
+from runtime.images.model import FdKind, Process, RLimit
+from runtime.infect import blobs
+from runtime.infect.remote_syscall import RemoteSyscall, settle
+from runtime.kernel import ptrace
+from runtime.kernel.clone import clone_with_pid
+from runtime.kernel.procfs.io import bytes_read
+from runtime.mm.vdso import VdsoMode, VdsoPlan, plan_restore
+from runtime.restore import child as restore_child
+from runtime.restore.restorer_args import Area, build_area, describe_advice_failure, plan_fds, target_ranges
+from runtime.task import futex_links, rseq, controls as task_controls
+
+log = logging.getLogger(__name__)
+
+PTRACE_O_EXITKILL = 0x100000
+# The child's error pipe: bytes kept, characters shown, and how long to wait for the end of
+# a message once the child has exited (its write end is closed then, so the drain ends at once).
+ERROR_BYTES_MAX = 4096
+ERROR_TEXT_MAX = 400
+ERROR_DRAIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Restored:
+    pid: int
+    area: Area
+
+
+def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_mode: VdsoMode = VdsoMode.AUTO,
+            leave_traced: bool = False) -> int:
+    """Restore the image in directory; the restored process's exit status (0 at once with detach).
+
+    leave_traced (for tests): return at once with the task still stopped
+    under this process's ptrace, in its own registers, before it has run
+    any of its own code (a process dumped group-stopped is not stopped
+    again: that is the caller's to do).
+    """
+    # The image files stay open only until the child has inherited the pages file.
+    with loader.load(directory) as checkpoint:
+        image = checkpoint.root
+        process = image.process
+        check_restorable(process, shell_job, detach)
+        faults.point("restore.validate")
+        vdso = plan_vdso(process, image.vdso_image, vdso_mode)
+        fds = plan_fds(process, _open_fds())
+        area = build_area(process, image.xstates[process.pid], fds, vdso)
+        plan = restore_child.ChildPlan(process, image.pages.fileno(), fds, area, capped_rlimits(process))
+        faults.point("restore.clone")
+        restored = start(plan, leave_traced)
+    log.info("pid %d restored from %s", restored.pid, directory)
+    if detach or leave_traced:
+        return 0
+    return wait_relaying_signals(restored.pid)
+
+
+def plan_vdso(process: Process, vdso_image: bytes | None, mode: VdsoMode) -> VdsoPlan | None:
+    """Remap the running vDSO or proxy the dumped one (runtime/vdso.py decides)."""
+    if process.vdso is None:
+        return None
+    plan = plan_restore(process, vdso_image, mode, [(r.start, r.end) for r in target_ranges(process)])
+    log.info("pid %d: vdso %s: %s", process.pid, plan.decision.path.value, plan.decision.reason)
+    return plan
+
+
+def check_restorable(process: Process, shell_job: bool, detach: bool) -> None:
+    if detach and process.controls.pdeath_signal:
+        raise RestoreError(process.pid, f"has a parent-death signal ({signal.Signals(process.controls.pdeath_signal).name}"
+                                        "): this command becomes its parent, so -d would deliver it at once; "
+                                        "restore without -d")
+    if len(process.threads) > 1:
+        raise RestoreError(process.pid, f"has {len(process.threads)} threads; restoring threads is not supported yet")
+    inherited = [fd.fd for fd in process.fds if fd.kind is FdKind.INHERIT]
+    if inherited and not shell_job:
+        raise RestoreError(process.pid, f"fds {inherited} are a shell job's stdio: restore with --shell-job")
+    rseq.check_kernel_supports(process)
+
+
+def capped_rlimits(process: Process) -> tuple[RLimit, ...]:
+    """The dumped limits, each hard limit capped at ours: raising one needs CAP_SYS_RESOURCE."""
+    capped = []
+    for resource_id, limit in enumerate(process.rlimits):
+        _, our_max = resource.getrlimit(resource_id)
+        our_max = (1 << 64) - 1 if our_max == resource.RLIM_INFINITY else our_max
+        hard = min(limit.max, our_max)
+        if hard != limit.max:
+            log.warning("pid %d: rlimit %d hard limit %d capped at %d", process.pid, resource_id, limit.max, hard)
+        capped.append(RLimit(min(limit.cur, hard), hard))
+    return tuple(capped)
+
+
+def _open_fds() -> list[int]:
+    return [int(name) for name in os.listdir("/proc/self/fd")]
+
+
+def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored:
+    """clone3 the child with the dumped PID and see it through the restorer into its own context."""
+    pid = plan.process.pid
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        child = clone_with_pid(pid)
+    except ReviveError:
+        for fd in (go_r, go_w, err_r, err_w):
+            os.close(fd)
+        raise
+    if child == 0:
+        os.close(go_w)
+        os.close(err_r)
+        restore_child.run(plan, go_r, err_w)
+    os.close(go_r)
+    os.close(err_w)
+    errors = ErrorChannel(err_r)
+    with _killed_on_failure(child):
+        try:
+            ptrace.seize(child, ptrace.PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
+            os.write(go_w, struct.pack("<I", _glibc_rseq_length(child)))
+        finally:
+            os.close(go_w)
+        with progress.watch("restore", sum(run.size for run in plan.process.page_runs),
+                            lambda: bytes_read(child)):
+            wait_for_restorer_trap(child, errors)
+        faults.point("restore.handover")
+        follow_to_own_context(child, errors)
+        unmap_restorer(child, plan.area)
+        controls = plan.process.controls
+        in_child = RemoteSyscall.for_thread(child, child)
+        futex_links.set_links(child, plan.process.threads[0], in_child)
+        task_controls.set_after_creds(child, controls, in_child)
+        # After the last injected syscall: each returns to user mode outside any section, where
+        # the kernel clears rseq_cs; nothing returns there again before the task's own code.
+        rseq.write_back(child, plan.process.threads[0].rseq)
+        if not leave_traced:
+            if controls.stopped:
+                # Queued while the task is in a ptrace stop: it takes the group stop on its way back
+                # to user mode after the detach, before any instruction of its own.
+                os.kill(child, signal.SIGSTOP)
+            ptrace.detach(child)
+            if controls.stopped:
+                # Return once it is stopped (or already continued): as it was when dumped.
+                os.waitpid(child, os.WUNTRACED | os.WCONTINUED)
+    return Restored(child, plan.area)
+
+
+class ErrorChannel:
+    """The read end of the child's error pipe, drained by a thread from the clone on.
+
+    Why drained as it comes: the child writes its error, then exits, and
+    the parent learns of the exit from waitpid. Were the parent to read only
+    after the exit, a message longer than the pipe buffer (64 KiB; a hostile
+    image's path can be longer) would block the child in write() while the
+    parent waits for it to exit, forever. The thread keeps the first
+    ERROR_BYTES_MAX bytes, more than any message needs, and drops the rest.
+    """
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._data = bytearray()
+        self._thread = threading.Thread(target=self._drain, name="restore-errors", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        try:
+            while chunk := os.read(self._fd, 1 << 16):
+                self._data += chunk[:max(ERROR_BYTES_MAX - len(self._data), 0)]
+        finally:
+            os.close(self._fd)
+
+    def read(self) -> bytes:
+        """What the child wrote, once it has exited (its end of the pipe closed with it)."""
+        self._thread.join(ERROR_DRAIN_SECONDS)
+        return bytes(self._data)
+
+
+@contextlib.contextmanager
+def _killed_on_failure(child: int):
+    try:
+        yield
+    except BaseException:
+        _kill_and_reap(child)
+        raise
+
+
+def _kill_and_reap(child: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signal.SIGKILL)
+    while True:
+        try:
+            _, status = os.waitpid(child, ptrace.__WALL)
+        except ChildProcessError:
+            return
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            return
+
+
+def _glibc_rseq_length(child: int) -> int:
+    """The length our glibc registered its rseq area with: unregistering needs the same value.
+
+    The child inherited our registration; it is read from the child (ptrace
+    cannot read our own) while it waits for the go message.
+    """
+    ptrace.interrupt(child)
+    stop = ptrace.wait(child)
+    if not stop.is_event_stop:
+        raise RestoreError(child, f"expected an interrupt stop before the restore, the child {stop.describe()}")
+    conf = ptrace.get_rseq_configuration(child)
+    ptrace.cont(child)
+    return conf.size if conf.address else 0
+
+
+def _failure(child: int, stop: ptrace.Stop, errors) -> RestoreError:
+    """What the child or the restorer said before it exited, as a RestoreError."""
+    data = errors.read()
+    if data.startswith(restore_child.CHILD_ERROR_TAG):
+        text = data[len(restore_child.CHILD_ERROR_TAG):].decode(errors="replace")
+        return RestoreError(child, shorten(text, ERROR_TEXT_MAX))
+    proto = blobs.protocol()
+    if len(data) == ctypes.sizeof(proto.RestorerError):
+        record = proto.RestorerError.from_buffer_copy(data)
+        step = next((name[len("RESTORER_STEP_"):].lower() for name in dir(proto)
+                     if name.startswith("RESTORER_STEP_") and getattr(proto, name) == record.step), record.step)
+        err = -record.err
+        detail = describe_advice_failure(record.detail) if record.step == proto.RESTORER_STEP_ADVISE_VMAS \
+            else f"detail {record.detail:#x}"
+        return RestoreError(child, f"restorer step {step} failed: {errno.errorcode.get(err, err)} "
+                                   f"({os.strerror(err)}), {detail}")
+    return RestoreError(child, f"the restoring process {stop.describe()} without saying why")
+
+
+def wait_for_restorer_trap(child: int, errors) -> None:
+    """Run the child until the restorer's int3; signals that arrive meanwhile go on to it."""
+    while True:
+        ptrace_stop = ptrace.wait(child)
+        if ptrace_stop.exited:
+            raise _failure(child, ptrace_stop, errors)
+        if ptrace_stop.is_signal_delivery and ptrace_stop.signal == signal.SIGTRAP:
+            return
+        ptrace.cont(child, ptrace_stop.signal if ptrace_stop.is_signal_delivery else 0)
+
+
+def follow_to_own_context(child: int, errors) -> None:
+    """From the trap, follow the restorer's last syscalls to the exit of rt_sigreturn."""
+    entering = True
+    while True:
+        ptrace.syscall(child)
+        stop = ptrace.wait(child)
+        if stop.exited:
+            raise _failure(child, stop, errors)
+        if not stop.is_syscall_stop:
+            raise RestoreError(child, f"the restorer {stop.describe()} after its trap, before rt_sigreturn")
+        if not entering:
+            entering = True
+            continue
+        entering = False
+        if arch.signed(ptrace.get_regs(child).orig_rax) == arch.NR_RT_SIGRETURN:
+            ptrace.syscall(child)
+            stop = ptrace.wait(child)
+            if not stop.is_syscall_stop:
+                raise RestoreError(child, f"rt_sigreturn into the restored context failed: the task {stop.describe()}")
+            return
+
+
+def unmap_restorer(child: int, area: Area) -> None:
+    """The restorer area goes; the task stays stopped until detach, in its own registers and mask."""
+    settle(child)
+    result = RemoteSyscall.for_thread(child, child)(arch.NR_MUNMAP, area.base, area.size)
+    if result != 0:
+        raise RestoreError(child, f"munmap of the restorer area {area.base:#x} failed: {os.strerror(-result)}")
+
+
+def wait_relaying_signals(pid: int) -> int:
+    """Wait for the restored process (our child); SIGINT/SIGTERM sent to us go to it."""
+    relayed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    previous = {sig: signal.signal(sig, lambda sig, _frame: os.kill(pid, sig)) for sig in relayed}
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)

@@ -31,6 +31,7 @@ from runtime.images.cpu import current_xsave_features, describe_xsave_features
 from runtime.infect import blobs
 from runtime.kernel import ptrace
 from runtime.kernel.clone import clone_with_pid
+from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs import pagemap, stat, status
 from runtime.mm import vdso
 from runtime.task import rseq
@@ -74,8 +75,6 @@ CLOCK_MONOTONIC = 1
 EXE_FD_UNCHANGED = 0xFFFFFFFF  # prctl_mm_map.exe_fd (u32)-1: keep /proc/PID/exe
 PROBE_TIMER_ID = 4242
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 class Missing(Exception):

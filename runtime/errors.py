@@ -14,13 +14,21 @@ class ReviveError(Exception):
     """Base of every error the runtime reports to its user."""
 
 
-class ProcessError(ReviveError):
-    """A process cannot be operated on; the message names its PID."""
+class PidError(ReviveError):
+    """Base of the failures that concern one process or thread: the message starts with its PID."""
 
     def __init__(self, pid: int, reason: str):
         self.pid = pid
         self.reason = reason
         super().__init__(f"pid {pid}: {reason}")
+
+
+class ProcessError(PidError):
+    """A process cannot be operated on at all: gone, a zombie, not ours to trace."""
+
+
+class ProcfsError(PidError):
+    """A /proc/PID file could not be read, or said something this runtime cannot parse."""
 
 
 class NoSuchProcess(ProcessError):
@@ -65,32 +73,24 @@ class PtraceError(ReviveError):
         super().__init__(f"{text} ({detail})" if detail else text)
 
 
-class InfectError(ReviveError):
+class InfectError(PidError):
     """Putting the parasite in, talking to it, or taking it out failed."""
 
-    def __init__(self, pid: int, reason: str):
-        self.pid = pid
+
+class DumpError(PidError):
+    """A checkpoint cannot be taken: what is not supported (docs/state.md) or what failed."""
+
+
+class RestoreError(PidError):
+    """A restore failed after the image was validated, for the process it was restoring."""
+
+
+class VdsoError(ReviveError):
+    """The dumped vDSO can be neither remapped nor proxied (docs/vdso.md)."""
+
+    def __init__(self, reason: str):
         self.reason = reason
-        super().__init__(f"pid {pid}: {reason}")
-
-
-class DumpError(ReviveError):
-    """A checkpoint cannot be taken; names the PID and what is not supported or failed."""
-
-    def __init__(self, pid: int, reason: str):
-        self.pid = pid
-        self.reason = reason
-        super().__init__(f"pid {pid}: {reason}")
-
-
-class RestoreError(ReviveError):
-    """A restore failed after the image was validated; names the PID or file."""
-
-    def __init__(self, what: str | int, reason: str):
-        self.what = what
-        self.reason = reason
-        prefix = f"pid {what}" if isinstance(what, int) else str(what)
-        super().__init__(f"{prefix}: {reason}")
+        super().__init__(f"vdso: {reason}")
 
 
 class ImageError(ReviveError):

@@ -12,7 +12,7 @@ from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking, ticks, wait_for_line
 from runtime.infect.seize import seize
 from runtime.infect.session import infect
-from runtime.kernel import ptrace
+from runtime.kernel.procfs import mem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 64
@@ -70,7 +70,7 @@ def test_target_survives_runtime_killed_during_dump_pages(state_target):
     assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2", "7"]
     # Its memory is intact and it can be infected again.
     with seize(pid):
-        page = ptrace.read_memory(pid, state_target.addr("pages") + 5 * 4096, 16)
+        page = mem.read_memory(pid, state_target.addr("pages") + 5 * 4096, 16)
     assert page[:8] == (5).to_bytes(8, "little") and page[8:] == bytes((5 * 7 + k) & 0xFF for k in range(8, 16))
     with infect(pid) as parasite:
         assert parasite.echo(99) == 99

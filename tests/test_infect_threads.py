@@ -7,7 +7,7 @@ import pytest
 from dump_support import start_target, target_path
 from infect_support import thread_states
 from runtime.infect.session import infect
-from runtime.kernel import ptrace
+from runtime.kernel.procfs import mem
 
 THREADS = 6
 
@@ -20,7 +20,7 @@ def threads_target(tmp_path):
 
 
 def counters(target):
-    data = ptrace.read_memory(target.pid, target.addr("counters"), 8 * THREADS)
+    data = mem.read_memory(target.pid, target.addr("counters"), 8 * THREADS)
     return [int.from_bytes(data[i * 8:i * 8 + 8], "little") for i in range(THREADS)]
 
 

@@ -16,6 +16,7 @@ from runtime.errors import (AlreadyTraced, KernelThread, NoSuchProcess, OwnProce
                             ZombieProcess)
 from runtime.infect.remote_syscall import RemoteSyscall
 from runtime.infect.seize import seize
+from runtime.kernel.procfs import mem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +36,7 @@ def threads_target(tmp_path):
 
 
 def counters(target, n=5):
-    data = ptrace.read_memory(target.pid, target.addr("counters"), 8 * n)
+    data = mem.read_memory(target.pid, target.addr("counters"), 8 * n)
     return [int.from_bytes(data[i * 8:i * 8 + 8], "little") for i in range(n)]
 
 

@@ -14,6 +14,7 @@ from runtime.images import loader
 from runtime.images.model import Rseq, RseqCase, RseqCs
 from runtime.infect.seize import seize
 from runtime.kernel import ptrace
+from runtime.kernel.procfs import mem
 from runtime.task import rseq
 
 SIG = 0x5EE5C0DE
@@ -127,7 +128,7 @@ def test_a_descriptor_pointer_into_the_kernel_half_is_refused(stopped):
 def test_peek_bytes_reads_unaligned_ranges(stopped):
     area = stopped.addr("area")
     with seize(stopped.pid):
-        whole = ptrace.read_memory(stopped.pid, area, 32)
+        whole = mem.read_memory(stopped.pid, area, 32)
         for start in range(8):
             for size in (1, 4, 7, 9):
                 assert rseq.peek_bytes(stopped.pid, area + start, size) == whole[start:start + size]

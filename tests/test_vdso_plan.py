@@ -11,7 +11,7 @@ import capstone
 import pytest
 
 from dump_support import start_target, target_path
-from runtime.errors import RestoreError
+from runtime.errors import VdsoError
 from runtime.images.model import TASK_SIZE, VdsoInfo
 from runtime.kernel.procfs import maps
 from runtime.kernel.procfs.vdso import parse_symbols
@@ -92,7 +92,7 @@ def test_different_vdso_proxies_and_refuses_forced_remap(running):
     other = info_of(running, shift_functions(running.vdso.image, SHIFT))
     decision = vdso.decide(other, running, vdso.VdsoMode.AUTO)
     assert decision.path is vdso.VdsoPath.PROXY and "differs" in decision.reason
-    with pytest.raises(RestoreError, match="--vdso=remap impossible"):
+    with pytest.raises(VdsoError, match="--vdso=remap impossible"):
         vdso.decide(other, running, vdso.VdsoMode.REMAP)
     marked = dataclasses.replace(info_of(running), proxy=True)
     assert "proxy revive installed" in vdso.decide(marked, running, vdso.VdsoMode.AUTO).reason
@@ -196,7 +196,7 @@ def test_symbols_missing_from_the_running_vdso_get_syscall_stubs(running, execut
 
 def test_symbol_without_a_syscall_missing_from_the_running_vdso_is_an_error(running):
     old_image = rename_symbols(running.vdso.image, {"__vdso_getrandom": "__vdso_getrandoX"})
-    with pytest.raises(RestoreError, match="lacks __vdso_getrandoX"):
+    with pytest.raises(VdsoError, match="lacks __vdso_getrandoX"):
         vdso.patch_entries(old_image, 0x7F0000000000, parse_symbols(old_image), running.vdso.start,
                            running.vdso.symbols)
 

@@ -12,10 +12,11 @@ import pytest
 
 from dump_support import start_target, target_path
 from runtime import dump, restore
-from runtime.errors import RestoreError
+from runtime.errors import VdsoError
 from runtime.images import loader
 from runtime.kernel.procfs import maps
-from runtime.kernel.procfs.vdso import parse_symbols, read_memory
+from runtime.kernel.procfs.mem import read_memory
+from runtime.kernel.procfs.vdso import parse_symbols
 from runtime.mm.vdso import PROXY_MAGIC, VdsoMode, proxy_origin, read_running_vdso
 from vdso_images import rename_symbols, shift_functions, write_vdso
 
@@ -200,7 +201,7 @@ def test_symbol_missing_from_the_running_vdso_refuses_the_restore(restorable):
     renamed = rename_symbols(running.vdso.image, {"__vdso_getrandom": "__vdso_getrandoX"})
     write_vdso(restorable.pid, restorable.target.addr("vdso"), renamed)
     restorable.dump()
-    with pytest.raises(RestoreError, match="lacks __vdso_getrandoX"):
+    with pytest.raises(VdsoError, match="lacks __vdso_getrandoX"):
         restorable.restore(VdsoMode.AUTO)
     assert not os.path.exists(f"/proc/{restorable.pid}")
 

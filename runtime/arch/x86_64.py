@@ -37,6 +37,7 @@ NR_GET_ROBUST_LIST = 274
 NR_KCMP = 312
 NR_SCHED_SETATTR = 314
 NR_SCHED_GETATTR = 315
+NR_RSEQ = 334
 NR_MEMFD_CREATE = 319
 
 SYSCALL_INSN = b"\x0f\x05"
@@ -57,8 +58,12 @@ ERESTARTNOHAND = 514
 ERESTART_RESTARTBLOCK = 516
 RESTART_CODES = (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND)
 
+# A register or word is 64 bits: negative values are stored as their two's complement.
+U64_MAX = (1 << 64) - 1
 # The sigset the kernel uses on x86_64 is 64 bits; SIGKILL/SIGSTOP bits are ignored by it.
-SIGSET_ALL = (1 << 64) - 1
+SIGSET_ALL = U64_MAX
+# orig_rax -1: the task is not in a syscall, so the kernel restarts none on its way back.
+NO_SYSCALL = U64_MAX
 
 # struct _fpx_sw_bytes magic values and uc_flags (arch/x86/include/uapi/asm/sigcontext.h, ucontext.h).
 FP_XSTATE_MAGIC1 = 0x46505853
@@ -101,7 +106,7 @@ def set_syscall_args(regs: UserRegs, nr: int, args: tuple[int, ...]) -> None:
         raise ValueError(f"syscall {nr}: at most 6 arguments, got {len(args)}")
     regs.rax = nr
     for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
-        setattr(regs, name, value & SIGSET_ALL)
+        setattr(regs, name, value & U64_MAX)
 
 
 def syscall_result(regs: UserRegs) -> int:
@@ -150,7 +155,8 @@ def xstate_info(xstate: bytes) -> XstateInfo:
     return XstateInfo(size=len(xstate), features=features)
 
 
-def _align(value: int, alignment: int) -> int:
+def align_up(value: int, alignment: int) -> int:
+    """value rounded up to a multiple of alignment (a power of two)."""
     return (value + alignment - 1) & ~(alignment - 1)
 
 
@@ -158,7 +164,7 @@ def rt_sigframe_size(xstate_size: int | None) -> int:
     """Bytes build_rt_sigframe needs from a 64-byte aligned frame address."""
     if xstate_size is None:
         return RT_SIGFRAME_SIZE
-    return _align(RT_SIGFRAME_SIZE, XSTATE_ALIGN) + xstate_size + FP_XSTATE_MAGIC2_SIZE
+    return align_up(RT_SIGFRAME_SIZE, XSTATE_ALIGN) + xstate_size + FP_XSTATE_MAGIC2_SIZE
 
 
 def build_rt_sigframe(regs, xstate: bytes | None, sigmask: int, frame_addr: int) -> tuple[bytes, int]:
@@ -175,7 +181,7 @@ def build_rt_sigframe(regs, xstate: bytes | None, sigmask: int, frame_addr: int)
     fpstate_addr = 0
     uc_flags = UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS
     if xstate is not None:
-        fp_off = _align(RT_SIGFRAME_SIZE, XSTATE_ALIGN)
+        fp_off = align_up(RT_SIGFRAME_SIZE, XSTATE_ALIGN)
         fpstate_addr = frame_addr + fp_off
         frame[fp_off:fp_off + len(xstate)] = xstate
         features = xstate_info(xstate).features
@@ -187,7 +193,7 @@ def build_rt_sigframe(regs, xstate: bytes | None, sigmask: int, frame_addr: int)
         struct.pack_into("<I", frame, fp_off + len(xstate), FP_XSTATE_MAGIC2)
         uc_flags |= UC_FP_XSTATE
     struct.pack_into("<Q", frame, UCONTEXT_OFFSET, uc_flags)
-    struct.pack_into("<18Q", frame, SIGCONTEXT_OFFSET, *(getattr(regs, n) & SIGSET_ALL for n in _SIGCONTEXT_GPRS))
+    struct.pack_into("<18Q", frame, SIGCONTEXT_OFFSET, *(getattr(regs, n) & U64_MAX for n in _SIGCONTEXT_GPRS))
     # cs, gs, fs, ss as u16, then err, trapno, oldmask, cr2, fpstate, reserved[8].
     struct.pack_into("<4H", frame, SIGCONTEXT_OFFSET + 18 * 8, regs.cs & 0xFFFF, regs.gs & 0xFFFF,
                      regs.fs & 0xFFFF, regs.ss & 0xFFFF)

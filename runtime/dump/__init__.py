@@ -18,7 +18,6 @@ running exactly as before, with no inventory in the image directory.
 """
 
 import logging
-import mmap
 import os
 import signal
 from dataclasses import dataclass, fields, replace
@@ -30,17 +29,18 @@ from runtime.dump import refusals
 from runtime.errors import DumpError, ReviveError
 from runtime.kernel import kcmp, ptrace
 from runtime.task import futex_links, rseq, controls as task_controls
-from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
+from runtime.images.model import (KERNEL_MAPPING_KINDS, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
                                   ThreadCore, VdsoInfo, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
 from runtime.infect.parasite import Iovec
 from runtime.infect.seize import Seized, seize
 from runtime.infect.session import infect, is_leftover
-from runtime.kernel.procfs import auxv, fds, maps, pagemap, stat, status, vdso
+from runtime.kernel.procfs import auxv, fds, maps, stat, status, vdso
 from runtime.kernel.procfs.fds import FileKind, OpenFile
 from runtime.kernel.procfs.files import read_link
 from runtime.kernel.procfs.maps import Mapping
 from runtime.mm.vdso import find_proxy
+from runtime.mm.vmas import plan_page_runs
 
 log = logging.getLogger(__name__)
 
@@ -166,48 +166,7 @@ def _existing_path(pid: int, link: str, what: str) -> str:
     return path
 
 
-# -- memory ---------------------------------------------------------------------------------
-
-def plan_page_runs(pid: int, mappings: tuple[Mapping, ...]) -> tuple[PageRun, ...]:
-    """The page runs to save, sorted by vaddr, with their offsets in the pages file.
-
-    Only present or swapped pages are saved. Pages still backed by the page
-    cache in a file mapping equal the file (a private mapping's page becomes
-    anonymous when first written), so restore maps them from the file. A
-    page mapped to the shared zero page reads as zeros and a fresh anonymous
-    mapping gives that. Shared anonymous memory is saved whole: its pages
-    live in a shmem object whose swapped pages the page tables do not show.
-    The kernel's own mappings ([vdso], [vvar], [vvar_vclock], [vsyscall]) are
-    not the process's data: reading [vvar] pages could even fault.
-    """
-    runs: list[PageRun] = []
-    offset = 0
-    for m in mappings:
-        if m.name == maps.VSYSCALL or m.vma().kind in KERNEL_MAPPING_KINDS:
-            continue
-        for start, end in _saved_ranges(pid, m):
-            if not m.prot & mmap.PROT_READ:
-                raise DumpError(pid, f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'} has pages "
-                                     f"but no read permission: not supported yet")
-            runs.append(PageRun(start, (end - start) // PAGE_SIZE, offset))
-            offset += end - start
-    return tuple(runs)
-
-
-def _saved_ranges(pid: int, m: Mapping) -> list[tuple[int, int]]:
-    if m.shared_anon:
-        return [(m.start, m.end)]
-    skip = pagemap.PAGE_IS_FILE if m.file_backed else pagemap.PAGE_IS_PFNZERO
-    merged: list[tuple[int, int]] = []
-    for r in pagemap.scan(pid, m.start, m.end):
-        if r.categories & skip:
-            continue
-        if merged and merged[-1][1] == r.start:
-            merged[-1] = (merged[-1][0], r.end)
-        else:
-            merged.append((r.start, r.end))
-    return merged
-
+# -- the vDSO --------------------------------------------------------------------------------
 
 def read_vdso_info(pid: int, vmas: tuple[Vma, ...],
                    proxy: Mapping | None = None) -> tuple[vdso.Vdso | None, VdsoInfo | None]:
@@ -264,7 +223,7 @@ def snapshot_thread(tid: int) -> ThreadSnapshot:
     fixup = rseq.fix_up_thread(tid)
     resumed = arch.resume_registers(fixup.regs)
     # The restored task returns by rt_sigreturn, which leaves no syscall to restart.
-    resumed.orig_rax = arch.SIGSET_ALL
+    resumed.orig_rax = arch.NO_SYSCALL
     regs = Registers(**{f.name: getattr(resumed, f.name) for f in fields(Registers)})
     return ThreadSnapshot(tid, regs, ptrace.get_xstate(tid), ptrace.get_sigmask(tid),
                           peek_pending(tid, shared=False), fixup.rseq)

@@ -15,10 +15,11 @@ import ctypes
 import functools
 import os
 
+from runtime.kernel.libc import libc as _libc
+
 NR_ARCH_PRCTL = 158
 ARCH_GET_XCOMP_SUPP = 0x1021
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @functools.cache

@@ -24,6 +24,7 @@ rt_sigreturn in the task's own code on a frame of the task's saved state
 """
 
 import errno
+import mmap
 import signal
 from dataclasses import dataclass
 
@@ -31,21 +32,21 @@ from runtime import faults
 from runtime.arch import x86_64 as arch
 from runtime.errors import InfectError, PtraceError
 from runtime.kernel import ptrace
-from runtime.kernel.procfs.files import read_text
+from runtime.kernel.procfs import mem
+from runtime.kernel.procfs.maps import VSYSCALL, read_mappings
 
 
 def vdso_range(pid: int) -> tuple[int, int]:
-    for line in read_text(pid, "maps").splitlines():
-        if line.endswith("[vdso]"):
-            start, end = line.split()[0].split("-")
-            return int(start, 16), int(end, 16)
+    for m in read_mappings(pid):
+        if m.name == "[vdso]":
+            return m.start, m.end
     raise InfectError(pid, "has no [vdso] mapping to run injected syscalls from")
 
 
 def find_syscall_insn(pid: int) -> int:
     """Address of a `syscall` instruction inside the process's [vdso]."""
     start, end = vdso_range(pid)
-    code = ptrace.read_memory(pid, start, end - start)
+    code = mem.read_memory(pid, start, end - start)
     offset = code.find(arch.SYSCALL_INSN)
     if offset < 0:
         raise InfectError(pid, f"no syscall instruction in [vdso] at {start:#x}")
@@ -72,7 +73,7 @@ class RemoteSyscall:
         regs = arch.copy_regs(saved)
         arch.set_syscall_args(regs, nr, args)
         regs.rip = self.syscall_ip
-        regs.orig_rax = arch.SIGSET_ALL  # -1: no syscall to restart
+        regs.orig_rax = arch.NO_SYSCALL  # -1: no syscall to restart
         try:
             ptrace.set_regs(self.tid, regs)
             self._step_to_syscall_stop(nr, "entry")
@@ -148,16 +149,11 @@ def find_gadgets(pid: int) -> Gadgets:
     Smaller mappings are searched first: the C library, where both live,
     comes before a large program or interpreter library.
     """
-    regions = []
-    for line in read_text(pid, "maps").splitlines():
-        fields = line.split()
-        if fields[1][2] != "x" or fields[-1] == "[vsyscall]":
-            continue
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        regions.append((end - start, start))
+    regions = [(m.end - m.start, m.start) for m in read_mappings(pid)
+               if m.prot & mmap.PROT_EXEC and m.name != VSYSCALL]
     sigreturn = sigreturn_len = syscall_ret = 0
     for size, start in sorted(regions):
-        code = ptrace.read_memory(pid, start, size)
+        code = mem.read_memory(pid, start, size)
         for sequence in arch.SIGRETURN_SEQUENCES:
             if not sigreturn and (i := code.find(sequence)) >= 0:
                 sigreturn, sigreturn_len = start + i, len(sequence)
@@ -216,9 +212,9 @@ class ReturnPath:
         # pretcode: where a handler's `ret` goes, as libc's restorer is for a real signal frame.
         frame = self.gadgets.sigreturn.to_bytes(8, "little") + frame[8:]
         try:
-            self.scratch_before = ptrace.read_memory(self.pid, self.scratch, top - self.scratch)
+            self.scratch_before = mem.read_memory(self.pid, self.scratch, top - self.scratch)
             scratch = self.strings.ljust(frame_addr - self.strings_addr, b"\0") + frame
-            ptrace.write_memory(self.pid, self.scratch, scratch.ljust(top - self.scratch, b"\0"))
+            mem.write_memory(self.pid, self.scratch, scratch.ljust(top - self.scratch, b"\0"))
         except PtraceError as exc:
             raise InfectError(self.tid, f"no room for a signal frame below its stack pointer {regs.rsp:#x}: "
                                         f"{exc}") from exc
@@ -232,7 +228,7 @@ class ReturnPath:
         regs = arch.copy_regs(self.saved.regs)
         regs.rip = self.gadgets.sigreturn
         regs.rsp = self.sigreturn_sp
-        regs.orig_rax = arch.SIGSET_ALL  # -1: no syscall of the task's to restart on the way
+        regs.orig_rax = arch.NO_SYSCALL  # -1: no syscall of the task's to restart on the way
         regs.eflags &= ~(arch.EFLAGS_TF | arch.EFLAGS_DF)
         ptrace.set_regs(self.tid, regs)
 
@@ -272,7 +268,7 @@ class ReturnPath:
         interrupted syscall; leave() restores the state without it.
         """
         regs = ptrace.get_regs(self.tid)
-        regs.orig_rax = arch.SIGSET_ALL  # the kernel runs no syscall for -1
+        regs.orig_rax = arch.NO_SYSCALL  # the kernel runs no syscall for -1
         regs.rip = self.gadgets.sigreturn
         ptrace.set_regs(self.tid, regs)
         self.run_to_syscall_stop()
@@ -306,4 +302,4 @@ class ReturnPath:
         faults.point("infect.restoring")
         ptrace.set_regs(self.tid, self.saved.regs)
         faults.point("infect.restored")
-        ptrace.write_memory(self.pid, self.scratch, self.scratch_before)
+        mem.write_memory(self.pid, self.scratch, self.scratch_before)

@@ -53,10 +53,6 @@ def is_leftover(path: str) -> bool:
     return path == LEFTOVER_PATH
 
 
-def _align(value: int, alignment: int) -> int:
-    return (value + alignment - 1) & ~(alignment - 1)
-
-
 @dataclass(frozen=True)
 class AreaLayout:
     """Offsets in the shared area: [image | bss | pad] [init args] [command args]."""
@@ -70,8 +66,8 @@ class AreaLayout:
 
 def plan_area(blob_size: int, init_size: int) -> AreaLayout:
     init_offset = blob_size
-    cmd_offset = _align(init_offset + init_size, 64)
-    size = _align(cmd_offset + CMD_ARGS_SIZE, PAGE_SIZE)
+    cmd_offset = arch.align_up(init_offset + init_size, 64)
+    size = arch.align_up(cmd_offset + CMD_ARGS_SIZE, PAGE_SIZE)
     return AreaLayout(blob_size, init_offset, cmd_offset, CMD_ARGS_SIZE, size)
 
 
@@ -172,7 +168,7 @@ class Infection:
         regs.rip = self.base + self.blob.exports["parasite_head_start"]
         regs.rdi = self.base + self.layout.init_offset
         regs.rax = 0
-        regs.orig_rax = arch.SIGSET_ALL  # -1: the task's interrupted syscall must not be restarted now
+        regs.orig_rax = arch.NO_SYSCALL  # -1: the task's interrupted syscall must not be restarted now
         regs.eflags &= ~(arch.EFLAGS_TF | arch.EFLAGS_DF)
         self.fds_before = frozenset(list_fds(self.pid))
         # From here a dead runtime leaves the task in the parasite, which finds no socket to

@@ -18,6 +18,7 @@ import os
 import signal
 
 from runtime.errors import RestoreError
+from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs.holders import describe_holder
 
 NR_CLONE3 = 435
@@ -42,8 +43,6 @@ class CloneArgs(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def clone_with_pid(pid: int) -> int:

@@ -12,11 +12,10 @@ import os
 
 from runtime.arch import x86_64 as arch
 from runtime.errors import DumpError
+from runtime.kernel.libc import libc as _libc
 
 KCMP_FILE = 0
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def same_file(pid: int, fd1: int, fd2: int, pid2: int | None = None) -> bool:

@@ -174,32 +174,7 @@ def peek_data(tid: int, addr: int) -> int:
 
 
 def poke_data(tid: int, addr: int, word: int) -> None:
-    _call(PTRACE_POKEDATA, tid, addr, word & arch.SIGSET_ALL)
-
-
-def read_memory(pid: int, addr: int, size: int) -> bytes:
-    """Read a stopped tracee's memory through /proc/PID/mem (one read, not word peeks)."""
-    try:
-        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-            mem.seek(addr)
-            data = mem.read(size)
-    except OSError as exc:
-        raise PtraceError(pid, "read /proc/PID/mem", exc.errno or 0, f"{size} bytes at {addr:#x}") from exc
-    if len(data) != size:
-        raise PtraceError(pid, "read /proc/PID/mem", 5, f"short read at {addr:#x}: {len(data)} of {size}")
-    return data
-
-
-def write_memory(pid: int, addr: int, data: bytes) -> None:
-    """Write a stopped tracee's memory through /proc/PID/mem (as POKEDATA, it may write read-only pages)."""
-    try:
-        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-            mem.seek(addr)
-            written = mem.write(data)
-    except OSError as exc:
-        raise PtraceError(pid, "write /proc/PID/mem", exc.errno or 0, f"{len(data)} bytes at {addr:#x}") from exc
-    if written != len(data):
-        raise PtraceError(pid, "write /proc/PID/mem", 5, f"short write at {addr:#x}: {written} of {len(data)}")
+    _call(PTRACE_POKEDATA, tid, addr, word & arch.U64_MAX)
 
 
 @dataclass(frozen=True)

@@ -28,16 +28,18 @@ import hashlib
 import io
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from runtime.errors import RestoreError
-from runtime.images.model import PAGE_SIZE, TASK_SIZE, Process, VdsoInfo, VdsoSymbol, VmaKind
+from runtime.errors import RestoreError, VdsoError
+from runtime.images.model import PAGE_SIZE, Process, VdsoInfo, VdsoSymbol, VmaKind
 from runtime.kernel.procfs.maps import Mapping, read_mappings
-from runtime.kernel.procfs.vdso import Vdso, read_memory, read_vdso
+from runtime.kernel.procfs.mem import read_memory
+from runtime.kernel.procfs.vdso import Vdso, read_vdso
+from runtime.mm.address_space import free_gaps
 
 
 class VdsoMode(enum.Enum):
@@ -175,8 +177,6 @@ PROXY_MAGIC = b"revive:vdsoproxy"
 MARKER_SIZE = len(PROXY_MAGIC) + 32
 
 ELF_MAGIC = b"\x7fELF"
-# mmap refuses lower addresses for an unprivileged mapping (vm.mmap_min_addr's usual value).
-MMAP_MIN_ADDR = 0x10000
 
 
 def read_running_vdso() -> RunningVdso:
@@ -221,7 +221,7 @@ def decide(dumped: VdsoInfo, running: RunningVdso, mode: VdsoMode) -> Decision:
     if differs is None:
         return Decision(VdsoPath.REMAP, f"the running vDSO is the dumped one (sha256 {dumped.sha256[:16]}…)")
     if mode == VdsoMode.REMAP:
-        raise RestoreError("vdso", f"--vdso=remap impossible: {differs}")
+        raise VdsoError(f"--vdso=remap impossible: {differs}")
     return Decision(VdsoPath.PROXY, differs)
 
 
@@ -236,16 +236,6 @@ def _block_moves(running: RunningVdso, block_start: int) -> tuple[Move, ...]:
     return tuple(Move(p.start, block_start + p.start - running.start, p.size) for p in running.pieces)
 
 
-def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(ranges):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
 def choose_address(restored: Sequence[tuple[int, int]], size: int,
                    reserved: Sequence[tuple[int, int]] = ()) -> int:
     """A page-aligned start for `size` bytes free of the restored ranges and the reserved ones.
@@ -257,19 +247,13 @@ def choose_address(restored: Sequence[tuple[int, int]], size: int,
     if not restored:
         raise ValueError("no restored ranges")
     last_end = max(end for _, end in restored)
-    taken = _merged([*restored, *reserved])
-    holes = []
-    cur = MMAP_MIN_ADDR
-    for start, end in [*taken, (TASK_SIZE, TASK_SIZE)]:
-        if start - cur >= size:
-            holes.append((cur, start))
-        cur = max(cur, end)
+    holes = free_gaps([*restored, *reserved], size)
     above = [h for h in holes if h[0] >= last_end]
     if above:
         return above[0][0]
     between = [h for h in holes if h[1] <= last_end]
     if not between:
-        raise RestoreError("vdso", f"no free {size:#x} bytes for the running vDSO in the restored layout")
+        raise VdsoError(f"no free {size:#x} bytes for the running vDSO in the restored layout")
     return between[-1][1] - size
 
 
@@ -296,9 +280,9 @@ def _mark(image: bytearray, origin: str) -> None:
     try:
         extent = _elf_extent(bytes(image))
     except ELFError as exc:
-        raise RestoreError("vdso", f"the dumped vDSO is not a valid ELF image: {exc}") from exc
+        raise VdsoError(f"the dumped vDSO is not a valid ELF image: {exc}") from exc
     if extent > len(image) - MARKER_SIZE:
-        raise RestoreError("vdso", f"no room for the proxy marker: the ELF uses {extent:#x} of {len(image):#x} bytes")
+        raise VdsoError(f"no room for the proxy marker: the ELF uses {extent:#x} of {len(image):#x} bytes")
     image[-MARKER_SIZE:] = PROXY_MAGIC + bytes.fromhex(origin)
 
 
@@ -333,22 +317,22 @@ def patch_entries(image: bytes, old_start: int, old_symbols: Sequence[VdsoSymbol
         names = tuple(s.name for s in aliases)
         size = max(s.size for s in aliases)
         if size == 0:
-            raise RestoreError("vdso", f"old vDSO symbol {names[0]} has no size: cannot patch it safely")
+            raise VdsoError(f"old vDSO symbol {names[0]} has no size: cannot patch it safely")
         if offset + size > len(image):
-            raise RestoreError("vdso", f"old vDSO symbol {names[0]} lies outside the image")
+            raise VdsoError(f"old vDSO symbol {names[0]} lies outside the image")
         found = next((new[n] for n in names if n in new), None)
         if found is not None:
             code = _entry_code(old_start + offset, new_start + found.offset, size)
             if code is None:
-                raise RestoreError("vdso", f"old vDSO function {names[0]} is {size} bytes: too small for a jump")
+                raise VdsoError(f"old vDSO function {names[0]} is {size} bytes: too small for a jump")
             kind, body = code
             target = new_start + found.offset
         else:
             nr = next((FALLBACK_SYSCALLS[_base_name(n)] for n in names if _base_name(n) in FALLBACK_SYSCALLS), None)
             if nr is None:
-                raise RestoreError("vdso", f"the running vDSO lacks {', '.join(names)} (no syscall to stand in for it)")
+                raise VdsoError(f"the running vDSO lacks {', '.join(names)} (no syscall to stand in for it)")
             if size < SYSCALL_STUB_SIZE:
-                raise RestoreError("vdso", f"old vDSO function {names[0]} is {size} bytes: too small for a stub")
+                raise VdsoError(f"old vDSO function {names[0]} is {size} bytes: too small for a stub")
             kind, body, target = PatchKind.SYSCALL, _stub_code(nr), nr
         out[offset:offset + size] = body + INT3 * (size - len(body))
         patches.append(Patch(names, offset, size, kind, target))
@@ -364,7 +348,7 @@ def plan_proxy(dumped: VdsoInfo, dumped_image: bytes, running: RunningVdso,
     restorer runs (its own area, its temporary spots).
     """
     if len(dumped_image) != dumped.vdso_size:
-        raise RestoreError("vdso", f"dumped vDSO image is {len(dumped_image)} bytes, expected {dumped.vdso_size}")
+        raise VdsoError(f"dumped vDSO image is {len(dumped_image)} bytes, expected {dumped.vdso_size}")
     block = choose_address(restored, running.size, reserved)
     new_vdso_start = block + running.vdso_offset
     image, patches = patch_entries(dumped_image, dumped.vdso_start, dumped.symbols,

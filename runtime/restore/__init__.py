@@ -7,47 +7,38 @@ back. After clone3 the child is traced (PTRACE_O_EXITKILL: if the runtime
 dies, so does the half-restored child) and any failure kills and reaps it,
 so no half-restored process is ever left running.
 
-The hand-over: the restorer stops itself with int3 when the address space
-and signal state are in place; from there the parent follows its syscalls
-to the exit of rt_sigreturn, where the task runs in its own registers,
-xstate and mask, unmaps the restorer area with an injected munmap, and
-detaches.
+The hand-over (restore/handover.py): the restorer stops itself with int3
+when the address space and signal state are in place; from there the
+parent follows its syscalls to the exit of rt_sigreturn, where the task
+runs in its own registers, xstate and mask, unmaps the restorer area with
+an injected munmap, sets what only an injected syscall can, and detaches.
 """
 
 import contextlib
-import ctypes
-import errno
 import logging
 import os
 import resource
 import signal
 import struct
-import threading
 from dataclasses import dataclass
 
 from runtime import faults, progress
-from runtime.arch import x86_64 as arch
-from runtime.errors import ReviveError, RestoreError, shorten
+from runtime.errors import ReviveError, RestoreError
 from runtime.images import loader
 from runtime.images.model import FdKind, Process, RLimit
-from runtime.infect import blobs
-from runtime.infect.remote_syscall import RemoteSyscall, settle
+from runtime.infect.remote_syscall import RemoteSyscall
 from runtime.kernel import ptrace
 from runtime.kernel.clone import clone_with_pid
 from runtime.kernel.procfs.io import bytes_read
 from runtime.mm.vdso import VdsoMode, VdsoPlan, plan_restore
 from runtime.restore import child as restore_child
-from runtime.restore.restorer_args import Area, build_area, describe_advice_failure, plan_fds, target_ranges
+from runtime.restore.handover import ErrorChannel, follow_to_own_context, unmap_restorer, wait_for_restorer_trap
+from runtime.restore.restorer_args import Area, build_area, plan_fds, target_ranges
 from runtime.task import futex_links, rseq, controls as task_controls
 
 log = logging.getLogger(__name__)
 
 PTRACE_O_EXITKILL = 0x100000
-# The child's error pipe: bytes kept, characters shown, and how long to wait for the end of
-# a message once the child has exited (its write end is closed then, so the drain ends at once).
-ERROR_BYTES_MAX = 4096
-ERROR_TEXT_MAX = 400
-ERROR_DRAIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,9 +85,9 @@ def plan_vdso(process: Process, vdso_image: bytes | None, mode: VdsoMode) -> Vds
 
 def check_restorable(process: Process, shell_job: bool, detach: bool) -> None:
     if detach and process.controls.pdeath_signal:
-        raise RestoreError(process.pid, f"has a parent-death signal ({signal.Signals(process.controls.pdeath_signal).name}"
-                                        "): this command becomes its parent, so -d would deliver it at once; "
-                                        "restore without -d")
+        name = signal.Signals(process.controls.pdeath_signal).name
+        raise RestoreError(process.pid, f"has a parent-death signal ({name}): this command becomes its parent, "
+                                        "so -d would deliver it at once; restore without -d")
     if len(process.threads) > 1:
         raise RestoreError(process.pid, f"has {len(process.threads)} threads; restoring threads is not supported yet")
     inherited = [fd.fd for fd in process.fds if fd.kind is FdKind.INHERIT]
@@ -171,36 +162,6 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
     return Restored(child, plan.area)
 
 
-class ErrorChannel:
-    """The read end of the child's error pipe, drained by a thread from the clone on.
-
-    Why drained as it comes: the child writes its error, then exits, and
-    the parent learns of the exit from waitpid. Were the parent to read only
-    after the exit, a message longer than the pipe buffer (64 KiB; a hostile
-    image's path can be longer) would block the child in write() while the
-    parent waits for it to exit, forever. The thread keeps the first
-    ERROR_BYTES_MAX bytes, more than any message needs, and drops the rest.
-    """
-
-    def __init__(self, fd: int):
-        self._fd = fd
-        self._data = bytearray()
-        self._thread = threading.Thread(target=self._drain, name="restore-errors", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        try:
-            while chunk := os.read(self._fd, 1 << 16):
-                self._data += chunk[:max(ERROR_BYTES_MAX - len(self._data), 0)]
-        finally:
-            os.close(self._fd)
-
-    def read(self) -> bytes:
-        """What the child wrote, once it has exited (its end of the pipe closed with it)."""
-        self._thread.join(ERROR_DRAIN_SECONDS)
-        return bytes(self._data)
-
-
 @contextlib.contextmanager
 def _killed_on_failure(child: int):
     try:
@@ -235,66 +196,6 @@ def _glibc_rseq_length(child: int) -> int:
     conf = ptrace.get_rseq_configuration(child)
     ptrace.cont(child)
     return conf.size if conf.address else 0
-
-
-def _failure(child: int, stop: ptrace.Stop, errors) -> RestoreError:
-    """What the child or the restorer said before it exited, as a RestoreError."""
-    data = errors.read()
-    if data.startswith(restore_child.CHILD_ERROR_TAG):
-        text = data[len(restore_child.CHILD_ERROR_TAG):].decode(errors="replace")
-        return RestoreError(child, shorten(text, ERROR_TEXT_MAX))
-    proto = blobs.protocol()
-    if len(data) == ctypes.sizeof(proto.RestorerError):
-        record = proto.RestorerError.from_buffer_copy(data)
-        step = next((name[len("RESTORER_STEP_"):].lower() for name in dir(proto)
-                     if name.startswith("RESTORER_STEP_") and getattr(proto, name) == record.step), record.step)
-        err = -record.err
-        detail = describe_advice_failure(record.detail) if record.step == proto.RESTORER_STEP_ADVISE_VMAS \
-            else f"detail {record.detail:#x}"
-        return RestoreError(child, f"restorer step {step} failed: {errno.errorcode.get(err, err)} "
-                                   f"({os.strerror(err)}), {detail}")
-    return RestoreError(child, f"the restoring process {stop.describe()} without saying why")
-
-
-def wait_for_restorer_trap(child: int, errors) -> None:
-    """Run the child until the restorer's int3; signals that arrive meanwhile go on to it."""
-    while True:
-        ptrace_stop = ptrace.wait(child)
-        if ptrace_stop.exited:
-            raise _failure(child, ptrace_stop, errors)
-        if ptrace_stop.is_signal_delivery and ptrace_stop.signal == signal.SIGTRAP:
-            return
-        ptrace.cont(child, ptrace_stop.signal if ptrace_stop.is_signal_delivery else 0)
-
-
-def follow_to_own_context(child: int, errors) -> None:
-    """From the trap, follow the restorer's last syscalls to the exit of rt_sigreturn."""
-    entering = True
-    while True:
-        ptrace.syscall(child)
-        stop = ptrace.wait(child)
-        if stop.exited:
-            raise _failure(child, stop, errors)
-        if not stop.is_syscall_stop:
-            raise RestoreError(child, f"the restorer {stop.describe()} after its trap, before rt_sigreturn")
-        if not entering:
-            entering = True
-            continue
-        entering = False
-        if arch.signed(ptrace.get_regs(child).orig_rax) == arch.NR_RT_SIGRETURN:
-            ptrace.syscall(child)
-            stop = ptrace.wait(child)
-            if not stop.is_syscall_stop:
-                raise RestoreError(child, f"rt_sigreturn into the restored context failed: the task {stop.describe()}")
-            return
-
-
-def unmap_restorer(child: int, area: Area) -> None:
-    """The restorer area goes; the task stays stopped until detach, in its own registers and mask."""
-    settle(child)
-    result = RemoteSyscall.for_thread(child, child)(arch.NR_MUNMAP, area.base, area.size)
-    if result != 0:
-        raise RestoreError(child, f"munmap of the restorer area {area.base:#x} failed: {os.strerror(-result)}")
 
 
 def wait_relaying_signals(pid: int) -> int:

@@ -39,9 +39,11 @@ import struct
 from dataclasses import dataclass
 
 from runtime import faults
+from runtime.arch import x86_64 as arch
 from runtime.errors import RestoreError, shorten
 from runtime.images.model import Creds, FdKind, Process, RLimit
 from runtime.kernel import fileopen
+from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs.fds import MEM_MAJOR
 from runtime.restore.restorer_args import Area, HelperFds
 from runtime.task import controls as task_controls
@@ -50,7 +52,6 @@ CHILD_ERROR_TAG = b"child:"
 # Below PIPE_BUF: the one write() of the message is atomic, and fits an empty pipe without blocking.
 CHILD_ERROR_MAX = 1024
 
-NR_RSEQ = 334
 # Raw system calls, not glibc's wrappers: glibc makes setgroups process-wide by signalling
 # every thread it knows, and this raw clone3 copy inherited the runtime's list of threads
 # (and possibly a lock one of them held); the child is one thread, and the call is for it.
@@ -73,8 +74,6 @@ MAP_FIXED_NOREPLACE = 0x100000
 # truncation would change the file; close-on-exec is restored separately.
 _OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
 
@@ -119,7 +118,7 @@ def run(plan: ChildPlan, go_fd: int, err_fd: int) -> None:
     except Exception as exc:
         fd = plan.fds.err if _is_open(plan.fds.err) else err_fd
         # The parent's RestoreError names our PID already.
-        own = isinstance(exc, RestoreError) and exc.what == os.getpid()
+        own = isinstance(exc, RestoreError) and exc.pid == os.getpid()
         message = (exc.reason if own else _describe(exc)).encode(errors="replace")
         os.write(fd, (CHILD_ERROR_TAG + message)[:CHILD_ERROR_MAX])
     finally:
@@ -330,7 +329,7 @@ def unregister_glibc_rseq(length: int) -> None:
     thread_pointer = ctypes.c_uint64()
     _check(_libc.syscall(NR_ARCH_PRCTL, ARCH_GET_FS, ctypes.byref(thread_pointer)), "arch_prctl(ARCH_GET_FS)")
     area = thread_pointer.value + offset
-    _check(_libc.syscall(NR_RSEQ, ctypes.c_uint64(area), ctypes.c_uint32(length), RSEQ_FLAG_UNREGISTER,
+    _check(_libc.syscall(arch.NR_RSEQ, ctypes.c_uint64(area), ctypes.c_uint32(length), RSEQ_FLAG_UNREGISTER,
                          ctypes.c_uint32(RSEQ_SIG)), f"rseq unregister of {area:#x} ({length} bytes)")
 
 

@@ -22,6 +22,7 @@ import os
 from runtime.arch import x86_64 as arch
 from runtime.errors import DumpError, RestoreError
 from runtime.images.model import SchedAttr, TaskControls
+from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs.files import read_text
 
 PR_SET_PDEATHSIG = 1
@@ -62,8 +63,6 @@ class SchedAttrStruct(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 # -- dump ---------------------------------------------------------------------------------------

@@ -17,9 +17,8 @@ import os
 from runtime.arch import x86_64 as arch
 from runtime.errors import DumpError, RestoreError
 from runtime.images.model import ThreadCore
+from runtime.kernel.libc import libc as _libc
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def read_robust_list(tid: int) -> tuple[int, int]:

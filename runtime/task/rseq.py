@@ -53,6 +53,7 @@ from runtime.arch import x86_64 as arch
 from runtime.errors import DumpError, PtraceError, RestoreError
 from runtime.images.model import TASK_SIZE, Process, Rseq, RseqCase, RseqCs
 from runtime.kernel import ptrace
+from runtime.kernel.libc import libc
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,6 @@ RSEQ_CS_LAYOUT = struct.Struct("<IIQQQ")
 RSEQ_CS_VERSION = 0
 RSEQ_SIG_SIZE = 4  # the signature word sits just before abort_ip
 
-NR_RSEQ = 334
 RSEQ_FLAG_UNREGISTER = 1
 
 # Linux 6.0 made the NO_RESTART flags fatal (kernel/rseq.c, rseq_warn_flags).
@@ -264,9 +264,7 @@ def kernel_has_rseq() -> bool:
     anything else, so the caller's own registration is untouched; a kernel
     without rseq answers ENOSYS.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    result = libc.syscall(ctypes.c_long(NR_RSEQ), ctypes.c_void_p(0), ctypes.c_uint32(0),
+    result = libc.syscall(ctypes.c_long(arch.NR_RSEQ), ctypes.c_void_p(0), ctypes.c_uint32(0),
                           ctypes.c_int(~RSEQ_FLAG_UNREGISTER), ctypes.c_uint32(0))
     return not (result == -1 and ctypes.get_errno() == errno.ENOSYS)
 

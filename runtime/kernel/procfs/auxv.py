@@ -7,7 +7,7 @@ the raw (type, value) u64 pairs it put on the stack, ending with AT_NULL.
 
 import struct
 
-from runtime.errors import DumpError
+from runtime.errors import ProcfsError
 from runtime.kernel.procfs.files import read_bytes
 
 AT_NULL = 0
@@ -17,12 +17,12 @@ AT_SYSINFO_EHDR = 33  # the vDSO's load address
 def parse_auxv(pid: int, data: bytes) -> tuple[int, ...]:
     """(type, value) pairs flattened, up to and including the AT_NULL pair."""
     if len(data) % 16:
-        raise DumpError(pid, f"/proc/{pid}/auxv: {len(data)} bytes is not a whole number of entries")
+        raise ProcfsError(pid, f"/proc/{pid}/auxv: {len(data)} bytes is not a whole number of entries")
     words = struct.unpack(f"<{len(data) // 8}Q", data)
     for index in range(0, len(words), 2):
         if words[index] == AT_NULL:
             return words[:index + 2]
-    raise DumpError(pid, f"/proc/{pid}/auxv: no AT_NULL entry")
+    raise ProcfsError(pid, f"/proc/{pid}/auxv: no AT_NULL entry")
 
 
 def read_auxv(pid: int) -> tuple[int, ...]:

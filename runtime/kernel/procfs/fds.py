@@ -12,7 +12,7 @@ import os
 import stat as stat_mod
 from dataclasses import dataclass
 
-from runtime.errors import DumpError
+from runtime.errors import ProcfsError
 from runtime.kernel.procfs.files import proc_path, read_link, read_text, translated
 
 O_CLOEXEC = 0o2000000
@@ -87,7 +87,7 @@ def parse_fdinfo(pid: int, fd: int, text: str) -> tuple[int, int, tuple[str, ...
     try:
         return int(values["pos"]), int(values["flags"], 8), tuple(locks)
     except (KeyError, ValueError):
-        raise DumpError(pid, f"/proc/{pid}/fdinfo/{fd}: no pos/flags lines in {text[:80]!r}") from None
+        raise ProcfsError(pid, f"/proc/{pid}/fdinfo/{fd}: no pos/flags lines in {text[:80]!r}") from None
 
 
 def read_open_file(pid: int, fd: int) -> OpenFile:

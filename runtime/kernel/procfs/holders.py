@@ -11,7 +11,7 @@ that vanish meanwhile are skipped.
 
 import os
 
-from runtime.errors import DumpError
+from runtime.errors import ProcfsError
 from runtime.kernel.procfs.stat import parse_stat
 
 
@@ -44,7 +44,7 @@ def _stat(pid: int):
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="surrogateescape") as f:
             return parse_stat(pid, f.read())
-    except (OSError, ValueError, DumpError):
+    except (OSError, ValueError, ProcfsError):
         return None
 
 

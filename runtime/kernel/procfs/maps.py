@@ -11,7 +11,7 @@ import mmap
 import re
 from dataclasses import dataclass
 
-from runtime.errors import DumpError
+from runtime.errors import ProcfsError
 from runtime.images.model import KERNEL_MAPPING_KINDS, Vma, VmaAdvice, VmaKind
 from runtime.kernel.procfs.files import read_text
 
@@ -117,7 +117,7 @@ def parse_smaps(pid: int, text: str) -> tuple[Mapping, ...]:
     if header is not None:
         mappings.append(_mapping(header, flags))
     if not mappings:
-        raise DumpError(pid, "/proc/PID/smaps lists no mappings (a kernel thread or an exiting process)")
+        raise ProcfsError(pid, "/proc/PID/smaps lists no mappings (a kernel thread or an exiting process)")
     return tuple(mappings)
 
 

@@ -12,7 +12,7 @@ import fcntl
 import os
 from dataclasses import dataclass
 
-from runtime.errors import DumpError
+from runtime.errors import ProcfsError
 from runtime.kernel.procfs.files import proc_path, translated
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -85,7 +85,7 @@ def scan(pid: int, start: int, end: int, anyof: int = PAGE_IS_PRESENT | PAGE_IS_
             try:
                 count = fcntl.ioctl(fd, PAGEMAP_SCAN, arg)
             except OSError as exc:
-                raise DumpError(pid, f"PAGEMAP_SCAN on /proc/{pid}/pagemap [{start:#x}, {end:#x}) failed: "
+                raise ProcfsError(pid, f"PAGEMAP_SCAN on /proc/{pid}/pagemap [{start:#x}, {end:#x}) failed: "
                                      f"{os.strerror(exc.errno)}") from exc
             ranges.extend(PageRange(r.start, r.end, r.categories) for r in vec[:count])
             # walk_end is where the kernel stopped: the end, or where the vector filled up.

@@ -9,7 +9,7 @@ comm, which may itself contain spaces and parentheses.
 
 from dataclasses import dataclass
 
-from runtime.errors import DumpError
+from runtime.errors import ProcfsError
 from runtime.kernel.procfs.files import read_text
 
 # proc(5) field numbers.
@@ -42,11 +42,11 @@ class Stat:
 def parse_stat(pid: int, text: str) -> Stat:
     open_paren, close_paren = text.find("("), text.rfind(")")
     if open_paren < 0 or close_paren < open_paren:
-        raise DumpError(pid, f"/proc/{pid}/stat: no (comm) field in {text[:60]!r}")
+        raise ProcfsError(pid, f"/proc/{pid}/stat: no (comm) field in {text[:60]!r}")
     # rest[0] is field 3 (state).
     rest = text[close_paren + 1:].split()
     if len(rest) < _ENV_END - 2:
-        raise DumpError(pid, f"/proc/{pid}/stat: {len(rest) + 2} fields, expected at least {_ENV_END}")
+        raise ProcfsError(pid, f"/proc/{pid}/stat: {len(rest) + 2} fields, expected at least {_ENV_END}")
 
     def field(number: int) -> int:
         return int(rest[number - 3])
@@ -72,4 +72,4 @@ def read_personality(pid: int) -> int:
     try:
         return int(text, 16)
     except ValueError:
-        raise DumpError(pid, f"/proc/{pid}/personality: not a hex number: {text!r}") from None
+        raise ProcfsError(pid, f"/proc/{pid}/personality: not a hex number: {text!r}") from None

@@ -8,7 +8,7 @@ touching a process.
 
 from dataclasses import dataclass
 
-from runtime.errors import DumpError
+from runtime.errors import ProcfsError
 from runtime.images.model import Creds
 from runtime.kernel.procfs.files import read_text
 
@@ -41,12 +41,12 @@ def parse_status(pid: int, text: str) -> Status:
         try:
             return fields[key]
         except KeyError:
-            raise DumpError(pid, f"/proc/{pid}/status has no {key} line") from None
+            raise ProcfsError(pid, f"/proc/{pid}/status has no {key} line") from None
 
     def ids(key: str) -> tuple[int, int, int, int]:
         values = tuple(int(v) for v in get(key).split())
         if len(values) != 4:
-            raise DumpError(pid, f"/proc/{pid}/status {key}: expected 4 ids, got {get(key)!r}")
+            raise ProcfsError(pid, f"/proc/{pid}/status {key}: expected 4 ids, got {get(key)!r}")
         return values
 
     creds = Creds(

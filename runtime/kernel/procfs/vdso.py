@@ -10,16 +10,15 @@ segment there, so an address is start + st_value - that segment's p_vaddr.
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from runtime.errors import DumpError
+from runtime.errors import ProcfsError
 from runtime.images.model import VdsoSymbol
-from runtime.kernel.procfs.files import proc_path, translated
+from runtime.kernel.procfs.mem import read_memory
 
 
 @dataclass(frozen=True)
@@ -28,21 +27,6 @@ class Vdso:
     image: bytes
     sha256: str
     symbols: tuple[VdsoSymbol, ...]  # defined functions and objects, sorted by name
-
-
-def read_memory(pid: int, start: int, size: int) -> bytes:
-    """size bytes at start in the address space of pid (the process must be stopped or traced)."""
-    with translated(pid, "mem"):
-        fd = os.open(proc_path(pid, "mem"), os.O_RDONLY)
-    try:
-        data = os.pread(fd, size, start)
-    except OSError as exc:
-        raise DumpError(pid, f"reading /proc/{pid}/mem at {start:#x}: {os.strerror(exc.errno)}") from exc
-    finally:
-        os.close(fd)
-    if len(data) != size:
-        raise DumpError(pid, f"reading /proc/{pid}/mem at {start:#x}: {len(data)} of {size} bytes")
-    return data
 
 
 def parse_symbols(image: bytes) -> tuple[VdsoSymbol, ...]:
@@ -66,5 +50,5 @@ def read_vdso(pid: int, start: int, size: int) -> Vdso:
     try:
         symbols = parse_symbols(image)
     except ELFError as exc:
-        raise DumpError(pid, f"[vdso] at {start:#x}: not a valid ELF image: {exc}") from exc
+        raise ProcfsError(pid, f"[vdso] at {start:#x}: not a valid ELF image: {exc}") from exc
     return Vdso(start, image, hashlib.sha256(image).hexdigest(), symbols)

@@ -1,0 +1,117 @@
+"""The hand-over: from the restorer's trap to a task running in its own context, and what its end says.
+
+Why apart: this is the one part of a restore that follows the new task
+instruction by instruction (ptrace stops, the restorer's last syscalls,
+rt_sigreturn) and reads the child's last words when it fails; it knows
+nothing of how the image was planned.
+"""
+
+import ctypes
+import errno
+import os
+import signal
+import threading
+
+from runtime.arch import x86_64 as arch
+from runtime.errors import RestoreError, shorten
+from runtime.infect import blobs
+from runtime.infect.remote_syscall import RemoteSyscall, settle
+from runtime.kernel import ptrace
+from runtime.restore.child import CHILD_ERROR_TAG
+from runtime.restore.restorer_args import Area, describe_advice_failure
+
+# The child's error pipe: bytes kept, characters shown, and how long to wait for the end of
+# a message once the child has exited (its write end is closed then, so the drain ends at once).
+ERROR_BYTES_MAX = 4096
+ERROR_TEXT_MAX = 400
+ERROR_DRAIN_SECONDS = 5.0
+
+
+class ErrorChannel:
+    """The read end of the child's error pipe, drained by a thread from the clone on.
+
+    Why drained as it comes: the child writes its error, then exits, and
+    the parent learns of the exit from waitpid. Were the parent to read only
+    after the exit, a message longer than the pipe buffer (64 KiB; a hostile
+    image's path can be longer) would block the child in write() while the
+    parent waits for it to exit, forever. The thread keeps the first
+    ERROR_BYTES_MAX bytes, more than any message needs, and drops the rest.
+    """
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._data = bytearray()
+        self._thread = threading.Thread(target=self._drain, name="restore-errors", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        try:
+            while chunk := os.read(self._fd, 1 << 16):
+                self._data += chunk[:max(ERROR_BYTES_MAX - len(self._data), 0)]
+        finally:
+            os.close(self._fd)
+
+    def read(self) -> bytes:
+        """What the child wrote, once it has exited (its end of the pipe closed with it)."""
+        self._thread.join(ERROR_DRAIN_SECONDS)
+        return bytes(self._data)
+
+
+def _failure(child: int, stop: ptrace.Stop, errors) -> RestoreError:
+    """What the child or the restorer said before it exited, as a RestoreError."""
+    data = errors.read()
+    if data.startswith(CHILD_ERROR_TAG):
+        text = data[len(CHILD_ERROR_TAG):].decode(errors="replace")
+        return RestoreError(child, shorten(text, ERROR_TEXT_MAX))
+    proto = blobs.protocol()
+    if len(data) == ctypes.sizeof(proto.RestorerError):
+        record = proto.RestorerError.from_buffer_copy(data)
+        step = next((name[len("RESTORER_STEP_"):].lower() for name in dir(proto)
+                     if name.startswith("RESTORER_STEP_") and getattr(proto, name) == record.step), record.step)
+        err = -record.err
+        detail = describe_advice_failure(record.detail) if record.step == proto.RESTORER_STEP_ADVISE_VMAS \
+            else f"detail {record.detail:#x}"
+        return RestoreError(child, f"restorer step {step} failed: {errno.errorcode.get(err, err)} "
+                                   f"({os.strerror(err)}), {detail}")
+    return RestoreError(child, f"the restoring process {stop.describe()} without saying why")
+
+
+def wait_for_restorer_trap(child: int, errors) -> None:
+    """Run the child until the restorer's int3; signals that arrive meanwhile go on to it."""
+    while True:
+        ptrace_stop = ptrace.wait(child)
+        if ptrace_stop.exited:
+            raise _failure(child, ptrace_stop, errors)
+        if ptrace_stop.is_signal_delivery and ptrace_stop.signal == signal.SIGTRAP:
+            return
+        ptrace.cont(child, ptrace_stop.signal if ptrace_stop.is_signal_delivery else 0)
+
+
+def follow_to_own_context(child: int, errors) -> None:
+    """From the trap, follow the restorer's last syscalls to the exit of rt_sigreturn."""
+    entering = True
+    while True:
+        ptrace.syscall(child)
+        stop = ptrace.wait(child)
+        if stop.exited:
+            raise _failure(child, stop, errors)
+        if not stop.is_syscall_stop:
+            raise RestoreError(child, f"the restorer {stop.describe()} after its trap, before rt_sigreturn")
+        if not entering:
+            entering = True
+            continue
+        entering = False
+        if arch.signed(ptrace.get_regs(child).orig_rax) == arch.NR_RT_SIGRETURN:
+            ptrace.syscall(child)
+            stop = ptrace.wait(child)
+            if not stop.is_syscall_stop:
+                raise RestoreError(child, f"rt_sigreturn into the restored context failed: the task {stop.describe()}")
+            return
+
+
+def unmap_restorer(child: int, area: Area) -> None:
+    """The restorer area goes; the task stays stopped until detach, in its own registers and mask."""
+    settle(child)
+    result = RemoteSyscall.for_thread(child, child)(arch.NR_MUNMAP, area.base, area.size)
+    if result != 0:
+        raise RestoreError(child, f"munmap of the restorer area {area.base:#x} failed: {os.strerror(-result)}")

@@ -32,3 +32,15 @@ def pages_target(tmp_path):
     target = start_target([str(target_path("dump_pages")), str(tmp_path / "backing")], tmp_path)
     yield target
     target.stop()
+
+
+@pytest.fixture
+def state_target(tmp_path, request):
+    """The infect_state target (known registers, signals, fds and patterned pages), killed and reaped afterwards.
+
+    Its MiB of patterned pages: the test module's STATE_TARGET_MIB, else 1.
+    """
+    mib = getattr(request.module, "STATE_TARGET_MIB", 1)
+    target = start_target([str(target_path("infect_state")), str(tmp_path / "file"), str(mib)], tmp_path)
+    yield target
+    target.stop()

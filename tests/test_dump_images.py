@@ -69,7 +69,7 @@ def read_counter(target):
 
 
 @pytest.fixture
-def state_target(tmp_path):
+def dump_state_target(tmp_path):
     target = start_target([str(target_path("dump_state")), str(tmp_path / "state-file")], tmp_path)
     yield target
     target.stop()
@@ -149,13 +149,13 @@ def test_dump_records_process_facts(pages_target, tmp_path):
     assert [(fd.fd, fd.kind) for fd in process.fds] == [(0, FdKind.CHR), (1, FdKind.FILE), (2, FdKind.FILE)]
 
 
-def test_dump_records_signals_files_limits_and_timers(state_target, tmp_path):
-    dump(state_target.pid, tmp_path / "img", LEAVE_RUNNING)
+def test_dump_records_signals_files_limits_and_timers(dump_state_target, tmp_path):
+    dump(dump_state_target.pid, tmp_path / "img", LEAVE_RUNNING)
     process = PagesImage(tmp_path / "img").process
-    sigrtmin = int(state_target.info["sigrtmin"])
+    sigrtmin = int(dump_state_target.info["sigrtmin"])
     usr1 = process.sigactions[signal.SIGUSR1 - 1]
     sa_siginfo, sa_onstack, sa_restart = 4, 0x08000000, 0x10000000
-    assert usr1.handler == state_target.addr("handler")
+    assert usr1.handler == dump_state_target.addr("handler")
     assert usr1.flags & (sa_siginfo | sa_onstack | sa_restart) == sa_siginfo | sa_onstack | sa_restart
     assert usr1.mask == 1 << (signal.SIGTERM - 1)
     thread = process.threads[0]
@@ -163,27 +163,27 @@ def test_dump_records_signals_files_limits_and_timers(state_target, tmp_path):
     assert [struct.unpack_from("<i", info)[0] for info in thread.pending] == [signal.SIGUSR2]
     assert [struct.unpack_from("<i", info)[0] for info in process.shared_pending] == [sigrtmin + 2]
     assert struct.unpack_from("<i", process.shared_pending[0], 24)[0] == 1234  # si_value
-    assert (thread.altstack.sp, thread.altstack.size) == (state_target.addr("altstack"),
-                                                          int(state_target.info["altstack_size"]))
+    assert (thread.altstack.sp, thread.altstack.size) == (dump_state_target.addr("altstack"),
+                                                          int(dump_state_target.info["altstack_size"]))
     assert process.umask == 0o027
     assert process.rlimits[resource.RLIMIT_NOFILE].cur == 200
     virtual = process.itimers[1]
     assert (virtual.interval_sec, virtual.interval_usec) == (100, 0) and 0 < virtual.value_sec <= 100
     fds = {fd.fd: fd for fd in process.fds}
-    data = fds[int(state_target.info["file_fd"])]
+    data = fds[int(dump_state_target.info["file_fd"])]
     assert (data.kind, data.path, data.pos, data.flags & os.O_ACCMODE) == (FdKind.FILE, str(tmp_path / "state-file"),
                                                                            12, os.O_RDWR)
     assert (fds[7].kind, fds[7].path, fds[7].flags & os.O_ACCMODE) == (FdKind.CHR, "/dev/null", os.O_WRONLY)
-    assert_running_untraced(state_target)
+    assert_running_untraced(dump_state_target)
 
 
-def test_dump_records_vector_registers_and_the_syscall_restart(state_target, tmp_path):
-    dump(state_target.pid, tmp_path / "img", LEAVE_RUNNING)
+def test_dump_records_vector_registers_and_the_syscall_restart(dump_state_target, tmp_path):
+    dump(dump_state_target.pid, tmp_path / "img", LEAVE_RUNNING)
     checkpoint = load(tmp_path / "img")
     thread = checkpoint.root.process.threads[0]
     xstate = checkpoint.root.xstate_paths[thread.tid].read_bytes()
     # Where the components sit in PTRACE_GETREGSET's standard format is CPUID's answer (the target's).
-    ymm_hi128, zmm_hi256, hi16_zmm = (int(state_target.info[k]) for k in ("ymm_hi128", "zmm_hi256", "hi16_zmm"))
+    ymm_hi128, zmm_hi256, hi16_zmm = (int(dump_state_target.info[k]) for k in ("ymm_hi128", "zmm_hi256", "hi16_zmm"))
     zmm = [bytes((i * 64 + k) & 0xFF for k in range(64)) for i in range(32)]
     for i in range(16):
         assert xstate[XMM_OFFSET + 16 * i:][:16] == zmm[i][:16]
@@ -195,10 +195,10 @@ def test_dump_records_vector_registers_and_the_syscall_restart(state_target, tmp
     # Stopped in its raw nanosleep: saved as the restart the kernel would make, at the syscall instruction.
     assert regs.rax in (arch.NR_NANOSLEEP, arch.NR_RESTART_SYSCALL)
     assert regs.orig_rax == arch.SIGSET_ALL
-    with open(f"/proc/{state_target.pid}/mem", "rb") as mem:
+    with open(f"/proc/{dump_state_target.pid}/mem", "rb") as mem:
         mem.seek(regs.rip)
         assert mem.read(2) == arch.SYSCALL_INSN
-    assert_running_untraced(state_target)
+    assert_running_untraced(dump_state_target)
 
 
 def test_images_have_private_modes(pages_target, tmp_path):

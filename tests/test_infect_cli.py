@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from dump_support import start_target, target_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,13 +21,6 @@ def refused(result, message):
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == f"revive: {message}\n"
-
-
-@pytest.fixture
-def state_target(tmp_path):
-    target = start_target([str(target_path("infect_state")), str(tmp_path / "file"), "1"], tmp_path)
-    yield target
-    target.stop()
 
 
 def test_misc_as_json(state_target):

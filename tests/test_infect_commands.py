@@ -6,7 +6,6 @@ import struct
 
 import pytest
 
-from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking
 from runtime.errors import InfectError
 from runtime.infect.parasite import Iovec
@@ -16,11 +15,7 @@ PAGE = 4096
 SA_SIGINFO, SA_ONSTACK, SA_RESTART, SA_RESTORER = 0x4, 0x08000000, 0x10000000, 0x04000000
 
 
-@pytest.fixture
-def state_target(tmp_path):
-    target = start_target([str(target_path("infect_state")), str(tmp_path / "file"), "8"], tmp_path)
-    yield target
-    target.stop()
+STATE_TARGET_MIB = 8  # for conftest's state_target
 
 
 def bit(sig):

@@ -2,9 +2,6 @@
 
 import time
 
-import pytest
-
-from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking, snapshot
 from runtime.infect.seize import seize
 from runtime.infect.session import infect
@@ -12,11 +9,7 @@ from runtime.infect.session import infect
 CYCLES = 200
 
 
-@pytest.fixture
-def state_target(tmp_path):
-    target = start_target([str(target_path("infect_state")), str(tmp_path / "file"), "4"], tmp_path)
-    yield target
-    target.stop()
+STATE_TARGET_MIB = 4  # for conftest's state_target
 
 
 def test_200_infections_keep_registers_avx512_mask_maps_and_memory(state_target):

@@ -6,9 +6,7 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking, ticks, wait_for_line
 from runtime.infect.seize import seize
 from runtime.infect.session import infect
@@ -31,11 +29,7 @@ with infect(pid) as parasite:
 """
 
 
-@pytest.fixture
-def state_target(tmp_path):
-    target = start_target([str(target_path("infect_state")), str(tmp_path / "file"), str(MIB)], tmp_path)
-    yield target
-    target.stop()
+STATE_TARGET_MIB = MIB  # for conftest's state_target
 
 
 def tracer_of(pid):

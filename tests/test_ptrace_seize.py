@@ -22,13 +22,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def state_target(tmp_path):
-    target = start_target([str(target_path("infect_state")), str(tmp_path / "file"), "1"], tmp_path)
-    yield target
-    target.stop()
-
-
-@pytest.fixture
 def threads_target(tmp_path):
     target = start_target([str(target_path("infect_threads")), "5"], tmp_path)
     yield target

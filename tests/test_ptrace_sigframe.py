@@ -5,7 +5,6 @@ import struct
 
 import pytest
 
-from dump_support import start_target, target_path
 from infect_support import assert_keeps_ticking
 from runtime.arch import x86_64 as arch
 from runtime.infect.remote_syscall import RemoteSyscall, settle
@@ -14,13 +13,6 @@ from runtime.kernel import ptrace
 
 GPRS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
         "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base")
-
-
-@pytest.fixture
-def state_target(tmp_path):
-    target = start_target([str(target_path("infect_state")), str(tmp_path / "file"), "1"], tmp_path)
-    yield target
-    target.stop()
 
 
 def test_frame_layout_constants_match_the_kernel_abi():

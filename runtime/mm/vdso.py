@@ -35,8 +35,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from runtime.errors import RestoreError, VdsoError
-from runtime.images.model import PAGE_SIZE, Process, VdsoInfo, VdsoSymbol, VmaKind
-from runtime.kernel.procfs.maps import Mapping, read_mappings
+from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, Process, VdsoInfo, VdsoSymbol, VmaKind
+from runtime.kernel.procfs.maps import SPECIAL_KINDS, Mapping, read_mappings
 from runtime.kernel.procfs.mem import read_memory
 from runtime.kernel.procfs.vdso import Vdso, read_vdso
 from runtime.mm.address_space import free_gaps
@@ -183,7 +183,7 @@ def read_running_vdso() -> RunningVdso:
     """The running kernel's vDSO and vvar pages as mapped in this very process."""
     pid = os.getpid()
     pieces = tuple(Piece(kind, m.start, m.end - m.start) for m in read_mappings(pid)
-                   for kind in [_SPECIAL.get(m.name)] if kind is not None)
+                   for kind in [SPECIAL_KINDS.get(m.name)] if kind in KERNEL_MAPPING_KINDS)
     vdso = next((p for p in pieces if p.kind == VmaKind.VDSO), None)
     if vdso is None:
         raise RestoreError(pid, "this process has no [vdso]: the kernel does not map one (vdso=0?)")
@@ -191,9 +191,6 @@ def read_running_vdso() -> RunningVdso:
         if left.start + left.size != right.start:
             raise RestoreError(pid, f"[vdso] and its vvar pages are not contiguous at {right.start:#x}")
     return RunningVdso(read_vdso(pid, vdso.start, vdso.size), pieces)
-
-
-_SPECIAL = {"[vdso]": VmaKind.VDSO, "[vvar]": VmaKind.VVAR, "[vvar_vclock]": VmaKind.VVAR_VCLOCK}
 
 
 def _vvar_layout(info: VdsoInfo) -> tuple[tuple[int, int], ...]:

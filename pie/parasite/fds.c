@@ -4,8 +4,8 @@
  * SCM_RIGHTS installs duplicates in the receiver, so the task keeps its
  * descriptors untouched; the batches bound the control message size.
  */
-#include "errno.h"
 #include "parasite.h"
+#include "uapi.h"
 
 long cmd_drain_fds(struct parasite_ctx *ctx)
 {
@@ -19,7 +19,7 @@ long cmd_drain_fds(struct parasite_ctx *ctx)
 		batch = args->nr_fds - done;
 		if (batch > PARASITE_MAX_FDS_PER_MSG)
 			batch = PARASITE_MAX_FDS_PER_MSG;
-		ret = sock_send_fds(ctx->sock, &args->fds[done], batch);
+		ret = channel_send_fds(ctx->sock, &args->fds[done], batch);
 		if (ret < 0)
 			return ret;
 	}

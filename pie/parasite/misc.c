@@ -5,21 +5,9 @@
  * namespace; rlimits are read with prlimit64 on itself because the runtime
  * may lack the rights to read another user's limits from outside.
  */
-#include "errno.h"
 #include "parasite.h"
 #include "syscall.h"
-
-#define PR_GET_PDEATHSIG 2
-#define PR_GET_DUMPABLE 3
-#define PR_GET_TSC 25
-#define PR_GET_SECUREBITS 27
-#define PR_GET_TIMERSLACK 30
-#define PR_MCE_KILL_GET 34
-#define PR_GET_CHILD_SUBREAPER 37
-#define PR_GET_THP_DISABLE 42
-#define PR_GET_MDWE 66
-#define PR_GET_MEMORY_MERGE 68
-#define PERSONALITY_QUERY 0xffffffffUL
+#include "uapi.h"
 
 long cmd_echo(struct parasite_ctx *ctx)
 {
@@ -70,13 +58,12 @@ static long read_rlimits(struct parasite_misc *misc)
 	return 0;
 }
 
-/* struct itimerval is four longs in the order of struct parasite_itimer. */
 static long read_itimers(struct parasite_misc *misc)
 {
 	long ret;
 	u32 which;
 
-	for (which = 0; which < PARASITE_NR_ITIMERS; which++) {
+	for (which = 0; which < K_NR_ITIMERS; which++) {
 		ret = sys_call2(__NR_getitimer, which, &misc->itimers[which]);
 		if (ret < 0)
 			return ret;

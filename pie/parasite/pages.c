@@ -7,14 +7,9 @@
  * copying them, which is why the runtime must drain the pipe before the
  * task runs again; the reply comes only after the last byte went in.
  */
-#include "errno.h"
 #include "parasite.h"
-#include "signal.h"
-#include "socket.h"
 #include "syscall.h"
-
-/* The kernel's UIO_MAXIOV: vmsplice refuses more segments per call. */
-#define IOV_MAX 1024
+#include "uapi.h"
 
 /* Where the next byte to splice is: iovec index and offset inside it. */
 struct splice_pos {
@@ -43,18 +38,18 @@ static void advance(const struct parasite_dump_pages *args, struct splice_pos *p
  */
 static long splice_some(int pipe_fd, const struct parasite_dump_pages *args, const struct splice_pos *pos)
 {
-	const struct parasite_iovec *iov = &args->iovs[pos->index];
-	struct iovec rest;
+	const struct k_iovec *iov = &args->iovs[pos->index];
+	struct k_iovec rest;
 	u32 count;
 
 	if (pos->offset) {
-		rest.iov_base = (void *)(iov->base + pos->offset);
-		rest.iov_len = iov->len - pos->offset;
+		rest.base = iov->base + pos->offset;
+		rest.len = iov->len - pos->offset;
 		return sys_call4(__NR_vmsplice, pipe_fd, &rest, 1, 0);
 	}
 	count = args->nr_iovs - pos->index;
-	if (count > IOV_MAX)
-		count = IOV_MAX;
+	if (count > UIO_MAXIOV)
+		count = UIO_MAXIOV;
 	return sys_call4(__NR_vmsplice, pipe_fd, iov, count, 0);
 }
 

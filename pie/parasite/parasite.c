@@ -7,10 +7,10 @@
  * parasite sees EOF, unmaps its own area and returns the task to the context
  * saved in the sigframe by itself (parasite_exit).
  */
-#include "errno.h"
 #include "log.h"
 #include "parasite.h"
 #include "syscall.h"
+#include "uapi.h"
 
 static long dispatch(struct parasite_ctx *ctx, u32 cmd)
 {
@@ -41,7 +41,7 @@ static void serve(struct parasite_ctx *ctx)
 	long ret;
 
 	for (;;) {
-		ret = sock_recv_request(ctx->sock, &req, &ctx->received_fd);
+		ret = channel_recv_request(ctx->sock, &req, &ctx->received_fd);
 		if (ret <= 0) {
 			log_line("parasite: channel closed (%ld)", ret);
 			return;
@@ -53,7 +53,7 @@ static void serve(struct parasite_ctx *ctx)
 		}
 		if (ret < 0)
 			log_line("parasite: command %u failed: %ld", req.cmd, ret);
-		ret = sock_send_reply(ctx->sock, req.cmd, ret);
+		ret = channel_send_reply(ctx->sock, req.cmd, ret);
 		if (ret < 0) {
 			log_line("parasite: reply to command %u failed: %ld", req.cmd, ret);
 			return;
@@ -71,7 +71,7 @@ void parasite_main(const struct parasite_init_args *init)
 	};
 
 	log_init(init->log_fd);
-	ctx.sock = sock_connect(init->sun_path, init->sun_len);
+	ctx.sock = channel_connect(init->sun_path, init->sun_len);
 	if (ctx.sock < 0) {
 		log_line("parasite: connect failed: %d", ctx.sock);
 	} else {

@@ -26,10 +26,10 @@ static inline int args_fit(const struct parasite_ctx *ctx, u64 size)
 __attribute__((noreturn)) void parasite_main(const struct parasite_init_args *init);
 __attribute__((noreturn)) void parasite_exit(u64 sigreturn_sp, u64 area_base, u64 area_size, u64 syscall_ret);
 
-int sock_connect(const u8 *sun_path, u32 sun_len);
-long sock_recv_request(int sock, struct parasite_request *req, int *received_fd);
-long sock_send_reply(int sock, u32 cmd, long err);
-long sock_send_fds(int sock, const s32 *fds, u32 count);
+int channel_connect(const u8 *sun_path, u32 sun_len);
+long channel_recv_request(int sock, struct parasite_request *req, int *received_fd);
+long channel_send_reply(int sock, u32 cmd, long err);
+long channel_send_fds(int sock, const s32 *fds, u32 count);
 
 long cmd_echo(struct parasite_ctx *ctx);
 long cmd_get_misc(struct parasite_ctx *ctx);

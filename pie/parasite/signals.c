@@ -5,10 +5,9 @@
  * rt_sigaction also answers for SIGKILL and SIGSTOP (only changing them is
  * refused), so all 64 entries are what the kernel holds.
  */
-#include "errno.h"
 #include "parasite.h"
-#include "signal.h"
 #include "syscall.h"
+#include "uapi.h"
 
 long cmd_dump_sigactions(struct parasite_ctx *ctx)
 {
@@ -18,7 +17,7 @@ long cmd_dump_sigactions(struct parasite_ctx *ctx)
 
 	if (!args_fit(ctx, sizeof(*out)))
 		return -EINVAL;
-	for (sig = 1; sig <= PARASITE_NSIG; sig++) {
+	for (sig = 1; sig <= K_NSIG; sig++) {
 		ret = sys_call4(__NR_rt_sigaction, sig, NULL, &out->actions[sig - 1], KERNEL_SIGSET_SIZE);
 		if (ret < 0)
 			return ret;

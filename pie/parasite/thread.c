@@ -5,12 +5,9 @@
  * every signal blocked, and the task's own mask is the one the runtime saved
  * in the sigframe that rt_sigreturn will restore.
  */
-#include "errno.h"
 #include "parasite.h"
-#include "signal.h"
 #include "syscall.h"
-
-#define PR_GET_TID_ADDRESS 40
+#include "uapi.h"
 
 long cmd_dump_thread(struct parasite_ctx *ctx)
 {

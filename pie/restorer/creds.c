@@ -13,29 +13,9 @@
  * 32-47; for prctl also the option in bits 16-31 and its last non-zero
  * argument (the capability number, or the value set) in bits 0-15.
  */
-#include "errno.h"
 #include "restore.h"
 #include "syscall.h"
-
-#define PR_SET_DUMPABLE 4
-#define PR_SET_KEEPCAPS 8
-#define PR_CAPBSET_DROP 24
-#define PR_SET_NO_NEW_PRIVS 38
-#define PR_CAP_AMBIENT 47
-#define PR_CAP_AMBIENT_RAISE 2
-#define PR_CAP_AMBIENT_CLEAR_ALL 4
-#define LINUX_CAPABILITY_VERSION_3 0x20080522
-
-struct cap_header {
-	u32 version;
-	s32 pid;
-};
-
-struct cap_data {
-	u32 effective;
-	u32 permitted;
-	u32 inheritable;
-};
+#include "uapi.h"
 
 static long prctl(long option, long arg2, long arg3, u64 *detail)
 {

@@ -7,18 +7,10 @@
  * madvise advice the dump found (DONTFORK, WIPEONFORK, ...) last, in
  * advise_vmas.
  */
-#include "errno.h"
 #include "restore.h"
 #include "syscall.h"
+#include "uapi.h"
 
-#define PROT_READ 0x1
-#define PROT_WRITE 0x2
-#define MAP_SHARED 0x01
-#define MAP_FIXED_NOREPLACE 0x100000
-#define PR_SET_MM 35
-#define PR_SET_MM_MAP 14
-/* UIO_MAXIOV: preadv takes at most this many iovecs per call. */
-#define IOV_BATCH 1024
 /*
  * At most this many bytes per preadv: the kernel adds to the task's rchar
  * once per call, and the restoring parent's progress bar reads rchar
@@ -36,7 +28,7 @@ long unmap_old(const struct restorer_args *args, u64 *detail)
 
 	/* keep[] is sorted: the restorer area and the running vDSO/vvar pages. */
 	for (i = 0; i <= args->nr_keep; i++) {
-		u64 end = i < args->nr_keep ? keep[i].start : RESTORER_TASK_SIZE;
+		u64 end = i < args->nr_keep ? keep[i].start : TASK_SIZE;
 
 		if (end > cur) {
 			ret = sys_call2(__NR_munmap, cur, end - cur);
@@ -88,7 +80,7 @@ long map_vmas(const struct restorer_args *args, u64 *detail)
 	return 0;
 }
 
-static u64 consume(struct restorer_iovec *iov, u64 n, u64 done)
+static u64 consume(struct k_iovec *iov, u64 n, u64 done)
 {
 	u64 i = 0;
 
@@ -106,11 +98,11 @@ static u64 consume(struct restorer_iovec *iov, u64 n, u64 done)
 long fill_pages(const struct restorer_args *args, u64 *detail)
 {
 	/* Page runs are stored back to back in vaddr order: one sequential read. */
-	struct restorer_iovec *iov = (struct restorer_iovec *)args->iovs;
+	struct k_iovec *iov = (struct k_iovec *)args->iovs;
 	u64 left = args->nr_iovs, pos = args->pages_offset;
 
 	while (left) {
-		u64 batch = left < IOV_BATCH ? left : IOV_BATCH;
+		u64 batch = left < UIO_MAXIOV ? left : UIO_MAXIOV;
 		u64 bytes = 0, i, full_len = 0;
 		long got;
 		u64 used;

@@ -7,10 +7,10 @@
  * unmap_old there is nothing left to return to. On success the tracer sees
  * the int3 stop, and rt_sigreturn enters the task's own context.
  */
-#include "errno.h"
 #include "restore.h"
-#include "vdso_proxy.h"
 #include "syscall.h"
+#include "uapi.h"
+#include "vdso_proxy.h"
 
 static void fail(const struct restorer_args *args, u32 step, long err, u64 detail)
 {
@@ -35,9 +35,10 @@ static void check(const struct restorer_args *args, u32 step, long ret, const u6
 		fail(args, step, ret, *detail);
 }
 
-void restore_process(struct restorer_args *args)
+/* The process as a whole, before any thread's own state: its memory first, as every later step writes into it. */
+static void restore_task(struct restorer_args *args)
 {
-	const u64 none = 0, sigtrap = 5;
+	const u64 none = 0;
 	u64 d = 0;
 
 	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), &none);
@@ -49,11 +50,29 @@ void restore_process(struct restorer_args *args)
 	check(args, RESTORER_STEP_FILL_PAGES, fill_pages(args, &d), &d);
 	check(args, RESTORER_STEP_PROTECT_VMAS, protect_vmas(args, &d), &d);
 	check(args, RESTORER_STEP_ADVISE_VMAS, advise_vmas(args, &d), &d);
-	check(args, RESTORER_STEP_REGISTER_RSEQ, register_rseq(args, &d), &d);
-	check(args, RESTORER_STEP_THREAD_AREA, restore_thread_area(args, &d), &d);
 	check(args, RESTORER_STEP_SIGACTIONS, restore_sigactions(args, 1, &d), &d);
-	check(args, RESTORER_STEP_ALTSTACK, restore_altstack(args, &d), &d);
 	check(args, RESTORER_STEP_ITIMERS, restore_itimers(args, &d), &d);
+}
+
+/* One thread's own state, set by that thread: the rseq area and TLS it points to live in the memory restored above. */
+static void restore_thread(const struct restorer_args *args, const struct restorer_thread *thread)
+{
+	u64 d = 0;
+
+	check(args, RESTORER_STEP_REGISTER_RSEQ, register_rseq(thread, &d), &d);
+	check(args, RESTORER_STEP_THREAD_AREA, restore_thread_area(thread, &d), &d);
+	check(args, RESTORER_STEP_ALTSTACK, restore_altstack(thread, &d), &d);
+}
+
+void restore_process(struct restorer_args *args)
+{
+	/* threads[0] is the thread running this code. */
+	const struct restorer_thread *self = (const struct restorer_thread *)args->threads;
+	const u64 none = 0, sigtrap = 5;
+	u64 d = 0;
+
+	restore_task(args);
+	restore_thread(args, self);
 	/* Last before the trap: every step above may need the runtime's privileges. */
 	check(args, RESTORER_STEP_CREDS, restore_creds(args, &d), &d);
 
@@ -62,8 +81,9 @@ void restore_process(struct restorer_args *args)
 	/* The forced SIGTRAP unblocked SIGTRAP; nothing may be delivered here. */
 	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), &none);
 	check(args, RESTORER_STEP_SIGACTIONS, restore_sigtrap_action(args), &sigtrap);
-	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_pending_signals(args, &d), &d);
+	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_process_signals(args, &d), &d);
+	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_thread_signals(self, args->pid, &d), &d);
 	/* Last: err_fd is among these, and nothing can fail after it. */
 	check(args, RESTORER_STEP_CLOSE_FDS, close_fds(args, &d), &d);
-	sigreturn_to_task(args->sigreturn_sp);
+	sigreturn_to_task(self->sigreturn_sp);
 }

@@ -5,10 +5,10 @@
  * Each mode is a named function (and the restore a sequence of named steps)
  * so a reader follows the restore from the function names alone.
  */
-#include "errno.h"
 #include "log.h"
 #include "restore.h"
 #include "restorer.h"
+#include "uapi.h"
 
 long restorer_main(struct restorer_args *args)
 {

@@ -1,16 +1,13 @@
 /*
- * Signal state: actions, alternate stack, interval timers, pending signals,
- * and the final rt_sigreturn into the task's own registers, xstate and mask
- * (the mask comes back through the frame's uc_sigmask).
+ * The process's signal state: actions, interval timers, the signals pending
+ * on the process as a whole, and the final rt_sigreturn into the task's own
+ * registers, xstate and mask (the mask comes back through the frame's
+ * uc_sigmask). A thread's alternate stack and own pending signals are
+ * thread-level steps (thread.c).
  */
 #include "restore.h"
-#include "signal.h"
 #include "syscall.h"
-
-#define SIGKILL 9
-#define SIGTRAP 5
-#define SIGSTOP 19
-#define SIG_SETMASK 2
+#include "uapi.h"
 
 long block_all_signals(void)
 {
@@ -28,7 +25,7 @@ long restore_sigactions(const struct restorer_args *args, int skip_sigtrap, u64 
 {
 	int sig;
 
-	for (sig = 1; sig <= RESTORER_NSIG; sig++) {
+	for (sig = 1; sig <= K_NSIG; sig++) {
 		long ret;
 
 		if (sig == SIGKILL || sig == SIGSTOP || (skip_sigtrap && sig == SIGTRAP))
@@ -52,23 +49,11 @@ long restore_sigtrap_action(const struct restorer_args *args)
 	return set_action(args, SIGTRAP);
 }
 
-long restore_altstack(const struct restorer_args *args, u64 *detail)
-{
-	struct kernel_stack ss = {
-		.ss_sp = args->ss_sp,
-		.ss_flags = args->ss_flags,
-		.ss_size = args->ss_size,
-	};
-
-	*detail = args->ss_sp;
-	return sys_call2(__NR_sigaltstack, &ss, NULL);
-}
-
 long restore_itimers(const struct restorer_args *args, u64 *detail)
 {
 	int which;
 
-	for (which = 0; which < RESTORER_NR_ITIMERS; which++) {
+	for (which = 0; which < K_NR_ITIMERS; which++) {
 		long ret = sys_call3(__NR_setitimer, which, &args->itimers[which], NULL);
 
 		if (ret) {
@@ -79,7 +64,7 @@ long restore_itimers(const struct restorer_args *args, u64 *detail)
 	return 0;
 }
 
-long queue_pending_signals(const struct restorer_args *args, u64 *detail)
+long queue_process_signals(const struct restorer_args *args, u64 *detail)
 {
 	/*
 	 * The kernel lets a process queue any si_code (even kernel ones) to
@@ -90,12 +75,8 @@ long queue_pending_signals(const struct restorer_args *args, u64 *detail)
 	u64 i;
 
 	for (i = 0; i < args->nr_pending; i++) {
-		long ret;
+		long ret = sys_call3(__NR_rt_sigqueueinfo, args->pid, p[i].signo, p[i].info);
 
-		if (p[i].thread)
-			ret = sys_call4(__NR_rt_tgsigqueueinfo, args->pid, args->pid, p[i].signo, p[i].info);
-		else
-			ret = sys_call3(__NR_rt_sigqueueinfo, args->pid, p[i].signo, p[i].info);
 		if (ret) {
 			*detail = p[i].signo;
 			return ret;

@@ -9,9 +9,7 @@
  */
 #include "restore.h"
 #include "syscall.h"
-
-#define MREMAP_MAYMOVE 1
-#define MREMAP_FIXED 2
+#include "uapi.h"
 
 static long remap(u64 from, u64 to, u64 size, u64 *detail)
 {

@@ -9,16 +9,10 @@
  * process cannot write its entry points by accident, and a later dump finds
  * it by its content (the marker the runtime put in its last bytes).
  */
-#include "vdso_proxy.h"
 #include "string.h"
 #include "syscall.h"
-
-#define PROT_READ 0x1
-#define PROT_WRITE 0x2
-#define PROT_EXEC 0x4
-#define MAP_PRIVATE 0x02
-#define MAP_ANONYMOUS 0x20
-#define MAP_FIXED_NOREPLACE 0x100000
+#include "uapi.h"
+#include "vdso_proxy.h"
 
 long map_vdso_proxy(const struct restorer_vdso_proxy *proxy, u64 *detail)
 {
@@ -33,7 +27,7 @@ long map_vdso_proxy(const struct restorer_vdso_proxy *proxy, u64 *detail)
 	if (IS_ERR_VALUE(addr))
 		return addr;
 	if ((u64)addr != proxy->start)
-		return -17; /* EEXIST: an old kernel without NOREPLACE placed it elsewhere */
+		return -EEXIST; /* an old kernel without NOREPLACE placed it elsewhere */
 	memcpy((void *)proxy->start, (const void *)proxy->image, proxy->size);
 	return sys_call3(__NR_mprotect, proxy->start, proxy->size, PROT_READ | PROT_EXEC);
 }

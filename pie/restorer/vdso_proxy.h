@@ -2,8 +2,8 @@
 #ifndef RESTORER_VDSO_PROXY_H
 #define RESTORER_VDSO_PROXY_H
 
-#include "types.h"
 #include "protocol.h"
+#include "types.h"
 
 long map_vdso_proxy(const struct restorer_vdso_proxy *proxy, u64 *detail);
 

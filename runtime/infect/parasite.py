@@ -124,14 +124,14 @@ class Parasite:
         splices the pipe into out_fd, so page data never enters Python.
         """
         header = self.proto.ParasiteDumpPages
-        per_batch = (self.cmd_size - ctypes.sizeof(header)) // ctypes.sizeof(self.proto.ParasiteIovec)
+        per_batch = (self.cmd_size - ctypes.sizeof(header)) // ctypes.sizeof(self.proto.KIovec)
         total = 0
         for i in range(0, len(iovecs), per_batch):
             total += self._dump_batch(iovecs[i:i + per_batch], out_fd)
         return total
 
     def _dump_batch(self, iovecs: list[Iovec], out_fd: int) -> int:
-        iov_type = self.proto.ParasiteIovec
+        iov_type = self.proto.KIovec
         nbytes = sum(v.len for v in iovecs)
         self._put(self.proto.ParasiteDumpPages(nr_iovs=len(iovecs), nr_bytes=nbytes),
                   (iov_type * len(iovecs))(*(iov_type(v.base, v.len) for v in iovecs)))

@@ -12,8 +12,10 @@ target's VMAs are created) and in the restoring process (it is mapped there
 first); the running [vdso]/[vvar]/[vvar_vclock] stay where they are until
 the restorer moves them, so they are kept too.
 
-Layout: [restorer image + bss (its stack) | restorer_args | arrays the args
-point to | rt_sigframe, 64-byte aligned].
+Layout: [restorer image + bss (its stack) | restorer_args (the task part) |
+the arrays it points to | restorer_thread[] and, per thread, its pending
+signals and its rt_sigframe], each part 64-byte aligned, handed out by an
+Arena to one filler per concern (_fill_vmas, _fill_threads, ...).
 """
 
 import ctypes
@@ -26,16 +28,16 @@ from runtime import faults
 from runtime.arch import x86_64 as arch
 from runtime.errors import RestoreError
 from runtime.infect import blobs
-from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, TASK_SIZE, Creds, Process, Vma, VmaAdvice,
+from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, Creds, Process, Vma, VmaAdvice,
                                   VmaKind)
 from runtime.kernel.procfs.maps import read_mappings
+from runtime.mm.address_space import free_gaps
 from runtime.mm.vdso import VdsoPlan
 
 # Below 4 GiB sit non-PIE executables and their brk heaps; above the gaps
 # near TASK_SIZE the kernel places mmaps and the stack. Prefer the first gap
 # from here on: far from both, so the child's own allocations do not land there.
 AREA_PREFERRED_START = 1 << 32
-MMAP_MIN_ADDR = 0x10000
 
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
@@ -139,25 +141,45 @@ def plan_fds(process: Process, inherited: list[int]) -> HelperFds:
     return helpers
 
 
-def _align(value: int, alignment: int) -> int:
-    return (value + alignment - 1) // alignment * alignment
+class Arena:
+    """The restorer area's bytes after the blob, handed out in order: add(ctype, count) -> (view, address).
+
+    Each part starts 64-byte aligned (an rt_sigframe must be; the rest costs
+    a few bytes). Without a buffer the arena only measures: views are
+    scratch objects and addresses assume base 0, which is how build_area
+    learns the area's size before it can choose where the area goes.
+    """
+
+    ALIGNMENT = 64
+
+    def __init__(self, start: int, base: int = 0, buffer: bytearray | None = None):
+        self.base = base
+        self.end = start
+        self.buffer = buffer
+
+    def add(self, ctype, count: int = 1):
+        array_type = ctype * count
+        offset = self.end
+        self.end = arch.align_up(offset + ctypes.sizeof(array_type), self.ALIGNMENT)
+        view = array_type() if self.buffer is None else array_type.from_buffer(self.buffer, offset)
+        return view, self.base + offset
+
+    def add_bytes(self, data: bytes) -> int:
+        view, address = self.add(ctypes.c_uint8, len(data))
+        view[:] = data
+        return address
 
 
-def _find_gap(busy: list[Range], size: int, exclude: tuple[Range, ...] = ()) -> Range:
-    ranges = sorted(busy + list(exclude), key=lambda r: r.start)
-    candidates = []
-    cursor = MMAP_MIN_ADDR
-    for r in ranges + [Range(TASK_SIZE, TASK_SIZE)]:
-        if r.start - cursor >= size:
-            candidates.append(Range(cursor, r.start))
-        cursor = max(cursor, r.end)
-    for gap in candidates:
-        start = max(gap.start, AREA_PREFERRED_START)
-        if start + size <= gap.end:
+def _find_area(pid: int, taken: list[Range], size: int) -> Range:
+    """The first free range of size bytes at or above AREA_PREFERRED_START, else the lowest one."""
+    holes = free_gaps([(r.start, r.end) for r in taken], size)
+    if not holes:
+        raise RestoreError(pid, f"no free range of {size} bytes for the restorer in the target's layout")
+    for hole_start, hole_end in holes:
+        start = max(hole_start, AREA_PREFERRED_START)
+        if start + size <= hole_end:
             return Range(start, start + size)
-    if not candidates:
-        raise RestoreError("restore", f"no free range of {size} bytes for the restorer in the target's layout")
-    return Range(candidates[0].start, candidates[0].start + size)
+    return Range(holes[0][0], holes[0][0] + size)
 
 
 def _own_layout() -> list[Range]:
@@ -176,57 +198,71 @@ def target_ranges(process: Process) -> list[Range]:
 
 
 def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan | None, log_fd: int = -1) -> Area:
-    """Choose the restorer area's address and fill it: blob, restorer_args, arrays, rt_sigframe, vDSO proxy."""
+    """Choose the restorer area's address and fill it: blob, restorer_args, the arrays it points to, threads."""
     blob = blobs.load("restorer")
-    proto = blobs.protocol()
-    thread = process.threads[0]
     target = target_ranges(process)
     running = [Range(start, end) for start, end in vdso.keep] if vdso else []
     if vdso is not None:
         target += [Range(start, end) for start, end in vdso.destinations]
-    proxy_image = vdso.proxy.image if vdso is not None and vdso.proxy is not None else b""
-    vmas = [v for v in process.vmas if v.kind not in KERNEL_MAPPING_KINDS]
-    pending = [(False, info) for info in process.shared_pending] + [(True, info) for info in thread.pending]
 
-    Vmas = proto.RestorerVma * len(vmas)
-    Iovs = proto.RestorerIovec * len(process.page_runs)
-    Keep = proto.RestorerRange * 4
-    Auxv = ctypes.c_uint64 * len(process.mm.auxv)
-    Close = ctypes.c_int32 * len(fds.all)
-    Pending = proto.RestorerSiginfo * len(pending)
-    Proxy = ctypes.c_uint8 * len(proxy_image)
-    parts = (proto.RestorerArgs, Keep, Vmas, Iovs, Auxv, Close, Pending, Proxy)
-    offsets, cursor = [], blob.memory_size
-    for part in parts:
-        offsets.append(cursor)
-        cursor = _align(cursor + ctypes.sizeof(part), 64)
-    frame_offset = cursor
-    size = _align(frame_offset + arch.rt_sigframe_size(len(xstate)), PAGE_SIZE)
+    # The fill is the same twice: first to measure (at base 0), then in place.
+    measured = Arena(blob.memory_size)
+    _fill_area(measured, process, xstate, fds, vdso, keep=[Range(0, 0)] + running, temp=Range(0, 0),
+               log_fd=log_fd)
+    size = arch.align_up(measured.end, PAGE_SIZE)
 
     own = _own_layout()
-    area = _find_gap(target + own, size)
-    base = area.start
+    area = _find_area(process.pid, target + own, size)
     keep = sorted([area] + running, key=lambda r: r.start)
-    temp = _find_gap(target + own, sum(r.size for r in running), exclude=(area,))
+    temp = _find_area(process.pid, target + own + [area], sum(r.size for r in running))
 
     buffer = bytearray(size)
-    blob.place(buffer, base)
-    args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr, proxy_arr = (
-        part.from_buffer(buffer, off) for part, off in zip(parts, offsets))
-    addr = [base + off for off in offsets]
+    blob.place(buffer, area.start)
+    arena = Arena(blob.memory_size, area.start, buffer)
+    args_address = _fill_area(arena, process, xstate, fds, vdso, keep=keep, temp=temp, log_fd=log_fd)
+    return Area(area.start, bytes(buffer), area.start + blob.exports["restorer_entry"], args_address, temp,
+                tuple(keep))
 
+
+def _fill_area(arena: Arena, process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan | None,
+               keep: list[Range], temp: Range, log_fd: int) -> int:
+    """restorer_args and everything it points to, in the arena; returns the block's address."""
+    proto = blobs.protocol()
+    (args,), address = arena.add(proto.RestorerArgs)
     args.mode = proto.RESTORER_MODE_RESTORE
     args.log_fd = log_fd
     args.err_fd = fds.err
     args.pages_fd = fds.pages
     args.pid = process.pid
+    _fill_keep(arena, args, keep)
+    _fill_vmas(arena, args, process, fds)
+    _fill_iovecs(arena, args, process)
+    _fill_mm(arena, args, process, fds)
+    if vdso is not None:
+        _fill_vdso_moves(args, vdso, temp)
+        _fill_vdso_proxy(arena, args, vdso)
+    _fill_close_fds(arena, args, fds)
+    _fill_signals(arena, args, process)
+    _fill_creds(args.creds, process)
+    _fill_threads(arena, args, process, xstate)
+    args.fail_step = _requested_failure(proto)
+    return address
+
+
+def _fill_keep(arena: Arena, args, keep: list[Range]) -> None:
+    """The ranges unmap_old leaves: the restorer area and the running vDSO/vvar pages, sorted."""
+    slots, args.keep = arena.add(blobs.protocol().RestorerRange, len(keep))
     args.nr_keep = len(keep)
-    args.keep = addr[1]
-    for slot, r in zip(keep_arr, keep):
+    for slot, r in zip(slots, keep):
         slot.start, slot.end = r.start, r.end
 
-    args.nr_vmas, args.vmas = len(vmas), addr[2]
-    for slot, v in zip(vma_arr, vmas):
+
+def _fill_vmas(arena: Arena, args, process: Process, fds: HelperFds) -> None:
+    """The mappings map_vmas creates; the kernel's own (vdso, vvar) come from move_vdso instead."""
+    vmas = [v for v in process.vmas if v.kind not in KERNEL_MAPPING_KINDS]
+    slots, args.vmas = arena.add(blobs.protocol().RestorerVma, len(vmas))
+    args.nr_vmas = len(vmas)
+    for slot, v in zip(slots, vmas):
         slot.start, slot.end, slot.prot = v.start, v.end, v.prot
         slot.flags = (MAP_SHARED if v.shared else MAP_PRIVATE) | (MAP_GROWSDOWN if v.growsdown else 0)
         if v.kind is VmaKind.FILE:
@@ -236,51 +272,85 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan |
             slot.flags |= MAP_ANONYMOUS
         slot.advice = sum(1 << MADV_NUMBERS[advice] for advice in v.advice)
 
-    args.nr_iovs, args.iovs = len(process.page_runs), addr[3]
-    args.pages_offset = process.page_runs[0].offset if process.page_runs else 0
-    for slot, run in zip(iov_arr, process.page_runs):
+
+def _fill_iovecs(arena: Arena, args, process: Process) -> None:
+    """Where fill_pages reads each page run to; the runs lie back to back in the pages file from the first's offset."""
+    runs = process.page_runs
+    slots, args.iovs = arena.add(blobs.protocol().KIovec, len(runs))
+    args.nr_iovs = len(runs)
+    args.pages_offset = runs[0].offset if runs else 0
+    for slot, run in zip(slots, runs):
         slot.base, slot.len = run.vaddr, run.size
 
+
+def _fill_mm(arena: Arena, args, process: Process, fds: HelperFds) -> None:
+    """prctl_mm_map for set_mm_map; the auxv it points to is copied into the area."""
     mm = process.mm
     for name in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
                  "arg_start", "arg_end", "env_start", "env_end"):
         setattr(args.mm, name, getattr(mm, name))
-    auxv_arr[:] = list(mm.auxv)
-    args.mm.auxv, args.mm.auxv_size, args.mm.exe_fd = addr[4], ctypes.sizeof(Auxv), fds.exe
+    auxv, args.mm.auxv = arena.add(ctypes.c_uint64, len(mm.auxv))
+    auxv[:] = list(mm.auxv)
+    args.mm.auxv_size, args.mm.exe_fd = ctypes.sizeof(auxv), fds.exe
 
-    if vdso is not None:
-        _fill_vdso_moves(args, vdso, temp)
-        args.vdso_proxy.size, args.vdso_proxy.image = len(proxy_image), addr[7]
-        args.vdso_proxy.start = vdso.proxy.old_start if vdso.proxy is not None else 0
-        proxy_arr[:] = proxy_image
 
-    args.nr_close_fds, args.close_fds = len(fds.all), addr[5]
-    close_arr[:] = list(fds.all)
+def _fill_vdso_moves(args, vdso: VdsoPlan, temp: Range) -> None:
+    args.nr_vdso_moves = len(vdso.moves)
+    args.vdso_temp = temp.start
+    for slot, move in zip(args.vdso_moves, vdso.moves):
+        slot.old_addr, slot.new_addr, slot.size = move.old_addr, move.new_addr, move.size
 
-    if thread.rseq is not None:
-        args.rseq_addr, args.rseq_len, args.rseq_sig = thread.rseq.address, thread.rseq.size, thread.rseq.signature
-    args.ss_sp, args.ss_flags, args.ss_size = thread.altstack.sp, thread.altstack.flags, thread.altstack.size
+
+def _fill_vdso_proxy(arena: Arena, args, vdso: VdsoPlan) -> None:
+    """The patched old vDSO's bytes, which map_vdso_proxy copies to the old vDSO's address (size 0: no proxy)."""
+    image = vdso.proxy.image if vdso.proxy is not None else b""
+    args.vdso_proxy.image = arena.add_bytes(image)
+    args.vdso_proxy.size = len(image)
+    args.vdso_proxy.start = vdso.proxy.old_start if vdso.proxy is not None else 0
+
+
+def _fill_close_fds(arena: Arena, args, fds: HelperFds) -> None:
+    """The helper descriptors close_fds closes last (err_fd among them)."""
+    slots, args.close_fds = arena.add(ctypes.c_int32, len(fds.all))
+    args.nr_close_fds = len(fds.all)
+    slots[:] = list(fds.all)
+
+
+def _fill_signals(arena: Arena, args, process: Process) -> None:
+    """The process's signal state: actions, interval timers and the signals pending on it as a whole."""
     for slot, timer in zip(args.itimers, process.itimers):
         slot.interval_sec, slot.interval_usec = timer.interval_sec, timer.interval_usec
         slot.value_sec, slot.value_usec = timer.value_sec, timer.value_usec
     for slot, action in zip(args.sigactions, process.sigactions):
         slot.handler, slot.flags, slot.restorer, slot.mask = action.handler, action.flags, action.restorer, action.mask
+    args.nr_pending = len(process.shared_pending)
+    args.pending = _add_siginfos(arena, process.shared_pending)
 
-    args.nr_pending, args.pending = len(pending), addr[6]
-    for slot, (private, info) in zip(pending_arr, pending):
-        slot.signo, slot.thread = _siginfo_signo(info), int(private)
+
+def _add_siginfos(arena: Arena, infos: tuple[bytes, ...]) -> int:
+    slots, address = arena.add(blobs.protocol().RestorerSiginfo, len(infos))
+    for slot, info in zip(slots, infos):
+        slot.signo = _siginfo_signo(info)
         ctypes.memmove(slot.info, info, len(info))
+    return address
 
-    frame, sigreturn_sp = arch.build_rt_sigframe(thread.regs, xstate, thread.blocked,
-                                                 base + frame_offset)
-    buffer[frame_offset:frame_offset + len(frame)] = frame
-    args.sigreturn_sp = sigreturn_sp
-    # rt_sigreturn does not touch the segment bases: the TLS pointer is set by the restorer.
-    args.fs_base, args.gs_base = thread.regs.fs_base, thread.regs.gs_base
-    args.fail_step = _requested_failure(proto)
-    _fill_creds(args.creds, process)
-    del args, keep_arr, vma_arr, iov_arr, auxv_arr, close_arr, pending_arr, proxy_arr
-    return Area(base, bytes(buffer), base + blob.exports["restorer_entry"], addr[0], temp, tuple(keep))
+
+def _fill_threads(arena: Arena, args, process: Process, xstate: bytes) -> None:
+    """One restorer_thread per thread (one today), each with the rt_sigframe it returns through."""
+    threads, args.threads = arena.add(blobs.protocol().RestorerThread, len(process.threads))
+    args.nr_threads = len(process.threads)
+    for slot, thread in zip(threads, process.threads):
+        slot.tid = thread.tid
+        slot.ss_sp, slot.ss_flags, slot.ss_size = thread.altstack.sp, thread.altstack.flags, thread.altstack.size
+        if thread.rseq is not None:
+            slot.rseq_addr, slot.rseq_len, slot.rseq_sig = thread.rseq.address, thread.rseq.size, thread.rseq.signature
+        # rt_sigreturn does not touch the segment bases: the TLS pointer is set by the restorer.
+        slot.fs_base, slot.gs_base = thread.regs.fs_base, thread.regs.gs_base
+        slot.nr_pending = len(thread.pending)
+        slot.pending = _add_siginfos(arena, thread.pending)
+        frame_view, frame_address = arena.add(ctypes.c_uint8, arch.rt_sigframe_size(len(xstate)))
+        frame, slot.sigreturn_sp = arch.build_rt_sigframe(thread.regs, xstate, thread.blocked, frame_address)
+        frame_view[:len(frame)] = frame
 
 
 def _requested_failure(proto) -> int:
@@ -328,11 +398,4 @@ def _fill_creds(slot, process: Process) -> None:
     slot.nr_groups = len(creds.groups)
     slot.groups[:len(creds.groups)] = list(creds.groups)
     slot.no_new_privs, slot.dumpable = int(creds.no_new_privs), process.dumpable
-
-
-def _fill_vdso_moves(args, vdso: VdsoPlan, temp: Range) -> None:
-    args.nr_vdso_moves = len(vdso.moves)
-    args.vdso_temp = temp.start
-    for slot, move in zip(args.vdso_moves, vdso.moves):
-        slot.old_addr, slot.new_addr, slot.size = move.old_addr, move.new_addr, move.size
 

@@ -6,11 +6,10 @@
  * so a SIGPIPE raised by a vanished runtime would stay pending and hit the
  * task after it returns to its own signal mask.
  */
-#include "errno.h"
 #include "parasite.h"
-#include "socket.h"
 #include "string.h"
 #include "syscall.h"
+#include "uapi.h"
 
 /* Blocked signals cannot interrupt these calls, but a ptrace stop may. */
 static long recvmsg_retry(int sock, struct msghdr *msg, int flags)
@@ -33,7 +32,7 @@ static long sendmsg_retry(int sock, const struct msghdr *msg)
 	return ret;
 }
 
-int sock_connect(const u8 *sun_path, u32 sun_len)
+int channel_connect(const u8 *sun_path, u32 sun_len)
 {
 	struct sockaddr_un addr;
 	long sock, ret;
@@ -61,7 +60,7 @@ int sock_connect(const u8 *sun_path, u32 sun_len)
  * negative errno. A message of the wrong size or with more than one fd is
  * -EPROTO: the runtime broke the protocol and the session ends.
  */
-long sock_recv_request(int sock, struct parasite_request *req, int *received_fd)
+long channel_recv_request(int sock, struct parasite_request *req, int *received_fd)
 {
 	/* One byte more than a request, so an oversized message shows. */
 	u8 buf[sizeof(*req) + 1];
@@ -69,7 +68,7 @@ long sock_recv_request(int sock, struct parasite_request *req, int *received_fd)
 		struct cmsghdr hdr;
 		u8 space[CMSG_SPACE(sizeof(s32))];
 	} control;
-	struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+	struct k_iovec iov = { .base = (u64)buf, .len = sizeof(buf) };
 	struct msghdr msg = {
 		.msg_iov = &iov,
 		.msg_iovlen = 1,
@@ -96,10 +95,10 @@ long sock_recv_request(int sock, struct parasite_request *req, int *received_fd)
 	return n;
 }
 
-long sock_send_reply(int sock, u32 cmd, long err)
+long channel_send_reply(int sock, u32 cmd, long err)
 {
 	struct parasite_reply reply = { .cmd = cmd, .ack = 1, .err = err };
-	struct iovec iov = { .iov_base = &reply, .iov_len = sizeof(reply) };
+	struct k_iovec iov = { .base = (u64)&reply, .len = sizeof(reply) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	long ret = sendmsg_retry(sock, &msg);
 
@@ -107,13 +106,13 @@ long sock_send_reply(int sock, u32 cmd, long err)
 }
 
 /* One message: a u32 count followed by that many fds in SCM_RIGHTS. */
-long sock_send_fds(int sock, const s32 *fds, u32 count)
+long channel_send_fds(int sock, const s32 *fds, u32 count)
 {
 	union {
 		struct cmsghdr hdr;
 		u8 space[CMSG_SPACE(sizeof(s32) * PARASITE_MAX_FDS_PER_MSG)];
 	} control;
-	struct iovec iov = { .iov_base = &count, .iov_len = sizeof(count) };
+	struct k_iovec iov = { .base = (u64)&count, .len = sizeof(count) };
 	struct msghdr msg = {
 		.msg_iov = &iov,
 		.msg_iovlen = 1,

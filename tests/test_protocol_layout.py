@@ -69,6 +69,16 @@ def render(tmp: pathlib.Path, toml_text: str) -> tuple[pathlib.Path, object]:
     return header.parent, module
 
 
+def test_no_two_structs_are_declared_with_the_same_fields():
+    """A layout both blobs use (the kernel's sigaction, itimerval, iovec) is declared once, not once per blob."""
+    declaration = protocol_renderer.load(REPO / "pie" / "protocol.toml")
+    seen: dict[tuple, str] = {}
+    for struct in declaration.structs:
+        fields = tuple((f.name, f.type, f.count) for f in struct.fields)
+        assert fields not in seen, f"struct {struct.name} repeats struct {seen[fields]}"
+        seen[fields] = struct.name
+
+
 def test_c_and_python_layouts_agree(build_tree, tmp_path):
     from runtime.infect import blobs
 

@@ -13,7 +13,7 @@ REVIVE_FAULT names a step:
 
 The restorer's own steps (`restore.restorer.<step>`) are named after the
 protocol's restorer_step enum and are checked inside the blob, which is told
-the step to fail in its argument block (runtime/restore_area.py).
+the step to fail in its argument block (runtime/restore/restorer_args.py).
 """
 
 import os

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from restore_support import wait_for
-from runtime.restore import ERROR_BYTES_MAX, ErrorChannel
+from runtime.restore.handover import ERROR_BYTES_MAX, ErrorChannel
 
 REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534

@@ -9,11 +9,37 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from dump_support import Target, start_target
 from runtime import dump, restore
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m runtime ARGS` from the repository, output captured as text, stdin /dev/null by default."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def dumped_sleep(images: Path, cwd: Path | None = None) -> int:
+    """Dump (and so kill) a `sleep 1000` into images with the CLI; reaped here. Returns its PID."""
+    target = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
+    try:
+        wait_for(lambda: open(f"/proc/{target.pid}/stat").read().split()[2] == "S", what="sleep to sleep")
+        done = run_cli("dump", "-t", str(target.pid), "-D", str(images))
+        assert done.returncode == 0, done.stderr
+    finally:
+        if target.poll() is None:
+            target.kill()
+        target.wait()
+    return target.pid
 
 
 def wait_for(predicate, timeout=10.0, what="condition"):

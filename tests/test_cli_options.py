@@ -9,15 +9,11 @@ from pathlib import Path
 import pytest
 
 from blobgen_support import blobgen
+from restore_support import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION_LINE = f"revive {importlib.metadata.version('revive')}\n"
 PYTHON_LOOP = "import time\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.01)\n"
-
-
-def runtime(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=REPO, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=60)
 
 
 def test_version_comes_from_the_package_metadata():
@@ -27,7 +23,7 @@ def test_version_comes_from_the_package_metadata():
 
 @pytest.mark.parametrize("command", [(), ("dump",), ("restore",), ("show",), ("check",), ("parasite",)])
 def test_runtime_version_on_every_command(command):
-    done = runtime(*command, "--version")
+    done = run_cli(*command, "--version")
     assert (done.returncode, done.stdout, done.stderr) == (0, VERSION_LINE, "")
 
 
@@ -43,9 +39,9 @@ def test_j_is_shell_job_for_dump_and_restore(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:
         target.stdout.readline()
-        refused = runtime("dump", "-t", str(target.pid), "-D", str(images))
+        refused = run_cli("dump", "-t", str(target.pid), "-D", str(images))
         assert refused.returncode == 1 and "--shell-job" in refused.stderr
-        dumped = runtime("dump", "-t", str(target.pid), "-D", str(images), "-j")
+        dumped = run_cli("dump", "-t", str(target.pid), "-D", str(images), "-j")
         assert dumped.returncode == 0, dumped.stderr
         last = int(target.stdout.read().split()[-1])  # to EOF: the dump killed it
         assert target.wait() == -signal.SIGKILL
@@ -55,7 +51,7 @@ def test_j_is_shell_job_for_dump_and_restore(tmp_path):
             target.wait()
         target.stdout.close()
 
-    refused = runtime("restore", "-D", str(images))
+    refused = run_cli("restore", "-D", str(images))
     assert refused.returncode == 1 and "restore with --shell-job" in refused.stderr
     cli = subprocess.Popen([sys.executable, "-m", "runtime", "restore", "-D", str(images), "-j"], cwd=REPO,
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,21 +11,14 @@ directory and the target afterwards.
 import os
 import stat
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from restore_support import wait_for
+from restore_support import run_cli, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
-
-
-def runtime(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -59,7 +52,7 @@ def image_names(pid: int) -> list[str]:
 
 
 def refused(sleeper, directory: Path, *words: str, extra: tuple[str, ...] = ()) -> None:
-    result = runtime("dump", "-t", str(sleeper.pid), "-D", str(directory), *extra)
+    result = run_cli("dump", "-t", str(sleeper.pid), "-D", str(directory), *extra)
     assert result.returncode == 1
     line = result.stderr.strip()
     assert "\n" not in line and line.startswith(f"revive: {directory}: ")
@@ -98,7 +91,7 @@ def test_force_dir_takes_an_own_shared_directory_private_and_writes_new_files(sl
     images.mkdir()
     os.chmod(images, 0o777)
     plant(images, image_names(sleeper.pid))
-    result = runtime("dump", "-t", str(sleeper.pid), "-D", str(images), "--force-dir")
+    result = run_cli("dump", "-t", str(sleeper.pid), "-D", str(images), "--force-dir")
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(os.stat(images).st_mode) == 0o700
     for name in os.listdir(images):
@@ -131,7 +124,7 @@ def test_a_dump_over_an_earlier_image_of_another_process_leaves_none_of_its_file
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_for(lambda: open(f"/proc/{proc.pid}/stat").read().split()[2] == "S", what="sleep to sleep")
-            result = runtime("dump", "-t", str(proc.pid), "-D", str(images))
+            result = run_cli("dump", "-t", str(proc.pid), "-D", str(images))
             assert result.returncode == 0, result.stderr
         finally:
             if proc.poll() is None:
@@ -139,5 +132,5 @@ def test_a_dump_over_an_earlier_image_of_another_process_leaves_none_of_its_file
             proc.wait()
         pids.append(proc.pid)
     assert sorted(os.listdir(images)) == sorted(image_names(pids[1]))
-    shown = runtime("show", str(images), "--json")
+    shown = run_cli("show", str(images), "--json")
     assert shown.returncode == 0 and f'"pid": {pids[1]}' in shown.stdout

@@ -10,15 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from restore_support import wait_for
+from restore_support import dumped_sleep, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON_LOOP = "import time\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.01)\n"
-
-
-def runtime(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, **kwargs)
 
 
 def read_numbers(stream, count: int) -> list[int]:
@@ -31,10 +26,10 @@ def test_shell_job_restore_writes_on_to_the_restoring_callers_pipe(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:
         read_numbers(target.stdout, 5)
-        refused = runtime("dump", "-t", str(target.pid), "-D", str(images))
+        refused = run_cli("dump", "-t", str(target.pid), "-D", str(images))
         assert refused.returncode == 1 and "pipe" in refused.stderr and target.poll() is None
 
-        dumped = runtime("dump", "-t", str(target.pid), "-D", str(images), "--shell-job")
+        dumped = run_cli("dump", "-t", str(target.pid), "-D", str(images), "--shell-job")
         assert dumped.returncode == 0, dumped.stderr
         before = [int(line) for line in target.stdout.read().split()]  # to EOF: the dump killed it
         assert target.wait() == -signal.SIGKILL
@@ -60,16 +55,7 @@ def test_shell_job_restore_writes_on_to_the_restoring_callers_pipe(tmp_path):
 def sleep_images(tmp_path) -> tuple[int, Path]:
     """Images of a `sleep` that the dump killed and this fixture reaped."""
     images = tmp_path / "images"
-    target = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for(lambda: open(f"/proc/{target.pid}/stat").read().split()[2] == "S", what="sleep to sleep")
-        assert runtime("dump", "-t", str(target.pid), "-D", str(images)).returncode == 0
-    finally:
-        if target.poll() is None:
-            target.kill()
-        target.wait()
-    return target.pid, images
+    return dumped_sleep(images), images
 
 
 def refit_checksum(images: Path, name: str) -> None:
@@ -81,7 +67,7 @@ def refit_checksum(images: Path, name: str) -> None:
 
 
 def assert_refused(pid: int, images: Path, *words: str) -> None:
-    result = runtime("restore", "-D", str(images), "-d")
+    result = run_cli("restore", "-D", str(images), "-d")
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     for word in words:

@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from restore_support import wait_for
+from restore_support import dumped_sleep, run_cli, wait_for
 from runtime.restore.handover import ERROR_BYTES_MAX, ErrorChannel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,8 +43,7 @@ PYTHON_TEXTS = ("Python int", "embedded null", "codec", "Traceback", "too large 
 
 
 def runtime(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return run_cli(*args, timeout=timeout)
 
 
 @pytest.fixture
@@ -399,16 +398,7 @@ def fuzz_world(tmp_path_factory):
 
 def _dump_sleep(root: Path) -> tuple[int, Path]:
     images = root / "pristine"
-    target = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True, cwd=root)
-    try:
-        wait_for(lambda: open(f"/proc/{target.pid}/stat").read().split()[2] == "S", what="sleep to sleep")
-        assert runtime("dump", "-t", str(target.pid), "-D", str(images)).returncode == 0
-    finally:
-        if target.poll() is None:
-            target.kill()
-        target.wait()
-    return target.pid, images
+    return dumped_sleep(images, cwd=root), images
 
 
 def _odd_values(value, sandbox: Path):

@@ -1,8 +1,9 @@
-"""A task's controls (prctl options, scheduling, CPU affinity, stop state): read at dump, set at restore.
+"""A task's controls (prctl options, scheduling, affinity, I/O priority, OOM and core-dump settings, stop state).
 
-Why one module with both halves: each control is read in one way (from
-outside with sched_getattr/sched_getaffinity, or by the parasite with its
-PR_GET_* form) and set back in one way, and keeping the two next to each
+Read at dump, set at restore. Why one module with both halves: each control
+is read in one way (from outside with sched_getattr, sched_getaffinity,
+ioprio_get or its /proc/PID file, or by the parasite with its PR_GET_* form)
+and set back in one way, and keeping the two next to each
 other is what makes "every setting is restored or refused" checkable by
 reading one page. Controls no restore can set back with the runtime's
 privileges (memory-deny-write-execute is irreversible and would forbid the

@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime.errors import ReviveError
-from runtime.images import codec
+from runtime.files import table
+from runtime.images import codec, names
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
 from runtime.images.loader import Checkpoint, ProcessImage, load
 from runtime.images.model import PAGE_SIZE, ThreadCore, Vma, VmaKind
@@ -37,6 +38,9 @@ SIG_DFL = 0
 def show(directory: str, as_json: bool, console: Console | None = None) -> None:
     """Load and print the image in directory; ImageError as the loader raises it."""
     with load(directory, check_cpu=False) as checkpoint:
+        for image in checkpoint.processes:
+            # Each file kind's own checks, which describe() relies on: the loader knows no kinds.
+            table.check(image.process, names.process_file(image.process.pid))
         if as_json:
             print(json.dumps(checkpoint_json(checkpoint), indent=1))
             return
@@ -140,12 +144,11 @@ def _size(size: int) -> str:
 
 
 def _render_fds(image: ProcessImage, console: Console) -> None:
-    table = Table("fd", "kind", "path", "flags", "pos", "mode", "cloexec", title="file descriptors",
-                  title_justify="left")
-    for fd in image.process.fds:
-        table.add_row(str(fd.fd), fd.kind.value, fd.path, f"{fd.flags:#o}", str(fd.pos), f"{fd.mode:#o}",
-                      "yes" if fd.cloexec else "")
-    console.print(table)
+    rows = Table("fd", "file", "kind", "path", "flags", "pos", "mode", "cloexec", title="file descriptors",
+                 title_justify="left")
+    for row in table.describe_rows(image.process):
+        rows.add_row(*row)
+    console.print(rows)
 
 
 def _render_threads(image: ProcessImage, console: Console) -> None:

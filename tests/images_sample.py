@@ -120,6 +120,7 @@ def _build(pid, regs, xstate, rseq_conf, blocked) -> Snapshot:
         vmas=vmas,
         page_runs=tuple(runs),
         fds=(),
+        files=(),
         threads=(thread,),
         controls=controls_from(pid, SNAPSHOT_PRCTL, stopped=False),
         vdso=vdso_info,

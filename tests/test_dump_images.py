@@ -146,7 +146,9 @@ def test_dump_records_process_facts(pages_target, tmp_path):
     assert len(process.threads) == 1 and process.threads[0].tid == pages_target.pid
     rseq = process.threads[0].rseq
     assert rseq is not None and rseq.case is RseqCase.OUTSIDE  # glibc registers one; the target sleeps outside
-    assert [(fd.fd, fd.kind) for fd in process.fds] == [(0, FdKind.CHR), (1, FdKind.FILE), (2, FdKind.FILE)]
+    files = {entry.id: entry for entry in process.files}
+    assert [(fd.fd, files[fd.file_id].kind) for fd in process.fds] == [(0, FdKind.CHR), (1, FdKind.FILE),
+                                                                        (2, FdKind.FILE)]
 
 
 def test_dump_records_signals_files_limits_and_timers(dump_state_target, tmp_path):
@@ -169,11 +171,13 @@ def test_dump_records_signals_files_limits_and_timers(dump_state_target, tmp_pat
     assert process.rlimits[resource.RLIMIT_NOFILE].cur == 200
     virtual = process.itimers[1]
     assert (virtual.interval_sec, virtual.interval_usec) == (100, 0) and 0 < virtual.value_sec <= 100
-    fds = {fd.fd: fd for fd in process.fds}
+    files = {entry.id: entry for entry in process.files}
+    fds = {fd.fd: files[fd.file_id] for fd in process.fds}
     data = fds[int(dump_state_target.info["file_fd"])]
-    assert (data.kind, data.path, data.pos, data.flags & os.O_ACCMODE) == (FdKind.FILE, str(tmp_path / "state-file"),
-                                                                           12, os.O_RDWR)
-    assert (fds[7].kind, fds[7].path, fds[7].flags & os.O_ACCMODE) == (FdKind.CHR, "/dev/null", os.O_WRONLY)
+    assert (data.kind, data.node.path, data.pos, data.flags & os.O_ACCMODE) == (FdKind.FILE,
+                                                                                str(tmp_path / "state-file"), 12,
+                                                                                os.O_RDWR)
+    assert (fds[7].kind, fds[7].node.path, fds[7].flags & os.O_ACCMODE) == (FdKind.CHR, "/dev/null", os.O_WRONLY)
     assert_running_untraced(dump_state_target)
 
 

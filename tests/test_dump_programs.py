@@ -42,7 +42,7 @@ def test_dump_of_a_real_program_loads_and_it_runs_on(program, tmp_path):
     loaded = load(tmp_path / "img").root.process
     assert loaded == process
     assert loaded.mm.exe == os.path.realpath(shutil.which(proc.args[0]))
-    assert loaded.fds[0].kind is FdKind.CHR and any(v.kind is VmaKind.STACK for v in loaded.vmas)
+    assert loaded.files[0].kind is FdKind.CHR and any(v.kind is VmaKind.STACK for v in loaded.vmas)
     assert loaded.page_runs and loaded.threads[0].rseq is not None
     assert proc.poll() is None and read_status(proc.pid).tracer_pid == 0
     if output is not None:

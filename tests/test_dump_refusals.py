@@ -68,7 +68,8 @@ def test_dump_refuses_stdio_pipe_without_shell_job(piped_sleep, tmp_path):
 
 def test_dump_takes_stdio_pipe_as_inherited_with_shell_job(piped_sleep, tmp_path):
     process = dump(piped_sleep.pid, tmp_path / "img", DumpOptions(leave_running=True, shell_job=True))
-    fds = {fd.fd: fd.kind for fd in process.fds}
+    kinds = {entry.id: entry.kind for entry in process.files}
+    fds = {fd.fd: kinds[fd.file_id] for fd in process.fds}
     assert fds[0] is FdKind.CHR and fds[1] is FdKind.INHERIT and fds[2] is FdKind.CHR
     assert process.shell_job and (tmp_path / "img" / "inventory.json").exists()
     assert_left_as_before(piped_sleep.pid)

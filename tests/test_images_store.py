@@ -15,7 +15,7 @@ from runtime.errors import ImageError
 from runtime.images import codec, names as layout
 from runtime.images.cpu import current_xsave_features
 from runtime.images.loader import load
-from runtime.images.model import TASK_SIZE, Fd, FdKind, Inventory, Process, Vma, VmaKind
+from runtime.images.model import TASK_SIZE, FdKind, FdSlot, FileEntry, FileNode, Inventory, Process, Vma, VmaKind
 from runtime.images.writer import ImageWriter
 
 
@@ -136,10 +136,11 @@ def test_a_different_cpu_xstate_feature_set_is_refused(image):
 def test_a_wrong_format_version_is_refused_before_anything_else(image):
     directory, _ = image
     data = json.loads((directory / layout.INVENTORY).read_text())
-    data["format_version"] = 2
-    data["new_field_of_version_2"] = 1
+    data["format_version"] = layout.FORMAT_VERSION + 1
+    data["new_field_of_the_next_version"] = 1
     (directory / layout.INVENTORY).write_text(json.dumps(data))
-    assert refused(directory) == "inventory.json: format_version: unsupported version 2 (this tool reads 1)"
+    assert refused(directory) == (f"inventory.json: format_version: unsupported version {layout.FORMAT_VERSION + 1} "
+                                  f"(this tool reads {layout.FORMAT_VERSION})")
 
 
 def test_a_missing_directory_and_a_missing_file_are_named(image, tmp_path):
@@ -202,8 +203,8 @@ def test_an_inconsistent_process_record_names_its_field(image, change, field):
 
 def test_duplicate_and_negative_fds_are_refused(image):
     directory, snap = image
-    null = Fd(3, FdKind.CHR, "/dev/null", os.O_RDWR, mode=stat.S_IFCHR | 0o666)
-    rewrite_process(directory, lambda p: replace(p, fds=(null, null)))
+    null = FileEntry(1, FdKind.CHR, os.O_RDWR, node=FileNode("/dev/null", stat.S_IFCHR | 0o666))
+    rewrite_process(directory, lambda p: replace(p, fds=(FdSlot(3, 1), FdSlot(3, 1)), files=(null,)))
     assert refused(directory).startswith(f"process-{snap.process.pid}.json: fds[1].fd: descriptor 3 appears twice")
     text = (directory / layout.process_file(snap.process.pid)).read_text()
     data = json.loads(text)

@@ -93,10 +93,13 @@ def restore_refused(pid: int, images: Path, *words: str) -> str:
     return lines[0]
 
 
-def add_fd(record, **fields) -> None:
-    """A descriptor like the image's first (whatever fields the model has now), with fields changed."""
-    record["fds"].append({**record["fds"][0], "kind": "file", "flags": 0o100000, "pos": 0, "mode": 0o100644,
-                          "cloexec": False, **fields})
+def add_fd(record, fd: int, path: str, kind: str = "file", flags: int = 0o100000, pos: int = 0,
+           mode: int = 0o100644) -> None:
+    """A descriptor fd on a file entry of its own, the entry with these fields."""
+    file_id = max(entry["id"] for entry in record["files"]) + 1
+    record["files"].append({"id": file_id, "kind": kind, "flags": flags, "pos": pos,
+                            "node": {"path": path, "mode": mode}})
+    record["fds"].append({"fd": fd, "file_id": file_id, "cloexec": False})
 
 
 def file_vma(record) -> dict:
@@ -135,7 +138,7 @@ def test_a_path_of_100001_characters_is_refused_shortened_in_one_line(sleep_imag
 def test_an_fd_path_of_100001_characters_is_refused(sleep_image):
     pid, images = sleep_image
     edit_process(images, pid, lambda r: add_fd(r, fd=7, path="/" + "y" * 100_000))
-    restore_refused(pid, images, "fds[", "100001")
+    restore_refused(pid, images, "files[", "100001")
 
 
 def test_a_file_mapping_of_a_fifo_is_refused_without_opening_it(sleep_image, tmp_path):

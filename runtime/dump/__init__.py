@@ -26,17 +26,18 @@ from pathlib import Path
 from runtime import faults, progress
 from runtime.arch import x86_64 as arch
 from runtime.dump import refusals
+from runtime.files import table
 from runtime.errors import DumpError, ReviveError
-from runtime.kernel import kcmp, ptrace
+from runtime.kernel import ptrace
 from runtime.task import futex_links, rseq, controls as task_controls
-from runtime.images.model import (KERNEL_MAPPING_KINDS, Fd, FdKind, ITimer, MmFields, PageRun, Process, Registers, Rseq,
+from runtime.images.model import (KERNEL_MAPPING_KINDS, FdSlot, FileEntry, ITimer, MmFields, PageRun, Process, Registers, Rseq,
                                   ThreadCore, VdsoInfo, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
 from runtime.infect.parasite import Iovec
 from runtime.infect.seize import Seized, seize
 from runtime.infect.session import infect, is_leftover
 from runtime.kernel.procfs import auxv, fds, maps, stat, status, vdso
-from runtime.kernel.procfs.fds import FileKind, OpenFile
+from runtime.kernel.procfs.fds import OpenFile
 from runtime.kernel.procfs.files import read_link
 from runtime.kernel.procfs.maps import Mapping
 from runtime.mm.vdso import find_proxy
@@ -44,7 +45,6 @@ from runtime.mm.vmas import plan_page_runs
 
 log = logging.getLogger(__name__)
 
-STDIO_FDS = (0, 1, 2)
 DELETED = " (deleted)"
 PEEK_BATCH = 32
 
@@ -81,7 +81,8 @@ class Snapshot:
     root: str
     vmas: tuple[Vma, ...]
     page_runs: tuple[PageRun, ...]
-    fds: tuple[Fd, ...]
+    fds: tuple[FdSlot, ...]
+    files: tuple[FileEntry, ...]
     thread: ThreadSnapshot
     shared_pending: tuple[bytes, ...]
     vdso: vdso.Vdso | None
@@ -136,7 +137,7 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
     found_files = tuple(f for f in fds.read_open_files(pid) if not is_leftover(f.link))
     refusals.check_process(pid, seized.tids, st, task_stat, mappings, found_files, options.shell_job)
     vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
-    open_files = dump_fds(pid, found_files, options.shell_job)
+    fd_slots, file_entries = dump_fds(pid, found_files, options.shell_job)
     page_runs = plan_page_runs(pid, mappings)
     found_vdso, vdso_info = read_vdso_info(pid, vmas, proxy)
     # Last: for a thread inside an rseq critical section this moves it to its abort handler.
@@ -151,7 +152,8 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
         root=_existing_path(pid, "root", "root directory"),
         vmas=vmas,
         page_runs=page_runs,
-        fds=open_files,
+        fds=fd_slots,
+        files=file_entries,
         thread=thread,
         shared_pending=peek_pending(pid, shared=True),
         vdso=found_vdso,
@@ -188,32 +190,10 @@ def read_vdso_info(pid: int, vmas: tuple[Vma, ...],
 
 # -- file descriptors ------------------------------------------------------------------------
 
-def dump_fds(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool) -> tuple[Fd, ...]:
-    """The fds in ascending order; one that shares a lower fd's open file description says which."""
-    dumped: list[Fd] = []
-    for f in open_files:
-        first = next((d.fd for d in dumped if d.same_as is None and kcmp.same_file(pid, d.fd, f.fd)), None)
-        fd = dump_fd(pid, f, shell_job)
-        dumped.append(fd if first is None else replace(fd, same_as=first))
-    return tuple(dumped)
-
-
-def dump_fd(pid: int, f: OpenFile, shell_job: bool) -> Fd:
-    """The Fd a restore reopens, or a DumpError naming the fd and its kind."""
-    refused = f"fd {f.fd} ({f.description})"
-    if f.kind in (FileKind.TTY, FileKind.PIPE):
-        if shell_job and f.fd in STDIO_FDS:
-            return Fd(f.fd, FdKind.INHERIT, flags=f.flags, mode=f.mode, cloexec=f.cloexec)
-        hint = " (with --shell-job, stdio terminals and pipes are taken as the restoring caller's)" \
-            if f.fd in STDIO_FDS else ""
-        raise DumpError(pid, f"{refused}: not supported yet{hint}")
-    if f.kind in (FileKind.REGULAR, FileKind.DIRECTORY):
-        if f.nlink == 0 or f.link.endswith(DELETED) or not f.link.startswith("/"):
-            raise DumpError(pid, f"{refused}: a deleted file cannot be reopened: not supported yet")
-        return Fd(f.fd, FdKind.FILE, f.link, f.flags, f.pos, f.mode, f.cloexec)
-    if f.kind is FileKind.CHAR and os.major(f.rdev) == fds.MEM_MAJOR:
-        return Fd(f.fd, FdKind.CHR, f.link, f.flags, f.pos, f.mode, f.cloexec)
-    raise DumpError(pid, f"{refused}: not supported yet")
+def dump_fds(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool) -> tuple[tuple[FdSlot, ...],
+                                                                             tuple[FileEntry, ...]]:
+    """(fd slots, file entries): each open file dumped by its kind in runtime/files/, shared ones once."""
+    return table.dump_table(pid, open_files, shell_job)
 
 
 # -- the thread, before infection ------------------------------------------------------------
@@ -278,7 +258,7 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         dumpable=misc.dumpable, creds=snapshot.status.creds, mm=mm,
         rlimits=misc.rlimits, sigactions=sigactions, itimers=armed_itimers(misc.itimers),
         shared_pending=snapshot.shared_pending, vmas=snapshot.vmas, page_runs=snapshot.page_runs,
-        fds=snapshot.fds, threads=(core,), controls=controls, vdso=snapshot.vdso_info, shell_job=options.shell_job,
+        fds=snapshot.fds, files=snapshot.files, threads=(core,), controls=controls, vdso=snapshot.vdso_info, shell_job=options.shell_job,
     )
     writer.write_xstate(thread.tid, thread.xstate)
     if snapshot.vdso is not None:

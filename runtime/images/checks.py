@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from runtime.errors import ImageError, shorten
 from runtime.images import names as layout
-from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE, FdKind,
+from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE,
                                   Inventory, Process, RseqCase, ThreadCore, VdsoInfo, Vma, VmaAdvice, VmaKind)
 
 SIGINFO_SIZE = 128
@@ -41,9 +41,6 @@ O_KEPT = (0o3  # O_ACCMODE
           | 0o2000 | 0o4000 | 0o10000 | 0o20000  # O_APPEND, O_NONBLOCK, O_DSYNC, FASYNC
           | 0o40000 | 0o100000 | 0o200000 | 0o400000  # O_DIRECT, O_LARGEFILE, O_DIRECTORY, O_NOFOLLOW
           | 0o1000000 | 0o2000000 | 0o4000000 | 0o10000000)  # O_NOATIME, O_CLOEXEC, __O_SYNC, O_PATH
-S_IFMT = 0o170000
-# The file types a descriptor reopened by path may have (restore_child opens no other).
-_FD_FILE_TYPES = {FdKind.FILE: (0o100000, 0o040000), FdKind.CHR: (0o020000,)}  # S_IFREG, S_IFDIR; S_IFCHR
 # The legacy 512-byte area plus the 64-byte xsave header is the least an xsave area holds;
 # no CPU's user area is near 64 KiB (AMX, the largest, makes it about 11 KiB).
 XSTATE_MIN = 576
@@ -236,27 +233,42 @@ def _check_creds(process: Process, file: str) -> None:
 
 
 def _check_fds(process: Process, file: str, nr_open: int) -> None:
+    """The fd table's shape: slots, file entries and the links between them.
+
+    Each kind's own checks (which path, which file type) are runtime/files/'s
+    (files.table.check, which the restore runs before it plans anything): this
+    module is below files/ in the data flow and knows no kinds.
+    """
+    ids = set()
+    for index, entry in enumerate(process.files):
+        if entry.id in ids:
+            raise ImageError(file, f"files[{index}].id", f"file {entry.id} appears twice")
+        ids.add(entry.id)
+        if entry.flags & ~O_KEPT:
+            raise ImageError(file, f"files[{index}].flags",
+                             f"{entry.flags:#o} has bits {entry.flags & ~O_KEPT:#o}, not flags an open file keeps "
+                             "(O_CREAT, O_TRUNC, O_TMPFILE ...)")
+        if entry.pos > OFF_MAX:
+            raise ImageError(file, f"files[{index}].pos", f"{entry.pos} is beyond any file offset")
+        if entry.node is not None and not entry.node.path.startswith("/"):
+            raise ImageError(file, f"files[{index}].node.path", "not an absolute path")
+        if entry.node is not None and entry.node.mode > U32_MAX:
+            raise ImageError(file, f"files[{index}].node.mode", f"{entry.node.mode:#o} is not a file mode")
     seen = set()
-    for index, fd in enumerate(process.fds):
-        if fd.fd >= nr_open:
-            raise ImageError(file, f"fds[{index}].fd", f"{fd.fd} is not a descriptor number (fs.nr_open is {nr_open})")
-        if fd.fd in seen:
-            raise ImageError(file, f"fds[{index}].fd", f"descriptor {fd.fd} appears twice")
-        seen.add(fd.fd)
-        if fd.same_as is not None and (fd.same_as >= fd.fd or fd.same_as not in seen):
-            raise ImageError(file, f"fds[{index}].same_as", f"{fd.same_as} is not a lower descriptor of the image")
-        if fd.kind is FdKind.INHERIT:
-            continue
-        if not fd.path.startswith("/"):
-            raise ImageError(file, f"fds[{index}].path", f"a {fd.kind.value} descriptor needs an absolute path")
-        if fd.flags & ~O_KEPT:
-            raise ImageError(file, f"fds[{index}].flags", f"{fd.flags:#o} has bits {fd.flags & ~O_KEPT:#o}, not "
-                                                          "flags an open file keeps (O_CREAT, O_TRUNC, O_TMPFILE ...)")
-        if fd.pos > OFF_MAX:
-            raise ImageError(file, f"fds[{index}].pos", f"{fd.pos} is beyond any file offset")
-        if fd.mode > U32_MAX or fd.mode & S_IFMT not in _FD_FILE_TYPES.get(fd.kind, (fd.mode & S_IFMT,)):
-            raise ImageError(file, f"fds[{index}].mode", f"{fd.mode:#o} is not the mode of a file a "
-                                                         f"{fd.kind.value} descriptor reopens")
+    used = set()
+    for index, slot in enumerate(process.fds):
+        if slot.fd >= nr_open:
+            raise ImageError(file, f"fds[{index}].fd",
+                             f"{slot.fd} is not a descriptor number (fs.nr_open is {nr_open})")
+        if slot.fd in seen:
+            raise ImageError(file, f"fds[{index}].fd", f"descriptor {slot.fd} appears twice")
+        seen.add(slot.fd)
+        if slot.file_id not in ids:
+            raise ImageError(file, f"fds[{index}].file_id", f"{slot.file_id} is not the id of a file of the image")
+        used.add(slot.file_id)
+    for index, entry in enumerate(process.files):
+        if entry.id not in used:
+            raise ImageError(file, f"files[{index}].id", f"file {entry.id} is held by no descriptor")
 
 
 def _check_threads(process: Process, file: str, sizes: Mapping[str, int], xstate_size: int) -> None:

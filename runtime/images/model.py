@@ -57,7 +57,7 @@ KERNEL_MAPPING_KINDS = frozenset({VmaKind.VDSO, VmaKind.VVAR, VmaKind.VVAR_VCLOC
 
 
 class FdKind(enum.Enum):
-    """How restore brings a descriptor back."""
+    """Which kind in runtime/files/ dumped an open file and brings it back (registry.py dispatches on it)."""
 
     FILE = "file"  # reopened by path with flags and offset
     CHR = "chr"  # a character device reopened by path (/dev/null-like)
@@ -262,15 +262,35 @@ class VdsoInfo:
 
 
 @dataclass(frozen=True)
-class Fd:
-    fd: int
+class FileNode:
+    """The payload of a file reopened by path (regular files, directories, memory devices)."""
+
+    path: str  # absolute, as /proc/PID/fd showed it at dump
+    mode: int  # st_mode of the file: restore reopens only a file of the same type
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One open file description: what the kernel shares between the fds of a dup, or a fork.
+
+    Its id is unique in the image (not only in the process), so that a later
+    process tree can point fds of several processes at one entry.
+    """
+
+    id: int
     kind: FdKind
-    path: str = ""
     flags: int = 0  # open flags as /proc/PID/fdinfo reports them (octal there)
     pos: int = 0
-    mode: int = 0  # st_mode of the file
+    node: FileNode | None = None  # FILE and CHR: the path reopened; INHERIT: none
+
+
+@dataclass(frozen=True)
+class FdSlot:
+    """One descriptor number of a process: which open file it holds, and its own close-on-exec bit."""
+
+    fd: int
+    file_id: int  # FileEntry.id; slots with one file_id share an open file description (dup, 2>&1)
     cloexec: bool = False
-    same_as: int | None = None  # a lower fd of the same open file description (dup, 2>&1): restored by dup
 
 
 @dataclass(frozen=True)
@@ -331,7 +351,8 @@ class Process:
     shared_pending: tuple[bytes, ...]  # raw 128-byte siginfo, process-wide pending
     vmas: tuple[Vma, ...]  # sorted by start, non-overlapping
     page_runs: tuple[PageRun, ...]  # sorted by vaddr, stored back to back
-    fds: tuple[Fd, ...]
+    fds: tuple[FdSlot, ...]  # ascending fd numbers
+    files: tuple[FileEntry, ...]  # the open files fds point at, ascending ids
     threads: tuple[ThreadCore, ...]  # threads[0] is the leader
     controls: TaskControls
     vdso: VdsoInfo | None = None

@@ -8,7 +8,7 @@ parse, so an inventory cannot point a restore at `../../etc/shadow`.
 
 import re
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fd slots apart from file entries (runtime/files/)
 TOOL = "revive"
 
 DIR_MODE = 0o700

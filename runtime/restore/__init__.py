@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 from runtime import faults, progress
 from runtime.errors import ReviveError, RestoreError
-from runtime.images import loader
-from runtime.images.model import FdKind, Process, RLimit
+from runtime.files import table
+from runtime.images import loader, names
+from runtime.images.model import Process, RLimit
 from runtime.infect.remote_syscall import RemoteSyscall
 from runtime.kernel import ptrace
 from runtime.kernel.clone import clone_with_pid
@@ -60,6 +61,7 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
     with loader.load(directory) as checkpoint:
         image = checkpoint.root
         process = image.process
+        table.check(process, names.process_file(process.pid))  # each file kind's own image checks
         check_restorable(process, shell_job, detach)
         faults.point("restore.validate")
         vdso = plan_vdso(process, image.vdso_image, vdso_mode)
@@ -90,7 +92,7 @@ def check_restorable(process: Process, shell_job: bool, detach: bool) -> None:
                                         "so -d would deliver it at once; restore without -d")
     if len(process.threads) > 1:
         raise RestoreError(process.pid, f"has {len(process.threads)} threads; restoring threads is not supported yet")
-    inherited = [fd.fd for fd in process.fds if fd.kind is FdKind.INHERIT]
+    inherited = table.inherited_fds(process)
     if inherited and not shell_job:
         raise RestoreError(process.pid, f"fds {inherited} are a shell job's stdio: restore with --shell-job")
     rseq.check_kernel_supports(process)

@@ -20,7 +20,7 @@ image's fsuid, fsgid and supplementary groups (acting_as), so the files
 the process maps, its descriptors, its cwd and root are reached with its
 own permissions, never with the runtime's (an image cannot make a root
 restore open /etc/shadow read-write for a process that runs as nobody).
-Each is looked at before it is opened (runtime/fileopen.py): a FIFO would
+Each is looked at before it is opened (runtime/files/by_path.py): a FIFO would
 block the open, a device's open has effects, so only the kind of file the
 image says (a regular file, a directory, a character device) is opened.
 The pages file is not opened at all: the loader checked it, and the child
@@ -30,7 +30,6 @@ inherits that very descriptor.
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import resource
 import signal
@@ -41,10 +40,9 @@ from dataclasses import dataclass
 from runtime import faults
 from runtime.arch import x86_64 as arch
 from runtime.errors import RestoreError, shorten
-from runtime.images.model import Creds, FdKind, Process, RLimit
-from runtime.kernel import fileopen
+from runtime.files import by_path, table
+from runtime.images.model import Creds, Process, RLimit
 from runtime.kernel.libc import libc as _libc
-from runtime.kernel.procfs.fds import MEM_MAJOR
 from runtime.restore.restorer_args import Area, HelperFds
 from runtime.task import controls as task_controls
 
@@ -69,10 +67,6 @@ PROT_RWX = 0x7
 MAP_PRIVATE = 0x02
 MAP_ANONYMOUS = 0x20
 MAP_FIXED_NOREPLACE = 0x100000
-
-# Flags /proc/PID/fdinfo reports that open() must not see again: creation and
-# truncation would change the file; close-on-exec is restored separately.
-_OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
@@ -149,33 +143,6 @@ def _wait_for_go(go_fd: int) -> int:
     return struct.unpack("<I", data)[0]
 
 
-def _open_at(path: str, flags: int, kind: int, number: int, inheritable: bool) -> None:
-    """path opened with flags as descriptor number, if it is a file of type kind (stat.S_IFREG, ...).
-
-    A character device must be one of the memory devices the dump records (/dev/null,
-    /dev/zero, ...: major 1). It is opened O_NONBLOCK (the flag cleared after, unless the
-    image has it) and O_NOCTTY: a serial line's open waits for its carrier, and a
-    terminal's would become the child's controlling terminal.
-    """
-    path_fd, st = fileopen.look(path)
-    try:
-        if stat.S_IFMT(st.st_mode) != kind:
-            raise OSError(errno.EINVAL, f"{fileopen.describe_kind(st.st_mode)}, not {fileopen.describe_kind(kind)}")
-        if kind == stat.S_IFCHR and os.major(st.st_rdev) != MEM_MAJOR:
-            raise OSError(errno.EINVAL, f"character device {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}, "
-                                        f"not a memory device ({MEM_MAJOR}:N)")
-        fd = fileopen.reopen(path_fd, flags | os.O_NONBLOCK | os.O_NOCTTY)
-    finally:
-        os.close(path_fd)
-    if not flags & os.O_NONBLOCK:
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    if fd != number:
-        os.dup2(fd, number, inheritable=inheritable)
-        os.close(fd)
-    else:
-        os.set_inheritable(fd, inheritable)
-
-
 def place_helper_fds(plan: ChildPlan, err_fd: int) -> None:
     """The error pipe, the pages file and the exe at their planned numbers."""
     fds = plan.fds
@@ -186,7 +153,7 @@ def place_helper_fds(plan: ChildPlan, err_fd: int) -> None:
     # without read permission. The descriptor only names the exe for PR_SET_MM_MAP (which
     # checks exec permission) and is closed before the process runs.
     try:
-        _open_at(plan.process.mm.exe, os.O_RDONLY, stat.S_IFREG, fds.exe, False)
+        by_path.open_at(plan.process.mm.exe, os.O_RDONLY, stat.S_IFREG, fds.exe, False)
     except OSError as exc:
         raise RestoreError(os.getpid(), f"cannot open the exe {shorten(plan.process.mm.exe)}: "
                                         f"{exc.strerror}") from exc
@@ -236,7 +203,7 @@ def _set_fs_id(number: int, wanted: int, name: str) -> None:
 def open_mapped_files(plan: ChildPlan) -> None:
     for f in plan.fds.files:
         try:
-            _open_at(f.path, f.flags, stat.S_IFREG, f.fd, False)
+            by_path.open_at(f.path, f.flags, stat.S_IFREG, f.fd, False)
         except OSError as exc:
             raise RestoreError(os.getpid(), f"cannot open {shorten(f.path)}, a file the process maps: "
                                             f"{exc.strerror}") from exc
@@ -244,7 +211,7 @@ def open_mapped_files(plan: ChildPlan) -> None:
 
 def close_other_fds(plan: ChildPlan) -> None:
     """Everything below the helper numbers goes, except the caller's descriptors a shell job inherits."""
-    keep = sorted(fd.fd for fd in plan.process.fds if fd.kind is FdKind.INHERIT)
+    keep = sorted(table.inherited_fds(plan.process))
     low = 0
     for fd in keep + [min(plan.fds.all)]:
         # Never an empty range: Python turns closerange(0, 0) into close_range(0, ~0),
@@ -255,22 +222,8 @@ def close_other_fds(plan: ChildPlan) -> None:
 
 
 def reopen_target_fds(process: Process) -> None:
-    for fd in process.fds:
-        if fd.same_as is not None:
-            # One open file description under two numbers: a dup shares its offset and flags.
-            os.dup2(fd.same_as, fd.fd, inheritable=not fd.cloexec)
-            continue
-        if fd.kind is FdKind.INHERIT:
-            if not _is_open(fd.fd):
-                raise RestoreError(process.pid, f"fd {fd.fd}: the shell job's descriptor is not open in the caller")
-            continue
-        try:
-            _open_at(fd.path, fd.flags & ~_OPEN_FLAGS_DROPPED, stat.S_IFMT(fd.mode), fd.fd, not fd.cloexec)
-            if fd.kind is FdKind.FILE:
-                os.lseek(fd.fd, fd.pos, os.SEEK_SET)
-        except OSError as exc:
-            raise RestoreError(process.pid, f"fd {fd.fd}: cannot reopen {shorten(fd.path)}: "
-                                            f"{exc.strerror}") from exc
+    """The process's fd table, each open file by its kind (runtime/files/), shared ones dup'ed."""
+    table.restore_table(process)
 
 
 def set_session(process: Process) -> None:

@@ -1,7 +1,7 @@
 """An image of format version 1 (fds with same_as, before runtime/files/) is refused with the version message.
 
 Why a fixture: tests/fixtures/image-v1/ is a real `sleep` dumped by the
-runtime before the format change (inventory and process record only: the
+runtime before the format change (its inventory only: the
 version is refused before any other file is opened), so this test fails if
 the loader ever reads an old image as the new model.
 """

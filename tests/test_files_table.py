@@ -109,13 +109,13 @@ def test_every_fd_kind_has_exactly_one_module_in_the_registry():
 
 
 @pytest.mark.parametrize("entry, field, words", [
-    (FileEntry(1, FdKind.FILE), "files[0].node", "a file file needs a path"),
+    (FileEntry(1, FdKind.FILE), "files[0].node", "a file of kind file needs a path"),
     (FileEntry(1, FdKind.CHR, node=FileNode("/etc/hostname", stat.S_IFREG | 0o644)), "files[0].node.mode",
      "is not the mode of a file a chr descriptor reopens"),
     (FileEntry(1, FdKind.FILE, node=FileNode("/dev/null", stat.S_IFCHR | 0o666)), "files[0].node.mode",
      "is not the mode of a file a file descriptor reopens"),
     (FileEntry(1, FdKind.INHERIT, node=FileNode("/dev/null", stat.S_IFCHR | 0o666)), "files[0].node",
-     "a inherit file has no a path"),
+     "a file of kind inherit has no path"),
 ])
 def test_each_kind_checks_its_own_entries(entry, field, words):
     with pytest.raises(ImageError) as refused:

@@ -50,5 +50,5 @@ class FileKindBase:
 def refuse_payload(entry: FileEntry, file: str, field: str, expected: bool) -> None:
     """An ImageError if entry has a node and expected is False, or has none and expected is True."""
     if (entry.node is not None) != expected:
-        need = "needs" if expected else "has no"
-        raise ImageError(file, f"{field}.node", f"a {entry.kind.value} file {need} a path")
+        need = "needs a path" if expected else "has no path"
+        raise ImageError(file, f"{field}.node", f"a file of kind {entry.kind.value} {need}")

@@ -30,8 +30,8 @@ from runtime.files import table
 from runtime.errors import DumpError, ReviveError
 from runtime.kernel import ptrace
 from runtime.task import futex_links, rseq, controls as task_controls
-from runtime.images.model import (KERNEL_MAPPING_KINDS, FdSlot, FileEntry, ITimer, MmFields, PageRun, Process, Registers, Rseq,
-                                  ThreadCore, VdsoInfo, Vma, VmaKind)
+from runtime.images.model import (KERNEL_MAPPING_KINDS, FdSlot, FileEntry, ITimer, MmFields, PageRun, Process,
+                                  Registers, Rseq, ThreadCore, VdsoInfo, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
 from runtime.infect.parasite import Iovec
 from runtime.infect.seize import Seized, seize
@@ -258,7 +258,8 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         dumpable=misc.dumpable, creds=snapshot.status.creds, mm=mm,
         rlimits=misc.rlimits, sigactions=sigactions, itimers=armed_itimers(misc.itimers),
         shared_pending=snapshot.shared_pending, vmas=snapshot.vmas, page_runs=snapshot.page_runs,
-        fds=snapshot.fds, files=snapshot.files, threads=(core,), controls=controls, vdso=snapshot.vdso_info, shell_job=options.shell_job,
+        fds=snapshot.fds, files=snapshot.files, threads=(core,), controls=controls, vdso=snapshot.vdso_info,
+        shell_job=options.shell_job,
     )
     writer.write_xstate(thread.tid, thread.xstate)
     if snapshot.vdso is not None:

@@ -9,42 +9,45 @@ who calls each and when.
 
 from __future__ import annotations
 
+import abc
+import stat
+
 from runtime.errors import ImageError
 from runtime.images.model import FdKind, FileEntry
 from runtime.kernel.procfs.fds import OpenFile
 
 
-class FileKindBase:
+class FileKindBase(abc.ABC):
     """One kind of open file description; a module defines one subclass and one instance of it."""
 
     kind: FdKind  # what the image records in FileEntry.kind
 
+    @abc.abstractmethod
     def matches(self, open_file: OpenFile, shell_job: bool) -> bool:
         """This kind dumps open_file (the first kind in registry.KINDS that matches does)."""
-        raise NotImplementedError
 
     def refusal_hint(self, open_file: OpenFile) -> str:
         """When no kind matches: what would have made this kind take open_file (" (with ...)"), or ""."""
         return ""
 
+    @abc.abstractmethod
     def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
         """The entry a restore reopens (runs with pid stopped); a DumpError naming the fd if it cannot be."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def check(self, entry: FileEntry, file: str, field: str) -> None:
         """An ImageError naming file and field (e.g. "files[2]") if entry is not one this kind restores."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def open(self, entry: FileEntry, number: int, inheritable: bool, pid: int) -> int:
         """entry opened as fd number in the restoring child (with the image's fs identity): number.
 
         A RestoreError naming the dumped pid and the fd if it cannot be.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def describe(self, entry: FileEntry) -> tuple[str, str]:
         """(what, mode) for `show`: the path or what stands for it, and the file's mode or ""."""
-        raise NotImplementedError
 
 
 def refuse_payload(entry: FileEntry, file: str, field: str, expected: bool) -> None:
@@ -52,3 +55,15 @@ def refuse_payload(entry: FileEntry, file: str, field: str, expected: bool) -> N
     if (entry.node is not None) != expected:
         need = "needs a path" if expected else "has no path"
         raise ImageError(file, f"{field}.node", f"a file of kind {entry.kind.value} {need}")
+
+
+def require_node_of_type(entry: FileEntry, file: str, field: str, file_types: tuple[int, ...]) -> None:
+    """An ImageError unless entry has a node whose mode is one of file_types (stat.S_IFREG, ...).
+
+    The restore opens the path only if it is a file of the recorded type now
+    (by_path.open_at), so the recorded type is what decides what may be opened.
+    """
+    refuse_payload(entry, file, field, expected=True)
+    if stat.S_IFMT(entry.node.mode) not in file_types:
+        raise ImageError(file, f"{field}.node.mode", f"{entry.node.mode:#o} is not the mode of a file a "
+                                                     f"{entry.kind.value} descriptor reopens")

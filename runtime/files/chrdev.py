@@ -8,8 +8,7 @@ memory device holds no state an open would lose, so no offset is restored.
 import os
 import stat
 
-from runtime.errors import ImageError
-from runtime.files.base import FileKindBase, refuse_payload
+from runtime.files.base import FileKindBase, require_node_of_type
 from runtime.files.by_path import reopen_entry
 from runtime.images.model import FdKind, FileEntry, FileNode
 from runtime.kernel.procfs.fds import MEM_MAJOR, FileKind, OpenFile
@@ -26,10 +25,7 @@ class MemoryDevice(FileKindBase):
         return FileEntry(file_id, self.kind, f.flags, f.pos, FileNode(f.link, f.mode))
 
     def check(self, entry: FileEntry, file: str, field: str) -> None:
-        refuse_payload(entry, file, field, expected=True)
-        if stat.S_IFMT(entry.node.mode) != stat.S_IFCHR:
-            raise ImageError(file, f"{field}.node.mode", f"{entry.node.mode:#o} is not the mode of a file a "
-                                                         f"{self.kind.value} descriptor reopens")
+        require_node_of_type(entry, file, field, (stat.S_IFCHR,))
 
     def open(self, entry: FileEntry, number: int, inheritable: bool, pid: int) -> int:
         # by_path.open_at checks the major again: the image may name any device.

@@ -6,7 +6,7 @@ not a pipe to dump), and an image's FdKind names exactly one kind. A new kind
 is one line here.
 """
 
-from runtime.errors import DumpError, ImageError
+from runtime.errors import DumpError
 from runtime.files import chrdev, inherit, regular
 from runtime.files.base import FileKindBase
 from runtime.images.model import FileEntry
@@ -27,15 +27,13 @@ def dump(pid: int, open_file: OpenFile, file_id: int, shell_job: bool) -> FileEn
 
 
 def kind_of(entry: FileEntry) -> FileKindBase:
+    # Every FdKind has its module (tests/test_files_table.py), and the codec decoded kind as an FdKind.
     return _BY_KIND[entry.kind]
 
 
 def check(entry: FileEntry, file: str, field: str) -> None:
     """The entry's kind's own checks (the codec and images/checks.py did the shared ones)."""
-    kind = _BY_KIND.get(entry.kind)
-    if kind is None:
-        raise ImageError(file, f"{field}.kind", f"no file kind {entry.kind.value} in this runtime")
-    kind.check(entry, file, field)
+    kind_of(entry).check(entry, file, field)
 
 
 def open(entry: FileEntry, number: int, inheritable: bool, pid: int) -> int:  # noqa: A001 (the contract's name)

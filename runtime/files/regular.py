@@ -6,13 +6,12 @@ Why by path: a file with a name is found again by it; a deleted one
 
 import stat
 
-from runtime.errors import DumpError, ImageError
-from runtime.files.base import FileKindBase, refuse_payload
+from runtime.errors import DumpError
+from runtime.files.base import FileKindBase, require_node_of_type
 from runtime.files.by_path import reopen_entry
 from runtime.images.model import FdKind, FileEntry, FileNode
 from runtime.kernel.procfs.fds import FileKind, OpenFile
-
-DELETED = " (deleted)"
+from runtime.kernel.procfs.maps import DELETED_SUFFIX
 
 
 class Regular(FileKindBase):
@@ -23,16 +22,13 @@ class Regular(FileKindBase):
 
     def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
         f = open_file
-        if f.nlink == 0 or f.link.endswith(DELETED) or not f.link.startswith("/"):
+        if f.nlink == 0 or f.link.endswith(DELETED_SUFFIX) or not f.link.startswith("/"):
             raise DumpError(pid, f"fd {f.fd} ({f.description}): a deleted file cannot be reopened: "
                                  "not supported yet")
         return FileEntry(file_id, self.kind, f.flags, f.pos, FileNode(f.link, f.mode))
 
     def check(self, entry: FileEntry, file: str, field: str) -> None:
-        refuse_payload(entry, file, field, expected=True)
-        if stat.S_IFMT(entry.node.mode) not in (stat.S_IFREG, stat.S_IFDIR):
-            raise ImageError(file, f"{field}.node.mode", f"{entry.node.mode:#o} is not the mode of a file a "
-                                                         f"{self.kind.value} descriptor reopens")
+        require_node_of_type(entry, file, field, (stat.S_IFREG, stat.S_IFDIR))
 
     def open(self, entry: FileEntry, number: int, inheritable: bool, pid: int) -> int:
         return reopen_entry(entry, number, inheritable, pid, seek=True)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from dump_support import target_path
-from restore_support import Restorable, lines, wait_for
+from restore_support import Restorable, lines, run_cli, wait_for
 from runtime.errors import ImageError
 from runtime.images import loader
 from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, VmaAdvice, VmaKind
-from test_restore_cli import assert_refused, refit_checksum, runtime
+from test_restore_cli import assert_refused, refit_checksum
 
 # Region name in the target -> the VmFlags codes its advice sets.
 EXPECTED_FLAGS = {
@@ -84,7 +84,7 @@ def test_image_records_the_advice_and_not_the_kernels_own_flags(madvised):
         assert set(by_start[madvised.target.addr(name)].advice) == {ADVICE_OF_FLAG[flag] for flag in flags}
     # [vvar] always carries dd, set by the kernel, which makes it again on restore.
     assert all(not vma.advice for vma in vmas if vma.kind in KERNEL_MAPPING_KINDS)
-    shown = runtime("show", str(madvised.images))
+    shown = run_cli("show", str(madvised.images))
     assert shown.returncode == 0, shown.stderr
     assert "dontfork,dontdump" in shown.stdout and "wipeonfork" in shown.stdout
 

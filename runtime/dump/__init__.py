@@ -39,13 +39,12 @@ from runtime.infect.session import infect, is_leftover
 from runtime.kernel.procfs import auxv, fds, maps, stat, status, vdso
 from runtime.kernel.procfs.fds import OpenFile
 from runtime.kernel.procfs.files import read_link
-from runtime.kernel.procfs.maps import Mapping
+from runtime.kernel.procfs.maps import DELETED_SUFFIX, Mapping
 from runtime.mm.vdso import find_proxy
 from runtime.mm.vmas import plan_page_runs
 
 log = logging.getLogger(__name__)
 
-DELETED = " (deleted)"
 PEEK_BATCH = 32
 
 
@@ -163,7 +162,7 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
 
 def _existing_path(pid: int, link: str, what: str) -> str:
     path = read_link(pid, link)
-    if path.endswith(DELETED):
+    if path.endswith(DELETED_SUFFIX):
         raise DumpError(pid, f"{what} {path} was deleted: not supported yet")
     return path
 

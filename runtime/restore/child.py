@@ -50,13 +50,6 @@ CHILD_ERROR_TAG = b"child:"
 # Below PIPE_BUF: the one write() of the message is atomic, and fits an empty pipe without blocking.
 CHILD_ERROR_MAX = 1024
 
-# Raw system calls, not glibc's wrappers: glibc makes setgroups process-wide by signalling
-# every thread it knows, and this raw clone3 copy inherited the runtime's list of threads
-# (and possibly a lock one of them held); the child is one thread, and the call is for it.
-NR_SETGROUPS = 116
-NR_SETFSUID = 122
-NR_SETFSGID = 123
-NR_ARCH_PRCTL = 158
 ARCH_GET_FS = 0x1003
 RSEQ_FLAG_UNREGISTER = 1
 RSEQ_SIG = 0x53053053  # glibc's x86 signature (sysdeps/unix/sysv/linux/x86/bits/rseq.h)
@@ -64,9 +57,6 @@ RSEQ_SIG = 0x53053053  # glibc's x86 signature (sysdeps/unix/sysv/linux/x86/bits
 PR_SET_NAME = 15
 
 PROT_RWX = 0x7
-MAP_PRIVATE = 0x02
-MAP_ANONYMOUS = 0x20
-MAP_FIXED_NOREPLACE = 0x100000
 
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
@@ -159,6 +149,9 @@ def place_helper_fds(plan: ChildPlan, err_fd: int) -> None:
                                         f"{exc.strerror}") from exc
 
 
+# acting_as makes raw system calls, not glibc's wrappers: glibc makes setgroups process-wide by
+# signalling every thread it knows, and this raw clone3 copy inherited the runtime's list of
+# threads (and possibly a lock one of them held); the child is one thread, and the call is for it.
 @contextlib.contextmanager
 def acting_as(creds: Creds):
     """The image's fsuid, fsgid and groups for the opens in the block; the runtime's again after it.
@@ -172,16 +165,16 @@ def acting_as(creds: Creds):
     fsuid, fsgid = creds.uids[3], creds.gids[3]
     try:
         _set_groups(creds.groups, groups)
-        _set_fs_id(NR_SETFSGID, fsgid, "fsgid")
-        _set_fs_id(NR_SETFSUID, fsuid, "fsuid")
+        _set_fs_id(arch.NR_SETFSGID, fsgid, "fsgid")
+        _set_fs_id(arch.NR_SETFSUID, fsuid, "fsuid")
     except OSError as exc:
         raise RestoreError(os.getpid(), f"cannot take the image's file-system identity (fsuid {fsuid}, "
                                         f"fsgid {fsgid}, {len(creds.groups)} groups): {exc.strerror}") from exc
     try:
         yield
     finally:
-        _set_fs_id(NR_SETFSUID, os.geteuid(), "fsuid")
-        _set_fs_id(NR_SETFSGID, os.getegid(), "fsgid")
+        _set_fs_id(arch.NR_SETFSUID, os.geteuid(), "fsuid")
+        _set_fs_id(arch.NR_SETFSGID, os.getegid(), "fsgid")
         _set_groups(groups, creds.groups)
 
 
@@ -189,7 +182,7 @@ def _set_groups(wanted, current) -> None:
     if sorted(wanted) == sorted(current):
         return  # nothing to change, and an unprivileged restore of its own user's process may not
     array = (ctypes.c_uint32 * max(len(wanted), 1))(*wanted)
-    _check(_libc.syscall(NR_SETGROUPS, len(wanted), array), "setgroups")
+    _check(_libc.syscall(arch.NR_SETGROUPS, len(wanted), array), "setgroups")
 
 
 def _set_fs_id(number: int, wanted: int, name: str) -> None:
@@ -248,7 +241,7 @@ def set_fs_context(process: Process) -> None:
 
 def map_restorer_area(area: Area) -> None:
     """The area at its planned address; NOREPLACE turns a clash with our own memory into an error."""
-    got = _libc.mmap(area.base, area.size, PROT_RWX, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+    got = _libc.mmap(area.base, area.size, PROT_RWX, arch.MAP_PRIVATE | arch.MAP_ANONYMOUS | arch.MAP_FIXED_NOREPLACE, -1, 0)
     if got is None or got == ctypes.c_void_p(-1).value or got != area.base:
         err = ctypes.get_errno()
         raise RestoreError(os.getpid(), f"cannot map the restorer area at {area.base:#x}: {os.strerror(err)}")
@@ -280,7 +273,7 @@ def unregister_glibc_rseq(length: int) -> None:
         return
     offset = ctypes.c_long.in_dll(_libc, "__rseq_offset").value
     thread_pointer = ctypes.c_uint64()
-    _check(_libc.syscall(NR_ARCH_PRCTL, ARCH_GET_FS, ctypes.byref(thread_pointer)), "arch_prctl(ARCH_GET_FS)")
+    _check(_libc.syscall(arch.NR_ARCH_PRCTL, ARCH_GET_FS, ctypes.byref(thread_pointer)), "arch_prctl(ARCH_GET_FS)")
     area = thread_pointer.value + offset
     _check(_libc.syscall(arch.NR_RSEQ, ctypes.c_uint64(area), ctypes.c_uint32(length), RSEQ_FLAG_UNREGISTER,
                          ctypes.c_uint32(RSEQ_SIG)), f"rseq unregister of {area:#x} ({length} bytes)")

@@ -39,10 +39,6 @@ from runtime.mm.vdso import VdsoPlan
 # from here on: far from both, so the child's own allocations do not land there.
 AREA_PREFERRED_START = 1 << 32
 
-MAP_SHARED = 0x01
-MAP_PRIVATE = 0x02
-MAP_ANONYMOUS = 0x20
-MAP_GROWSDOWN = 0x100
 
 # madvise(2) advice numbers (include/uapi/asm-generic/mman-common.h); restorer_vma.advice
 # has bit n set for advice n.
@@ -264,12 +260,12 @@ def _fill_vmas(arena: Arena, args, process: Process, fds: HelperFds) -> None:
     args.nr_vmas = len(vmas)
     for slot, v in zip(slots, vmas):
         slot.start, slot.end, slot.prot = v.start, v.end, v.prot
-        slot.flags = (MAP_SHARED if v.shared else MAP_PRIVATE) | (MAP_GROWSDOWN if v.growsdown else 0)
+        slot.flags = (arch.MAP_SHARED if v.shared else arch.MAP_PRIVATE) | (arch.MAP_GROWSDOWN if v.growsdown else 0)
         if v.kind is VmaKind.FILE:
             slot.fd, slot.offset = fds.fd_for(v), v.offset
         else:
             slot.fd, slot.offset = -1, 0
-            slot.flags |= MAP_ANONYMOUS
+            slot.flags |= arch.MAP_ANONYMOUS
         slot.advice = sum(1 << MADV_NUMBERS[advice] for advice in v.advice)
 
 

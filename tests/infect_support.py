@@ -60,6 +60,28 @@ def memory_digest(pid: int, maps: str) -> str:
     return digest.hexdigest()
 
 
+# The x87 part of the legacy area in its init state (FCW 0x37f, everything else 0, MXCSR apart),
+# and where XSTATE_BV sits in the xsave header.
+X87_INIT = (b"\x7f\x03" + bytes(22), bytes(128))
+XSTATE_BV_OFFSET = 512
+
+
+def comparable_xstate(xstate: bytes) -> bytes:
+    """The xsave area with XSTATE_BV's x87 bit cleared when the x87 registers hold their init values.
+
+    The CPU tracks whether x87 is "in use" (XINUSE) and may clear the bit
+    whenever the registers are back at their init values, for instance after
+    a context switch restores them with XRSTOR: the same state then reads
+    back with bit 0 set or clear. The registers themselves are compared in
+    full either way.
+    """
+    if (xstate[0:24], xstate[32:160]) != X87_INIT:
+        return xstate
+    area = bytearray(xstate)
+    area[XSTATE_BV_OFFSET] &= ~1
+    return bytes(area)
+
+
 def snapshot(pid: int, tid: int | None = None) -> Snapshot:
     """The state of a seized process (registers of thread tid, the leader by default).
 
@@ -68,8 +90,8 @@ def snapshot(pid: int, tid: int | None = None) -> Snapshot:
     tid = tid or pid
     with open(f"/proc/{pid}/maps") as f:
         maps = f.read()
-    return Snapshot(bytes(ptrace.get_regs(tid)), ptrace.get_xstate(tid), ptrace.get_sigmask(tid), maps,
-                    memory_digest(pid, maps))
+    xstate = comparable_xstate(ptrace.get_xstate(tid))
+    return Snapshot(bytes(ptrace.get_regs(tid)), xstate, ptrace.get_sigmask(tid), maps, memory_digest(pid, maps))
 
 
 def ticks(out: Path) -> list[int]:

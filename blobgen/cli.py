@@ -40,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("file", type=pathlib.Path)
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.add_argument("--disasm", action="store_true", help="disassemble each export, up to its end")
-    version = f"revive {importlib.metadata.version('revive')}"  # the installed distribution's, as the runtime's
+    try:
+        version = f"revive {importlib.metadata.version('revive')}"  # the installed distribution's, as the runtime's
+    except importlib.metadata.PackageNotFoundError:
+        version = "revive (version unknown: not installed; scripts/setup.sh installs it)"
     for each in (parser, b, protocol_parser, i):
         each.add_argument("--version", action="version", version=version, help="print the version and exit")
     return parser

@@ -68,8 +68,14 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def version_text() -> str:
-    """`revive VERSION`, the version being the installed distribution's (pyproject.toml's, nowhere else)."""
-    return f"revive {importlib.metadata.version('revive')}"
+    """`revive VERSION`, the version being the installed distribution's (pyproject.toml's, nowhere else).
+
+    From a checkout that was never installed every other command still works: only --version says so.
+    """
+    try:
+        return f"revive {importlib.metadata.version('revive')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "revive (version unknown: not installed; scripts/setup.sh installs it)"
 
 
 def _add_logging_options(parser: argparse.ArgumentParser) -> None:

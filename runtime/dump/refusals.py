@@ -105,11 +105,10 @@ def check_namespaces(pid: int) -> None:
 
 def _namespace(pid: int, name: str) -> str | None:
     """The namespace's link text (e.g. 'uts:[4026531838]'), None where this kernel has no such namespace."""
-    try:
-        with translated(pid, f"ns/{name}"):
-            return os.readlink(proc_path(pid, f"ns/{name}"))
-    except FileNotFoundError:
+    if not os.path.lexists(proc_path(os.getpid(), f"ns/{name}")):
         return None
+    with translated(pid, f"ns/{name}"):
+        return os.readlink(proc_path(pid, f"ns/{name}"))
 
 
 def check_security(pid: int, status: Status) -> None:
@@ -137,11 +136,9 @@ def check_posix_timers(pid: int) -> None:
 
 def check_memory_policy(pid: int) -> None:
     """A NUMA policy (set_mempolicy, mbind) shows in numa_maps as something other than 'default'."""
-    try:
-        text = read_text(pid, "numa_maps")
-    except FileNotFoundError:
+    if not os.path.exists(proc_path(os.getpid(), "numa_maps")):
         return  # a kernel without NUMA: there is no policy to lose
-    for line in text.splitlines():
+    for line in read_text(pid, "numa_maps").splitlines():
         address, policy = line.split()[:2]
         if policy != "default":
             raise DumpError(pid, f"mapping at {address}: NUMA memory policy {policy!r} is not supported yet")

@@ -20,7 +20,7 @@ from runtime.kernel.procfs.fds import OpenFile
 from runtime.kernel.procfs.files import proc_path, read_text, translated
 from runtime.kernel.procfs.maps import VSYSCALL, Mapping
 from runtime.kernel.procfs.stat import Stat
-from runtime.kernel.procfs.status import Status
+from runtime.kernel.procfs.status import Status, read_status
 from runtime.task import controls as task_controls
 
 # Namespaces the restored process would silently leave: it is created in the runtime's own.
@@ -115,17 +115,12 @@ def check_security(pid: int, status: Status) -> None:
     if status.seccomp:
         mode = {1: "strict", 2: "filter"}.get(status.seccomp, str(status.seccomp))
         raise DumpError(pid, f"runs under seccomp ({mode} mode): restoring seccomp filters is not supported yet")
-    ours = _own_status_field(("Speculation_Store_Bypass", "SpeculationIndirectBranch"))
+    ours = read_status(os.getpid()).speculation
     if status.speculation != ours:
         raise DumpError(pid, f"has speculation controls set (PR_SET_SPECULATION_CTRL: {', '.join(status.speculation)}"
                              f"; a new process gets {', '.join(ours)}): not supported yet")
     if status.thread_features.strip():
         raise DumpError(pid, f"uses x86 thread features ({status.thread_features}): not supported yet")
-
-
-def _own_status_field(names: tuple[str, ...]) -> tuple[str, ...]:
-    fields = dict(line.split(":", 1) for line in read_text(os.getpid(), "status").splitlines() if ":" in line)
-    return tuple(fields.get(name, "").strip() for name in names)
 
 
 def check_posix_timers(pid: int) -> None:

@@ -11,16 +11,16 @@ that vanish meanwhile are skipped.
 
 import os
 
-from runtime.errors import ProcfsError
-from runtime.kernel.procfs.stat import parse_stat
+from runtime.errors import ProcessError, ProcfsError
+from runtime.kernel.procfs.stat import Stat, read_stat
+from runtime.kernel.procfs.status import read_status
 
 
 def describe_holder(pid: int) -> str:
     """One clause saying what keeps pid taken, e.g. 'held by a zombie of sleep, not yet reaped by 12 (bash)'."""
     task = _stat(pid)
     if task is not None:
-        status = _status(pid)
-        tgid = int(status.get("Tgid", pid))
+        tgid = _tgid(pid)
         if tgid != pid:
             return f"held by a thread of process {tgid} ({_name(tgid)})"
         if task.state == "Z":
@@ -40,20 +40,18 @@ def describe_holder(pid: int) -> str:
     return "in use, by no process this runtime can see (another PID namespace?)"
 
 
-def _stat(pid: int):
+def _stat(pid: int) -> Stat | None:
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="surrogateescape") as f:
-            return parse_stat(pid, f.read())
-    except (OSError, ValueError, ProcfsError):
+        return read_stat(pid)
+    except (ProcessError, ProcfsError):  # gone meanwhile, or not readable
         return None
 
 
-def _status(pid: int) -> dict[str, str]:
+def _tgid(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/status", encoding="utf-8", errors="surrogateescape") as f:
-            return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
-    except OSError:
-        return {}
+        return read_status(pid).tgid
+    except (ProcessError, ProcfsError):
+        return pid
 
 
 def _name(pid: int) -> str:

@@ -65,6 +65,7 @@ class ThreadSnapshot:
     blocked: int
     pending: tuple[bytes, ...]
     rseq: Rseq | None
+    robust_list: tuple[int, int]  # (head, len) from get_robust_list
 
 
 @dataclass(frozen=True)
@@ -198,14 +199,14 @@ def dump_fds(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool) -> tup
 # -- the thread, before infection ------------------------------------------------------------
 
 def snapshot_thread(tid: int) -> ThreadSnapshot:
-    """Registers (rseq abort applied first, as the kernel would), xstate, mask and queued signals."""
+    """Registers (rseq abort applied first, as the kernel would), xstate, mask, queued signals, robust list."""
     fixup = rseq.fix_up_thread(tid)
     resumed = arch.resume_registers(fixup.regs)
     # The restored task returns by rt_sigreturn, which leaves no syscall to restart.
     resumed.orig_rax = arch.NO_SYSCALL
     regs = Registers(**{f.name: getattr(resumed, f.name) for f in fields(Registers)})
     return ThreadSnapshot(tid, regs, ptrace.get_xstate(tid), ptrace.get_sigmask(tid),
-                          peek_pending(tid, shared=False), fixup.rseq)
+                          peek_pending(tid, shared=False), fixup.rseq, futex_links.read_robust_list(tid))
 
 
 def peek_pending(tid: int, shared: bool) -> tuple[bytes, ...]:
@@ -242,7 +243,7 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
     faults.point("dump.cure")
     log.info("pid %d: %d page runs, %d bytes of pages", pid, len(iovecs), written)
     thread = snapshot.thread
-    robust_list, robust_list_len = futex_links.read_robust_list(thread.tid)
+    robust_list, robust_list_len = thread.robust_list
     core = ThreadCore(tid=thread.tid, regs=thread.regs, blocked=thread.blocked, altstack=thread_state.altstack,
                       clear_child_tid=thread_state.clear_child_tid, pending=thread.pending, rseq=thread.rseq,
                       robust_list=robust_list, robust_list_len=robust_list_len)

@@ -144,9 +144,9 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
             wait_for_restorer_trap(child, errors)
         faults.point("restore.handover")
         follow_to_own_context(child, errors)
-        unmap_restorer(child, plan.area)
-        controls = plan.process.controls
         in_child = RemoteSyscall.for_thread(child, child)
+        unmap_restorer(child, plan.area, in_child)
+        controls = plan.process.controls
         futex_links.set_links(child, plan.process.threads[0], in_child)
         task_controls.set_after_creds(child, controls, in_child)
         # After the last injected syscall: each returns to user mode outside any section, where

@@ -109,9 +109,9 @@ def follow_to_own_context(child: int, errors) -> None:
             return
 
 
-def unmap_restorer(child: int, area: Area) -> None:
+def unmap_restorer(child: int, area: Area, remote: RemoteSyscall) -> None:
     """The restorer area goes; the task stays stopped until detach, in its own registers and mask."""
     settle(child)
-    result = RemoteSyscall.for_thread(child, child)(arch.NR_MUNMAP, area.base, area.size)
+    result = remote(arch.NR_MUNMAP, area.base, area.size)
     if result != 0:
         raise RestoreError(child, f"munmap of the restorer area {area.base:#x} failed: {os.strerror(-result)}")

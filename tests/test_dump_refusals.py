@@ -40,7 +40,8 @@ def piped_sleep():
 
 
 @pytest.mark.parametrize("refused_target, message", [
-    ("thread", r"multi-threaded process \(2 threads; the others: \d+\): not supported yet"),
+    ("thread_creds", r"thread \d+ has credentials of its own \(a raw setuid/setgid/capset in one thread\): "
+                     r"not supported"),
     ("socket", r"fd 3 \(socket socket:\[\d+\]\): not supported yet"),
     ("eventfd", r"fd 3 \(anonymous inode \[eventfd\]\): not supported yet"),
     ("pipe", r"fd 3 \(pipe pipe:\[\d+\]\): not supported yet"),

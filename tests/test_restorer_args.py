@@ -32,7 +32,7 @@ def test_build_area_puts_the_task_part_and_one_thread_part_in_the_area(tmp_path)
         image = checkpoint.root
         process = image.process
         vdso = plan_vdso(process, image.vdso_image, VdsoMode.AUTO)
-        area = build_area(process, image.xstates[process.pid], plan_fds(process, []), vdso)
+        area = build_area(process, image.xstates, plan_fds(process, []), vdso)
     thread = process.threads[0]
     (args,) = read(area, proto.RestorerArgs, area.args)
     assert (args.mode, args.pid, args.nr_threads) == (proto.RESTORER_MODE_RESTORE, process.pid, 1)

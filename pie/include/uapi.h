@@ -94,6 +94,32 @@ struct kernel_timespec {
 /* personality(0xffffffff) changes nothing and returns the current value. */
 #define PERSONALITY_QUERY 0xffffffffUL
 
+/* Threads: clone3's flags and arguments (struct clone_args, CLONE_ARGS_SIZE_VER2), futexes, names. */
+#define CLONE_VM 0x00000100
+#define CLONE_FS 0x00000200
+#define CLONE_FILES 0x00000400
+#define CLONE_SIGHAND 0x00000800
+#define CLONE_THREAD 0x00010000
+#define CLONE_SYSVSEM 0x00040000
+
+struct clone_args {
+	u64 flags;
+	u64 pidfd;
+	u64 child_tid;
+	u64 parent_tid;
+	u64 exit_signal;
+	u64 stack;
+	u64 stack_size;
+	u64 tls;
+	u64 set_tid;
+	u64 set_tid_size;
+	u64 cgroup;
+};
+
+#define FUTEX_WAIT_PRIVATE 128
+#define FUTEX_WAKE_PRIVATE 129
+#define PR_SET_NAME 15
+
 /* arch_prctl codes. */
 #define ARCH_SET_GS 0x1001
 #define ARCH_SET_FS 0x1002
@@ -152,6 +178,7 @@ struct cmsghdr {
 #define CMSG_DATA(cmsg) ((u8 *)((struct cmsghdr *)(cmsg) + 1))
 
 _Static_assert(sizeof(struct kernel_stack) == 24, "stack_t");
+_Static_assert(sizeof(struct clone_args) == 88, "struct clone_args (CLONE_ARGS_SIZE_VER2)");
 _Static_assert(sizeof(struct cap_data) == 12, "struct __user_cap_data_struct");
 _Static_assert(sizeof(struct sockaddr_un) == 110, "struct sockaddr_un");
 _Static_assert(sizeof(struct msghdr) == 56, "struct msghdr");

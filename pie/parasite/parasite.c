@@ -63,6 +63,7 @@ static void serve(struct parasite_ctx *ctx)
 
 void parasite_main(const struct parasite_init_args *init)
 {
+	const volatile struct parasite_thread_call *thread_call = (const void *)init->thread_call;
 	struct parasite_ctx ctx = {
 		.received_fd = -1,
 		.args = (void *)init->cmd_args,
@@ -79,5 +80,6 @@ void parasite_main(const struct parasite_init_args *init)
 		serve(&ctx);
 		sys_call1(__NR_close, ctx.sock);
 	}
-	parasite_exit(ctx.sigreturn_sp, init->area_base, init->area_size, init->syscall_ret);
+	/* A thread still running parasite_thread_main (its runtime died) needs the area: it stays, as a leftover. */
+	parasite_exit(ctx.sigreturn_sp, init->area_base, init->area_size, thread_call->active ? 0 : init->syscall_ret);
 }

@@ -24,6 +24,7 @@ static inline int args_fit(const struct parasite_ctx *ctx, u64 size)
 }
 
 __attribute__((noreturn)) void parasite_main(const struct parasite_init_args *init);
+__attribute__((noreturn)) void parasite_thread_main(struct parasite_thread_call *call);
 __attribute__((noreturn)) void parasite_exit(u64 sigreturn_sp, u64 area_base, u64 area_size, u64 syscall_ret);
 
 int channel_connect(const u8 *sun_path, u32 sun_len);

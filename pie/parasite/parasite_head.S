@@ -21,6 +21,20 @@ __export_parasite_head_start:
 	.size __export_parasite_head_start, . - __export_parasite_head_start
 
 /*
+ * Another thread's entry (rdi: struct parasite_thread_call), while the
+ * leader serves commands on parasite_stack: one thread at a time runs here,
+ * on a stack of its own, and leaves through parasite_exit.
+ */
+	.globl __export_parasite_thread_start
+	.type __export_parasite_thread_start, @function
+__export_parasite_thread_start:
+	leaq parasite_thread_stack_top(%rip), %rsp
+	xorl %ebp, %ebp
+	call parasite_thread_main
+	int3
+	.size __export_parasite_thread_start, . - __export_parasite_thread_start
+
+/*
  * parasite_exit(sp, base, size, syscall_ret): leave through rt_sigreturn on the
  * frame the runtime built from the task's saved context (below the red zone of
  * the task's own stack). The kernel reads the rt_sigframe at rsp - 8 (where a
@@ -57,5 +71,11 @@ parasite_exit:
 parasite_stack:
 	.skip PARASITE_STACK_SIZE
 parasite_stack_top:
+
+	.section .bss.parasite_thread_stack, "aw", @nobits
+	.balign 16
+parasite_thread_stack:
+	.skip PARASITE_THREAD_STACK_SIZE
+parasite_thread_stack_top:
 
 	.section .note.GNU-stack, "", @progbits

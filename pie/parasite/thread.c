@@ -1,5 +1,8 @@
 /*
- * DUMP_THREAD: the per-thread state only the thread itself can read.
+ * The per-thread state only the thread itself can read: in the leader as the
+ * DUMP_THREAD command, in every other thread as parasite_thread_main, which
+ * the runtime starts in that thread (parked on its own return path, see
+ * parasite_thread_call in protocol.toml) while the leader serves commands.
  *
  * The blocked mask is not asked from the kernel: the parasite runs with
  * every signal blocked, and the task's own mask is the one the runtime saved
@@ -9,15 +12,12 @@
 #include "syscall.h"
 #include "uapi.h"
 
-long cmd_dump_thread(struct parasite_ctx *ctx)
+static long read_thread_state(struct parasite_thread *out, u64 sigreturn_sp)
 {
-	struct parasite_thread *out = ctx->args;
 	struct kernel_stack ss;
 	u64 tid_address;
 	long ret;
 
-	if (!args_fit(ctx, sizeof(*out)))
-		return -EINVAL;
 	ret = sys_call2(__NR_sigaltstack, NULL, &ss);
 	if (ret < 0)
 		return ret;
@@ -30,6 +30,20 @@ long cmd_dump_thread(struct parasite_ctx *ctx)
 	out->ss_sp = ss.ss_sp;
 	out->ss_size = ss.ss_size;
 	out->clear_child_tid = tid_address;
-	out->blocked = *(const u64 *)(ctx->sigreturn_sp + UCONTEXT_SIGMASK_OFFSET);
+	out->blocked = *(const u64 *)(sigreturn_sp + UCONTEXT_SIGMASK_OFFSET);
 	return 0;
+}
+
+long cmd_dump_thread(struct parasite_ctx *ctx)
+{
+	if (!args_fit(ctx, sizeof(struct parasite_thread)))
+		return -EINVAL;
+	return read_thread_state(ctx->args, ctx->sigreturn_sp);
+}
+
+void parasite_thread_main(struct parasite_thread_call *call)
+{
+	/* The area stays mapped: the leader's parasite still runs in it. */
+	call->err = read_thread_state(&call->state, call->sigreturn_sp);
+	parasite_exit(call->sigreturn_sp, 0, 0, 0);
 }

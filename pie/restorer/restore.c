@@ -54,7 +54,10 @@ static void restore_task(struct restorer_args *args)
 	check(args, RESTORER_STEP_ITIMERS, restore_itimers(args, &d), &d);
 }
 
-/* One thread's own state, set by that thread: the rseq area and TLS it points to live in the memory restored above. */
+/*
+ * One thread's own state, set by that thread: the rseq area and TLS it points to live in the memory restored
+ * above. The credentials are per thread too, and come last: the steps before may need the runtime's privileges.
+ */
 static void restore_thread(const struct restorer_args *args, const struct restorer_thread *thread)
 {
 	u64 d = 0;
@@ -62,6 +65,35 @@ static void restore_thread(const struct restorer_args *args, const struct restor
 	check(args, RESTORER_STEP_REGISTER_RSEQ, register_rseq(thread, &d), &d);
 	check(args, RESTORER_STEP_THREAD_AREA, restore_thread_area(thread, &d), &d);
 	check(args, RESTORER_STEP_ALTSTACK, restore_altstack(thread, &d), &d);
+	check(args, RESTORER_STEP_THREAD_NAME, set_thread_name(thread, &d), &d);
+	check(args, RESTORER_STEP_FUTEX_LINKS, set_futex_links(thread, &d), &d);
+	check(args, RESTORER_STEP_CREDS, restore_creds(args, &d), &d);
+}
+
+/* The block every created thread reads: set once, before the first clone3. */
+static struct restorer_args *restoring;
+
+/* A created thread's whole life in the restorer: its state, the barrier, its own context. */
+static void __attribute__((noreturn)) thread_body(const struct restorer_thread *thread)
+{
+	restore_thread(restoring, thread);
+	thread_ready_wait_go(restoring);
+	sigreturn_to_task(thread->sigreturn_sp);
+}
+
+static long queue_all_signals(const struct restorer_args *args, u64 *detail)
+{
+	/*
+	 * Only the thread whose tid is the pid may queue a kernel or tkill si_code to a thread of its
+	 * own process (rt_tgsigqueueinfo), so this thread queues every thread's signals.
+	 */
+	const struct restorer_thread *threads = (const struct restorer_thread *)args->threads;
+	long ret = queue_process_signals(args, detail);
+	u32 i;
+
+	for (i = 0; !ret && i < args->nr_threads; i++)
+		ret = queue_thread_signals(&threads[i], args->pid, detail);
+	return ret;
 }
 
 void restore_process(struct restorer_args *args)
@@ -72,17 +104,19 @@ void restore_process(struct restorer_args *args)
 	u64 d = 0;
 
 	restore_task(args);
+	restoring = args;
+	check(args, RESTORER_STEP_CREATE_THREADS, create_threads(args, thread_body, &d), &d);
+	wait_for_threads_ready(args);
 	restore_thread(args, self);
-	/* Last before the trap: every step above may need the runtime's privileges. */
-	check(args, RESTORER_STEP_CREDS, restore_creds(args, &d), &d);
 
+	/* The tracer seizes the other threads here, waiting at the barrier. */
 	trap_to_tracer();
 
 	/* The forced SIGTRAP unblocked SIGTRAP; nothing may be delivered here. */
 	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), &none);
 	check(args, RESTORER_STEP_SIGACTIONS, restore_sigtrap_action(args), &sigtrap);
-	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_process_signals(args, &d), &d);
-	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_thread_signals(self, args->pid, &d), &d);
+	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_all_signals(args, &d), &d);
+	release_threads(args);
 	/* Last: err_fd is among these, and nothing can fail after it. */
 	check(args, RESTORER_STEP_CLOSE_FDS, close_fds(args, &d), &d);
 	sigreturn_to_task(self->sigreturn_sp);

@@ -6,7 +6,8 @@
  * Task-level steps read the argument block's task part and act on the
  * whole process (mm.c, vdso.c, vdso_proxy.c, sig.c, creds.c); thread-level
  * steps read one restorer_thread and act on the calling thread (thread.c),
- * so restoring more threads is running the thread steps once in each.
+ * so restoring more threads is running the thread steps once in each
+ * (spawn.c creates them).
  */
 #ifndef RESTORER_RESTORE_H
 #define RESTORER_RESTORE_H
@@ -37,10 +38,18 @@ long queue_process_signals(const struct restorer_args *args, u64 *detail);
 void trap_to_tracer(void);
 void sigreturn_to_task(u64 sigreturn_sp) __attribute__((noreturn));
 
+/* The other threads and their barrier (spawn.c). */
+long create_threads(const struct restorer_args *args, void (*body)(const struct restorer_thread *), u64 *detail);
+void wait_for_threads_ready(struct restorer_args *args);
+void thread_ready_wait_go(struct restorer_args *args);
+void release_threads(struct restorer_args *args);
+
 /* Thread-level steps. */
 long register_rseq(const struct restorer_thread *thread, u64 *detail);
 long restore_thread_area(const struct restorer_thread *thread, u64 *detail);
 long restore_altstack(const struct restorer_thread *thread, u64 *detail);
+long set_thread_name(const struct restorer_thread *thread, u64 *detail);
+long set_futex_links(const struct restorer_thread *thread, u64 *detail);
 long queue_thread_signals(const struct restorer_thread *thread, u32 pid, u64 *detail);
 
 #endif

@@ -8,7 +8,13 @@
  * return into the task.
  *
  * rseq: the restoring process unregistered its own glibc area before
- * entering the restorer, so the kernel accepts a new registration.
+ * entering the restorer, so the kernel accepts a new registration (a thread
+ * the restorer created starts with none).
+ *
+ * Futex links: clear_child_tid (zeroed and woken when the thread exits,
+ * what pthread_join waits on) and the robust list (walked by the kernel when
+ * the thread dies) point into the restored memory; the runtime checked the
+ * list's length, the one thing set_robust_list refuses.
  */
 #include "restore.h"
 #include "syscall.h"
@@ -44,6 +50,22 @@ long restore_altstack(const struct restorer_thread *thread, u64 *detail)
 
 	*detail = thread->ss_sp;
 	return sys_call2(__NR_sigaltstack, &ss, NULL);
+}
+
+long set_thread_name(const struct restorer_thread *thread, u64 *detail)
+{
+	*detail = thread->tid;
+	return sys_call2(__NR_prctl, PR_SET_NAME, thread->comm);
+}
+
+long set_futex_links(const struct restorer_thread *thread, u64 *detail)
+{
+	/* set_tid_address returns the caller's tid: it cannot fail. */
+	sys_call1(__NR_set_tid_address, thread->clear_child_tid);
+	if (!thread->robust_list)
+		return 0;
+	*detail = thread->robust_list;
+	return sys_call2(__NR_set_robust_list, thread->robust_list, thread->robust_list_len);
 }
 
 long queue_thread_signals(const struct restorer_thread *thread, u32 pid, u64 *detail)

@@ -5,9 +5,11 @@ the task is stopped at its own instruction: its registers (with an
 interrupted syscall turned into its restart, as the kernel would on return
 to user mode), the full xstate, the signal mask, the pending signals and
 the rseq state (the kernel clears (struct rseq).rseq_cs as soon as the task
-returns to user mode outside a critical section, which the parasite does).
-What only the process itself can say (sigactions, umask, rlimits, itimers,
-brk, altstack, clear_child_tid) and the page data come from the parasite.
+returns to user mode outside a critical section, which the parasite does),
+for every thread. What only the process itself can say (sigactions, umask,
+rlimits, itimers, brk) and the page data come from the parasite in the
+leader; what only a thread can say about itself (altstack, clear_child_tid)
+from the parasite run in that thread (runtime/infect/thread_run.py).
 The images are written last, the inventory last of all (the writer's
 commit point), and only then is the target killed, still stopped under
 ptrace, so it never runs a single instruction after its state was taken.
@@ -31,9 +33,9 @@ from runtime.errors import DumpError, ReviveError
 from runtime.kernel import ptrace
 from runtime.task import futex_links, rseq, controls as task_controls
 from runtime.images.model import (KERNEL_MAPPING_KINDS, FdSlot, FileEntry, ITimer, MmFields, PageRun, Process,
-                                  Registers, Rseq, ThreadCore, VdsoInfo, Vma, VmaKind)
+                                  Registers, Rseq, SchedAttr, ThreadCore, VdsoInfo, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
-from runtime.infect.parasite import Iovec
+from runtime.infect.parasite import Iovec, ThreadState
 from runtime.infect.seize import Seized, seize
 from runtime.infect.session import infect, is_leftover
 from runtime.kernel.procfs import auxv, fds, maps, stat, status, vdso
@@ -66,6 +68,9 @@ class ThreadSnapshot:
     pending: tuple[bytes, ...]
     rseq: Rseq | None
     robust_list: tuple[int, int]  # (head, len) from get_robust_list
+    comm: str
+    sched: SchedAttr | None  # where it differs from the leader's
+    cpus: tuple[int, ...] | None  # where it differs from the leader's
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class Snapshot:
     page_runs: tuple[PageRun, ...]
     fds: tuple[FdSlot, ...]
     files: tuple[FileEntry, ...]
-    thread: ThreadSnapshot
+    threads: tuple[ThreadSnapshot, ...]  # the leader first
     shared_pending: tuple[bytes, ...]
     vdso: vdso.Vdso | None
     vdso_info: VdsoInfo | None
@@ -141,7 +146,7 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
     page_runs = plan_page_runs(pid, mappings)
     found_vdso, vdso_info = read_vdso_info(pid, vmas, proxy)
     # Last: for a thread inside an rseq critical section this moves it to its abort handler.
-    thread = snapshot_thread(pid)
+    threads = tuple(snapshot_thread(pid, tid) for tid in seized.tids)
     return Snapshot(
         stat=task_stat,
         status=st,
@@ -154,7 +159,7 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
         page_runs=page_runs,
         fds=fd_slots,
         files=file_entries,
-        thread=thread,
+        threads=threads,
         shared_pending=peek_pending(pid, shared=True),
         vdso=found_vdso,
         vdso_info=vdso_info,
@@ -198,15 +203,17 @@ def dump_fds(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool) -> tup
 
 # -- the thread, before infection ------------------------------------------------------------
 
-def snapshot_thread(tid: int) -> ThreadSnapshot:
-    """Registers (rseq abort applied first, as the kernel would), xstate, mask, queued signals, robust list."""
+def snapshot_thread(pid: int, tid: int) -> ThreadSnapshot:
+    """Registers (rseq abort applied first, as the kernel would), xstate, mask, queued signals, robust list, name."""
     fixup = rseq.fix_up_thread(tid)
     resumed = arch.resume_registers(fixup.regs)
     # The restored task returns by rt_sigreturn, which leaves no syscall to restart.
     resumed.orig_rax = arch.NO_SYSCALL
     regs = Registers(**{f.name: getattr(resumed, f.name) for f in fields(Registers)})
+    sched, cpus = task_controls.thread_differences(pid, tid)
     return ThreadSnapshot(tid, regs, ptrace.get_xstate(tid), ptrace.get_sigmask(tid),
-                          peek_pending(tid, shared=False), fixup.rseq, futex_links.read_robust_list(tid))
+                          peek_pending(tid, shared=False), fixup.rseq, futex_links.read_robust_list(tid),
+                          stat.read_thread_comm(pid, tid), sched, cpus)
 
 
 def peek_pending(tid: int, shared: bool) -> tuple[bytes, ...]:
@@ -235,18 +242,14 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         controls = task_controls.controls_from(pid, misc.prctl, stopped=seized.leader.group_stopped)
         sigactions = parasite.dump_sigactions()
         faults.point("dump.sigactions")
-        thread_state = parasite.dump_thread()
+        own_states = [parasite.dump_thread(thread.tid) for thread in snapshot.threads]
         faults.point("dump.thread")
         with progress.watch("dump", sum(v.len for v in iovecs), lambda: os.fstat(pages.fileno()).st_size):
             written = parasite.dump_pages(iovecs, pages.fileno())
         faults.point("dump.pages")
     faults.point("dump.cure")
     log.info("pid %d: %d page runs, %d bytes of pages", pid, len(iovecs), written)
-    thread = snapshot.thread
-    robust_list, robust_list_len = thread.robust_list
-    core = ThreadCore(tid=thread.tid, regs=thread.regs, blocked=thread.blocked, altstack=thread_state.altstack,
-                      clear_child_tid=thread_state.clear_child_tid, pending=thread.pending, rseq=thread.rseq,
-                      robust_list=robust_list, robust_list_len=robust_list_len)
+    cores = tuple(thread_core(thread, own) for thread, own in zip(snapshot.threads, own_states))
     st = snapshot.stat
     mm = MmFields(start_code=st.start_code, end_code=st.end_code, start_data=st.start_data, end_data=st.end_data,
                   start_brk=st.start_brk, brk=misc.brk, start_stack=st.start_stack,
@@ -258,15 +261,25 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         dumpable=misc.dumpable, creds=snapshot.status.creds, mm=mm,
         rlimits=misc.rlimits, sigactions=sigactions, itimers=armed_itimers(misc.itimers),
         shared_pending=snapshot.shared_pending, vmas=snapshot.vmas, page_runs=snapshot.page_runs,
-        fds=snapshot.fds, files=snapshot.files, threads=(core,), controls=controls, vdso=snapshot.vdso_info,
+        fds=snapshot.fds, files=snapshot.files, threads=cores, controls=controls, vdso=snapshot.vdso_info,
         shell_job=options.shell_job,
     )
-    writer.write_xstate(thread.tid, thread.xstate)
+    for thread in snapshot.threads:
+        writer.write_xstate(thread.tid, thread.xstate)
     if snapshot.vdso is not None:
         writer.write_vdso(pid, snapshot.vdso.image)
     writer.write_process(process)
     faults.point("dump.write")
     return process
+
+
+def thread_core(thread: ThreadSnapshot, own: ThreadState) -> ThreadCore:
+    """A thread's image record: what ptrace read before the parasite, and what the thread told the parasite."""
+    robust_list, robust_list_len = thread.robust_list
+    return ThreadCore(tid=thread.tid, regs=thread.regs, blocked=thread.blocked, altstack=own.altstack,
+                      clear_child_tid=own.clear_child_tid, pending=thread.pending, rseq=thread.rseq,
+                      robust_list=robust_list, robust_list_len=robust_list_len, comm=thread.comm,
+                      sched=thread.sched, cpus=thread.cpus)
 
 
 def armed_itimers(itimers: tuple[ITimer, ...]) -> tuple[ITimer, ...]:
@@ -289,10 +302,11 @@ def kill_seized(seized: Seized) -> None:
 
     Killing before the detach means it runs nothing after its state was
     taken; waiting as tracer hands the exit on to its real parent (or reaps
-    it, if that is us).
+    it, if that is us), the other threads first.
     """
     os.kill(seized.pid, signal.SIGKILL)
-    for tid in list(seized.threads):
+    # The leader's exit is reported only once every other thread's has been collected.
+    for tid in reversed(list(seized.threads)):
         try:
             while not ptrace.wait(tid).exited:
                 pass

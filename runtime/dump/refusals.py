@@ -20,7 +20,7 @@ from runtime.kernel.procfs.fds import OpenFile
 from runtime.kernel.procfs.files import proc_path, read_text, translated
 from runtime.kernel.procfs.maps import VSYSCALL, Mapping
 from runtime.kernel.procfs.stat import Stat
-from runtime.kernel.procfs.status import Status, read_status
+from runtime.kernel.procfs.status import Status, read_status, read_thread_status
 from runtime.task import controls as task_controls
 
 # Namespaces the restored process would silently leave: it is created in the runtime's own.
@@ -57,23 +57,16 @@ VMFLAGS: dict[str, str | None] = {
 def check_process(pid: int, tids: list[int], status: Status, stat: Stat, mappings: tuple[Mapping, ...],
                   open_files: tuple[OpenFile, ...], shell_job: bool) -> None:
     """Raise DumpError for the first piece of state a restore could not bring back."""
-    check_threads(pid, tids, status)
     check_children(pid, tids)
     check_session(pid, stat, shell_job)
     check_namespaces(pid)
     check_security(pid, status)
+    check_threads(pid, tids, status)
     task_controls.check_stat_flags(pid, stat.flags)
     check_posix_timers(pid)
     check_memory_policy(pid)
     check_mappings(pid, mappings)
     check_file_locks(pid, open_files)
-
-
-def check_threads(pid: int, tids: list[int], status: Status) -> None:
-    if len(tids) > 1 or status.threads > 1:
-        others = sorted(t for t in tids if t != pid)
-        raise DumpError(pid, f"multi-threaded process ({max(len(tids), status.threads)} threads; "
-                             f"the others: {_listed(others)}): not supported yet")
 
 
 def check_children(pid: int, tids: list[int]) -> None:
@@ -109,6 +102,18 @@ def _namespace(pid: int, name: str) -> str | None:
         return None
     with translated(pid, f"ns/{name}"):
         return os.readlink(proc_path(pid, f"ns/{name}"))
+
+
+def check_threads(pid: int, tids: list[int], leader: Status) -> None:
+    """Every thread is restored with the leader's credentials; per-thread security state is refused as the leader's is."""
+    for tid in tids:
+        if tid == pid:
+            continue
+        status = read_thread_status(pid, tid)
+        if status.creds != leader.creds:
+            raise DumpError(pid, f"thread {tid} has credentials of its own (a raw setuid/setgid/capset in one thread):"
+                                 " not supported")
+        check_security(tid, status)
 
 
 def check_security(pid: int, status: Status) -> None:

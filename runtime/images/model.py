@@ -183,6 +183,9 @@ class ThreadCore:
     rseq: Rseq | None = None
     robust_list: int = 0  # set_robust_list head: robust futexes the kernel releases when the thread dies
     robust_list_len: int = 0
+    comm: str = ""  # its name (/proc/PID/task/TID/comm, PR_SET_NAME)
+    sched: SchedAttr | None = None  # its scheduling attributes, where they differ from the leader's
+    cpus: tuple[int, ...] | None = None  # its CPU affinity, where it differs from the leader's
 
 
 @dataclass(frozen=True)

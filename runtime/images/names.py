@@ -8,7 +8,7 @@ parse, so an inventory cannot point a restore at `../../etc/shadow`.
 
 import re
 
-FORMAT_VERSION = 2  # 2: fd slots apart from file entries (runtime/files/)
+FORMAT_VERSION = 3  # 2: fd slots apart from file entries (runtime/files/); 3: per-thread name, scheduling, affinity
 TOOL = "revive"
 
 DIR_MODE = 0o700

@@ -17,6 +17,7 @@ from types import ModuleType
 from runtime.errors import InfectError
 from runtime.images.model import ITimer, RLimit, SigAction, SigAltStack
 from runtime.infect.channel import Channel
+from runtime.infect.thread_run import ThreadRunner
 
 PAGE_PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: fewer round trips between vmsplice and splice
 
@@ -59,13 +60,14 @@ class Parasite:
     """A running parasite; one method per command."""
 
     def __init__(self, pid: int, proto: ModuleType, channel: Channel, area: mmap.mmap,
-                 cmd_offset: int, cmd_size: int):
+                 cmd_offset: int, cmd_size: int, threads: ThreadRunner):
         self.pid = pid
         self.proto = proto
         self.channel = channel
         self.area = area
         self.cmd_offset = cmd_offset
         self.cmd_size = cmd_size
+        self.threads = threads
         self._names = {v: k for k, v in vars(proto).items() if k.startswith("PARASITE_CMD_")}
 
     def noop(self) -> None:
@@ -90,9 +92,17 @@ class Parasite:
         actions = self._get(self.proto.ParasiteSigactions).actions
         return tuple(SigAction(a.handler, a.flags, a.restorer, a.mask) for a in actions)
 
-    def dump_thread(self) -> ThreadState:
-        self._call(self.proto.PARASITE_CMD_DUMP_THREAD)
-        t = self._get(self.proto.ParasiteThread)
+    def dump_thread(self, tid: int | None = None) -> ThreadState:
+        """What thread tid (default: the leader) can tell only about itself.
+
+        The leader answers the DUMP_THREAD command; any other thread runs the
+        parasite's per-thread part itself (runtime/infect/thread_run.py).
+        """
+        if tid is None or tid == self.pid:
+            self._call(self.proto.PARASITE_CMD_DUMP_THREAD)
+            t = self._get(self.proto.ParasiteThread)
+        else:
+            t = self.threads.dump_thread(tid)
         return ThreadState(t.tid, t.blocked, SigAltStack(t.ss_sp, t.ss_size, t.ss_flags), t.clear_child_tid)
 
     def drain_fds(self, fds: list[int]) -> list[int]:

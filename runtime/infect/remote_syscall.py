@@ -185,12 +185,12 @@ class ReturnPath:
     interrupt stop, where the kernel restarts the task's own syscall.
     """
 
-    def __init__(self, pid: int, tid: int, strings: bytes = b""):
+    def __init__(self, pid: int, tid: int, strings: bytes = b"", gadgets: Gadgets | None = None):
         self.pid = pid
         self.tid = tid
         self.strings = strings  # NUL-terminated data the injected syscalls point at (strings_addr)
         self.saved: SavedContext | None = None
-        self.gadgets: Gadgets | None = None
+        self.gadgets = gadgets  # found on enter() unless another thread's path already found them
         self.sigreturn_sp = 0
         self.strings_addr = 0
         self.scratch = 0  # lowest stack address written
@@ -202,7 +202,8 @@ class ReturnPath:
         """Save the thread's state, write the frame, park it there and block every signal."""
         regs = ptrace.get_regs(self.tid)
         self.saved = SavedContext(regs, ptrace.get_xstate(self.tid), ptrace.get_sigmask(self.tid))
-        self.gadgets = find_gadgets(self.pid)
+        if self.gadgets is None:
+            self.gadgets = find_gadgets(self.pid)
         top = regs.rsp - arch.RED_ZONE
         frame_addr = (top - arch.rt_sigframe_size(len(self.saved.xstate))) & ~(arch.XSTATE_ALIGN - 1)
         self.strings_addr = (frame_addr - len(self.strings)) & ~15
@@ -272,6 +273,32 @@ class ReturnPath:
         regs.rip = self.gadgets.sigreturn
         ptrace.set_regs(self.tid, regs)
         self.run_to_syscall_stop()
+
+    def chase_home(self, limit: int) -> ptrace.Stop | None:
+        """Follow the thread through injected code to its final rt_sigreturn on the frame, and cancel that.
+
+        The thread is parked again either way. None when it got there; the
+        stop when it faulted on the way instead: it is parked from inside the
+        kernel's signal handling, so the fault's signal is never delivered.
+        """
+        for _ in range(limit):
+            ptrace.syscall(self.tid)
+            stop = ptrace.wait(self.tid)
+            if stop.exited:
+                self.exited = True
+                raise InfectError(self.tid, f"the target {stop.describe()} while injected code ran in it")
+            if stop.is_signal_delivery and stop.signal == signal.SIGSTOP:
+                self.stop_held = True
+                continue
+            if stop.is_event_stop:
+                continue
+            if not stop.is_syscall_stop:
+                self.park()
+                return stop
+            if self.at_final_sigreturn(ptrace.get_regs(self.tid)):
+                self.cancel_sigreturn()
+                return None
+        raise InfectError(self.tid, f"injected code made {limit} syscalls without reaching its rt_sigreturn")
 
     def run_to_syscall_stop(self) -> ptrace.Stop:
         """Continue to the next syscall stop; a SIGSTOP meanwhile is held back, a queued trap passed."""

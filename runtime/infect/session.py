@@ -36,6 +36,7 @@ from runtime.infect.channel import Channel
 from runtime.infect.parasite import Parasite
 from runtime.infect.remote_syscall import ReturnPath
 from runtime.infect.seize import Seized, seize, wait_for_stop
+from runtime.infect.thread_run import ThreadRunner
 from runtime.kernel import ptrace
 from runtime.kernel.procfs.fds import list_fds
 from runtime.kernel.procfs.files import read_link, read_text
@@ -55,20 +56,22 @@ def is_leftover(path: str) -> bool:
 
 @dataclass(frozen=True)
 class AreaLayout:
-    """Offsets in the shared area: [image | bss | pad] [init args] [command args]."""
+    """Offsets in the shared area: [image | bss | pad] [init args] [thread call] [command args]."""
 
     blob_size: int
     init_offset: int
+    thread_call_offset: int
     cmd_offset: int
     cmd_size: int
     size: int
 
 
-def plan_area(blob_size: int, init_size: int) -> AreaLayout:
+def plan_area(blob_size: int, init_size: int, thread_call_size: int) -> AreaLayout:
     init_offset = blob_size
-    cmd_offset = arch.align_up(init_offset + init_size, 64)
+    thread_call_offset = arch.align_up(init_offset + init_size, 64)
+    cmd_offset = arch.align_up(thread_call_offset + thread_call_size, 64)
     size = arch.align_up(cmd_offset + CMD_ARGS_SIZE, PAGE_SIZE)
-    return AreaLayout(blob_size, init_offset, cmd_offset, CMD_ARGS_SIZE, size)
+    return AreaLayout(blob_size, init_offset, thread_call_offset, cmd_offset, CMD_ARGS_SIZE, size)
 
 
 class Infection:
@@ -115,7 +118,8 @@ class Infection:
 
     def infect(self) -> None:
         init_type = self.proto.ParasiteInitArgs
-        self.layout = plan_area(self.blob.memory_size, ctypes.sizeof(init_type))
+        self.layout = plan_area(self.blob.memory_size, ctypes.sizeof(init_type),
+                                ctypes.sizeof(self.proto.ParasiteThreadCall))
         self._map_area()
         self.blob.place(self.area, self.base)
         self.channel = Channel.listen(self.pid, self.check_task)
@@ -124,13 +128,17 @@ class Infection:
         init = init_type(sun_len=2 + len(address), log_fd=-1,
                          cmd_args=self.base + self.layout.cmd_offset, cmd_args_size=self.layout.cmd_size,
                          sigreturn_sp=self.path.sigreturn_sp, area_base=self.base, area_size=self.layout.size,
-                         syscall_ret=self.path.gadgets.syscall_ret)
+                         syscall_ret=self.path.gadgets.syscall_ret,
+                         thread_call=self.base + self.layout.thread_call_offset)
         ctypes.memmove(init.sun_path, address, len(address))
         self._write(self.layout.init_offset, bytes(init))
         self._start()
         self.channel.accept()
+        threads = ThreadRunner(self.pid, self.proto, self.area, self.layout.thread_call_offset,
+                               self.base + self.layout.thread_call_offset,
+                               self.base + self.blob.exports["parasite_thread_start"], self.path.gadgets)
         self.parasite = Parasite(self.pid, self.proto, self.channel, self.area, self.layout.cmd_offset,
-                                 self.layout.cmd_size)
+                                 self.layout.cmd_size, threads)
 
     def _map_area(self) -> None:
         """A memfd mapped RWX-shared in the target and RW here: the blob and its arguments."""
@@ -227,26 +235,7 @@ class Infection:
 
     def _chase_exit(self) -> None:
         """Follow the parasite out to its final rt_sigreturn and cancel it: the task is parked again."""
-        for _ in range(SIGRETURN_CHASE_LIMIT):
-            ptrace.syscall(self.pid)
-            stop = ptrace.wait(self.pid)
-            if stop.exited:
-                self.dead = True
-                raise InfectError(self.pid, f"the target {stop.describe()} while the parasite was exiting")
-            if stop.is_signal_delivery and stop.signal == signal.SIGSTOP:
-                self.stop_requested = True
-                continue
-            if stop.is_event_stop:
-                continue
-            if not stop.is_syscall_stop:
-                # A fault on the way out: the task is stopped inside the kernel's signal
-                # handling; parked from there, the fault's signal is not delivered.
-                self.path.park()
-                return
-            if self.path.at_final_sigreturn(ptrace.get_regs(self.pid)):
-                self.path.cancel_sigreturn()
-                return
-        raise InfectError(self.pid, f"parasite made {SIGRETURN_CHASE_LIMIT} syscalls without reaching rt_sigreturn")
+        self.path.chase_home(SIGRETURN_CHASE_LIMIT)  # a fault on the way: parked all the same
 
     def resend_stop(self) -> None:
         if (self.stop_requested or self.path.stop_held) and not self.dead:

@@ -7,11 +7,14 @@ back. After clone3 the child is traced (PTRACE_O_EXITKILL: if the runtime
 dies, so does the half-restored child) and any failure kills and reaps it,
 so no half-restored process is ever left running.
 
-The hand-over (restore/handover.py): the restorer stops itself with int3
-when the address space and signal state are in place; from there the
-parent follows its syscalls to the exit of rt_sigreturn, where the task
-runs in its own registers, xstate and mask, unmaps the restorer area with
-an injected munmap, sets what only an injected syscall can, and detaches.
+The hand-over (restore/handover.py): the restorer creates the other
+threads, each sets its own state and waits at a barrier, and the first
+stops itself with int3 when the whole process is in place. There the
+parent seizes the waiting threads, follows every thread's syscalls to the
+exit of its rt_sigreturn, where it runs in its own registers, xstate and
+mask, unmaps the restorer area with an injected munmap once no thread is
+in it, sets what only an injected syscall or an outside call can, and
+detaches them all.
 """
 
 import contextlib
@@ -30,12 +33,14 @@ from runtime.images.model import Process, RLimit
 from runtime.infect.remote_syscall import RemoteSyscall
 from runtime.kernel import ptrace
 from runtime.kernel.clone import clone_with_pid
+from runtime.kernel.procfs.holders import describe_holder
 from runtime.kernel.procfs.io import bytes_read
 from runtime.mm.vdso import VdsoMode, VdsoPlan, plan_restore
 from runtime.restore import child as restore_child
-from runtime.restore.handover import ErrorChannel, follow_to_own_context, unmap_restorer, wait_for_restorer_trap
+from runtime.restore.handover import (ErrorChannel, follow_to_own_context, seize_waiting_threads, unmap_restorer,
+                                      wait_for_restorer_trap)
 from runtime.restore.restorer_args import Area, build_area, plan_fds, target_ranges
-from runtime.task import futex_links, rseq, controls as task_controls
+from runtime.task import rseq, controls as task_controls
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
         faults.point("restore.validate")
         vdso = plan_vdso(process, image.vdso_image, vdso_mode)
         fds = plan_fds(process, _open_fds())
-        area = build_area(process, image.xstates[process.pid], fds, vdso)
+        area = build_area(process, image.xstates, fds, vdso)
         plan = restore_child.ChildPlan(process, image.pages.fileno(), fds, area, capped_rlimits(process))
         faults.point("restore.clone")
         restored = start(plan, leave_traced)
@@ -90,8 +95,9 @@ def check_restorable(process: Process, shell_job: bool, detach: bool) -> None:
         name = signal.Signals(process.controls.pdeath_signal).name
         raise RestoreError(process.pid, f"has a parent-death signal ({name}): this command becomes its parent, "
                                         "so -d would deliver it at once; restore without -d")
-    if len(process.threads) > 1:
-        raise RestoreError(process.pid, f"has {len(process.threads)} threads; restoring threads is not supported yet")
+    for thread in process.threads[1:]:
+        if os.path.exists(f"/proc/{thread.tid}"):
+            raise RestoreError(process.pid, f"thread id {thread.tid} is in use: {describe_holder(thread.tid)}")
     inherited = table.inherited_fds(process)
     if inherited and not shell_job:
         raise RestoreError(process.pid, f"fds {inherited} are a shell job's stdio: restore with --shell-job")
@@ -116,7 +122,7 @@ def _open_fds() -> list[int]:
 
 
 def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored:
-    """clone3 the child with the dumped PID and see it through the restorer into its own context."""
+    """clone3 the child with the dumped PID and see every thread through the restorer into its own context."""
     pid = plan.process.pid
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -133,7 +139,9 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
     os.close(go_r)
     os.close(err_w)
     errors = ErrorChannel(err_r)
-    with _killed_on_failure(child):
+    others = [thread.tid for thread in plan.process.threads[1:]]
+    traced: list[int] = []  # the created threads under our ptrace: reaped before the leader on failure
+    with _killed_on_failure(child, traced):
         try:
             ptrace.seize(child, ptrace.PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
             os.write(go_w, struct.pack("<I", _glibc_rseq_length(child)))
@@ -143,21 +151,26 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
                             lambda: bytes_read(child)):
             wait_for_restorer_trap(child, errors)
         faults.point("restore.handover")
-        follow_to_own_context(child, errors)
+        seize_waiting_threads(child, others, PTRACE_O_EXITKILL, traced)
+        # The first thread releases the others from the barrier on its way: it goes first.
+        for tid in [child] + others:
+            follow_to_own_context(tid, errors)
         in_child = RemoteSyscall.for_thread(child, child)
         unmap_restorer(child, plan.area, in_child)
         controls = plan.process.controls
-        futex_links.set_links(child, plan.process.threads[0], in_child)
         task_controls.set_after_creds(child, controls, in_child)
-        # After the last injected syscall: each returns to user mode outside any section, where
-        # the kernel clears rseq_cs; nothing returns there again before the task's own code.
-        rseq.write_back(child, plan.process.threads[0].rseq)
+        for thread in plan.process.threads:
+            task_controls.set_thread_differences(child, thread.tid, thread.sched, thread.cpus)
+            # After the last injected syscall: each returns to user mode outside any section, where
+            # the kernel clears rseq_cs; nothing returns there again before the task's own code.
+            rseq.write_back(thread.tid, thread.rseq)
         if not leave_traced:
             if controls.stopped:
-                # Queued while the task is in a ptrace stop: it takes the group stop on its way back
-                # to user mode after the detach, before any instruction of its own.
+                # Queued while every thread is in a ptrace stop: the first to run takes the group stop
+                # on its way back to user mode after the detach, before any instruction of its own.
                 os.kill(child, signal.SIGSTOP)
-            ptrace.detach(child)
+            for tid in [child] + others:
+                ptrace.detach(tid)
             if controls.stopped:
                 # Return once it is stopped (or already continued): as it was when dumped.
                 os.waitpid(child, os.WUNTRACED | os.WCONTINUED)
@@ -165,24 +178,26 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
 
 
 @contextlib.contextmanager
-def _killed_on_failure(child: int):
+def _killed_on_failure(child: int, traced: list[int]):
     try:
         yield
     except BaseException:
-        _kill_and_reap(child)
+        _kill_and_reap(child, traced)
         raise
 
 
-def _kill_and_reap(child: int) -> None:
+def _kill_and_reap(child: int, traced: list[int]) -> None:
+    """SIGKILL the new process; its traced threads are waited for first, or the leader is never reported."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(child, signal.SIGKILL)
-    while True:
-        try:
-            _, status = os.waitpid(child, ptrace.__WALL)
-        except ChildProcessError:
-            return
-        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-            return
+    for tid in traced + [child]:
+        while True:
+            try:
+                _, status = os.waitpid(tid, ptrace.__WALL)
+            except ChildProcessError:
+                break
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                break
 
 
 def _glibc_rseq_length(child: int) -> int:

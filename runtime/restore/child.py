@@ -54,8 +54,6 @@ ARCH_GET_FS = 0x1003
 RSEQ_FLAG_UNREGISTER = 1
 RSEQ_SIG = 0x53053053  # glibc's x86 signature (sysdeps/unix/sysv/linux/x86/bits/rseq.h)
 
-PR_SET_NAME = 15
-
 PROT_RWX = 0x7
 
 _libc.mmap.restype = ctypes.c_void_p
@@ -245,7 +243,7 @@ def map_restorer_area(area: Area) -> None:
     if got is None or got == ctypes.c_void_p(-1).value or got != area.base:
         err = ctypes.get_errno()
         raise RestoreError(os.getpid(), f"cannot map the restorer area at {area.base:#x}: {os.strerror(err)}")
-    ctypes.memmove(area.base, area.image, area.size)
+    ctypes.memmove(area.base, area.image, len(area.image))
 
 
 def set_rlimits(rlimits: tuple[RLimit, ...]) -> None:
@@ -259,11 +257,11 @@ def set_rlimits(rlimits: tuple[RLimit, ...]) -> None:
 
 
 def set_identity(process: Process) -> None:
-    """Name and personality: what the process sees of itself without exec having run.
+    """Personality: what the process sees of itself without exec having run.
 
-    Dumpability is the restorer's last credential step: a uid change resets it.
+    Each thread's name is a thread step of the restorer (set_thread_name);
+    dumpability is the restorer's last credential step: a uid change resets it.
     """
-    _check(_libc.prctl(PR_SET_NAME, os.fsencode(process.comm)[:15], 0, 0, 0), "prctl(PR_SET_NAME)")
     _check(_libc.personality(ctypes.c_ulong(process.personality)), "personality")
 
 

@@ -13,7 +13,7 @@ import signal
 import threading
 
 from runtime.arch import x86_64 as arch
-from runtime.errors import RestoreError, shorten
+from runtime.errors import PtraceError, RestoreError, shorten
 from runtime.infect import blobs
 from runtime.infect.remote_syscall import RemoteSyscall, settle
 from runtime.kernel import ptrace
@@ -87,8 +87,22 @@ def wait_for_restorer_trap(child: int, errors) -> None:
         ptrace.cont(child, ptrace_stop.signal if ptrace_stop.is_signal_delivery else 0)
 
 
+def seize_waiting_threads(child: int, tids: list[int], options: int, traced: list[int]) -> None:
+    """Bring the threads the restorer created, waiting at its barrier, under our ptrace (each added to traced)."""
+    for tid in tids:
+        try:
+            ptrace.seize(tid, ptrace.PTRACE_O_TRACESYSGOOD | options)
+        except PtraceError as exc:
+            raise RestoreError(child, f"cannot seize the restored thread {tid}: {exc}") from exc
+        traced.append(tid)
+        ptrace.interrupt(tid)
+        stop = ptrace.wait(tid)
+        if not stop.is_event_stop:
+            raise RestoreError(child, f"restored thread {tid} {stop.describe()} at the restorer's barrier")
+
+
 def follow_to_own_context(child: int, errors) -> None:
-    """From the trap, follow the restorer's last syscalls to the exit of rt_sigreturn."""
+    """From the trap (or the barrier), follow a thread's last restorer syscalls to the exit of its rt_sigreturn."""
     entering = True
     while True:
         ptrace.syscall(child)

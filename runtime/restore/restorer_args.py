@@ -15,7 +15,9 @@ the restorer moves them, so they are kept too.
 Layout: [restorer image + bss (its stack) | restorer_args (the task part) |
 the arrays it points to | restorer_thread[] and, per thread, its pending
 signals and its rt_sigframe], each part 64-byte aligned, handed out by an
-Arena to one filler per concern (_fill_vmas, _fill_threads, ...).
+Arena to one filler per concern (_fill_vmas, _fill_threads, ...); then, page
+aligned and left out of the image bytes (the mapping is zero-filled), one
+restorer stack for each thread but the first, which runs on the blob's.
 """
 
 import ctypes
@@ -101,15 +103,12 @@ class Area:
     """The restorer area, ready to be copied to base in the child."""
 
     base: int
-    image: bytes
+    size: int  # the image, then the created threads' stacks
+    image: bytes  # copied to base; the rest of the area is zero
     entry: int  # address of restorer_entry
     args: int  # address of restorer_args
     vdso_temp: Range
     keep: tuple[Range, ...] = field(default=())
-
-    @property
-    def size(self) -> int:
-        return len(self.image)
 
 
 def _file_flags(vma: Vma) -> int:
@@ -193,8 +192,12 @@ def target_ranges(process: Process) -> list[Range]:
     return target
 
 
-def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan | None, log_fd: int = -1) -> Area:
-    """Choose the restorer area's address and fill it: blob, restorer_args, the arrays it points to, threads."""
+def build_area(process: Process, xstates: dict[int, bytes], fds: HelperFds, vdso: VdsoPlan | None,
+               log_fd: int = -1) -> Area:
+    """Choose the restorer area's address and fill it: blob, restorer_args, the arrays it points to, threads.
+
+    xstates: each thread's xsave area, by tid.
+    """
     blob = blobs.load("restorer")
     target = target_ranges(process)
     running = [Range(start, end) for start, end in vdso.keep] if vdso else []
@@ -203,25 +206,27 @@ def build_area(process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan |
 
     # The fill is the same twice: first to measure (at base 0), then in place.
     measured = Arena(blob.memory_size)
-    _fill_area(measured, process, xstate, fds, vdso, keep=[Range(0, 0)] + running, temp=Range(0, 0),
-               log_fd=log_fd)
-    size = arch.align_up(measured.end, PAGE_SIZE)
+    _fill_area(measured, process, xstates, fds, vdso, keep=[Range(0, 0)] + running, temp=Range(0, 0),
+               stacks=0, log_fd=log_fd)
+    image_size = arch.align_up(measured.end, PAGE_SIZE)
+    size = image_size + (len(process.threads) - 1) * blobs.protocol().RESTORER_THREAD_STACK_SIZE
 
     own = _own_layout()
     area = _find_area(process.pid, target + own, size)
     keep = sorted([area] + running, key=lambda r: r.start)
     temp = _find_area(process.pid, target + own + [area], sum(r.size for r in running))
 
-    buffer = bytearray(size)
+    buffer = bytearray(image_size)
     blob.place(buffer, area.start)
     arena = Arena(blob.memory_size, area.start, buffer)
-    args_address = _fill_area(arena, process, xstate, fds, vdso, keep=keep, temp=temp, log_fd=log_fd)
-    return Area(area.start, bytes(buffer), area.start + blob.exports["restorer_entry"], args_address, temp,
+    args_address = _fill_area(arena, process, xstates, fds, vdso, keep=keep, temp=temp,
+                              stacks=area.start + image_size, log_fd=log_fd)
+    return Area(area.start, size, bytes(buffer), area.start + blob.exports["restorer_entry"], args_address, temp,
                 tuple(keep))
 
 
-def _fill_area(arena: Arena, process: Process, xstate: bytes, fds: HelperFds, vdso: VdsoPlan | None,
-               keep: list[Range], temp: Range, log_fd: int) -> int:
+def _fill_area(arena: Arena, process: Process, xstates: dict[int, bytes], fds: HelperFds, vdso: VdsoPlan | None,
+               keep: list[Range], temp: Range, stacks: int, log_fd: int) -> int:
     """restorer_args and everything it points to, in the arena; returns the block's address."""
     proto = blobs.protocol()
     (args,), address = arena.add(proto.RestorerArgs)
@@ -240,7 +245,7 @@ def _fill_area(arena: Arena, process: Process, xstate: bytes, fds: HelperFds, vd
     _fill_close_fds(arena, args, fds)
     _fill_signals(arena, args, process)
     _fill_creds(args.creds, process)
-    _fill_threads(arena, args, process, xstate)
+    _fill_threads(arena, args, process, xstates, stacks)
     args.fail_step = _requested_failure(proto)
     return address
 
@@ -331,19 +336,31 @@ def _add_siginfos(arena: Arena, infos: tuple[bytes, ...]) -> int:
     return address
 
 
-def _fill_threads(arena: Arena, args, process: Process, xstate: bytes) -> None:
-    """One restorer_thread per thread (one today), each with the rt_sigframe it returns through."""
-    threads, args.threads = arena.add(blobs.protocol().RestorerThread, len(process.threads))
+def _fill_threads(arena: Arena, args, process: Process, xstates: dict[int, bytes], stacks: int) -> None:
+    """One restorer_thread per thread, each with the rt_sigframe it returns through.
+
+    stacks: where the created threads' restorer stacks begin (threads[0]
+    runs on the blob's own); thread i's stack ends at stacks + i * size.
+    """
+    proto = blobs.protocol()
+    threads, args.threads = arena.add(proto.RestorerThread, len(process.threads))
     args.nr_threads = len(process.threads)
-    for slot, thread in zip(threads, process.threads):
+    for index, (slot, thread) in enumerate(zip(threads, process.threads)):
         slot.tid = thread.tid
+        slot.stack = stacks + index * proto.RESTORER_THREAD_STACK_SIZE if index else 0
         slot.ss_sp, slot.ss_flags, slot.ss_size = thread.altstack.sp, thread.altstack.flags, thread.altstack.size
         if thread.rseq is not None:
             slot.rseq_addr, slot.rseq_len, slot.rseq_sig = thread.rseq.address, thread.rseq.size, thread.rseq.signature
         # rt_sigreturn does not touch the segment bases: the TLS pointer is set by the restorer.
         slot.fs_base, slot.gs_base = thread.regs.fs_base, thread.regs.gs_base
+        slot.clear_child_tid = thread.clear_child_tid
+        slot.robust_list, slot.robust_list_len = thread.robust_list, thread.robust_list_len
+        # The kernel keeps TASK_COMM_LEN - 1 bytes of a name; the slot is zero-filled, so it ends in NUL.
+        name = os.fsencode(thread.comm or process.comm)[:proto.RESTORER_COMM_SIZE - 1]
+        slot.comm[:len(name)] = list(name)
         slot.nr_pending = len(thread.pending)
         slot.pending = _add_siginfos(arena, thread.pending)
+        xstate = xstates[thread.tid]
         frame_view, frame_address = arena.add(ctypes.c_uint8, arch.rt_sigframe_size(len(xstate)))
         frame, slot.sigreturn_sp = arch.build_rt_sigframe(thread.regs, xstate, thread.blocked, frame_address)
         frame_view[:len(frame)] = frame

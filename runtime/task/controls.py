@@ -122,6 +122,15 @@ def controls_from(pid: int, prctl: dict[str, int], stopped: bool) -> TaskControl
     )
 
 
+def thread_differences(pid: int, tid: int) -> tuple[SchedAttr | None, tuple[int, ...] | None]:
+    """A thread's scheduling attributes and CPU affinity, each None where it is the leader's (the common case)."""
+    if tid == pid:
+        return None, None
+    sched, cpus = read_sched(tid), tuple(sorted(os.sched_getaffinity(tid)))
+    return (None if sched == read_sched(pid) else sched,
+            None if cpus == tuple(sorted(os.sched_getaffinity(pid))) else cpus)
+
+
 # -- restore ------------------------------------------------------------------------------------
 
 def _prctl(pid: int, what: str, *args: int) -> None:
@@ -145,7 +154,7 @@ def set_in_child(pid: int, controls: TaskControls) -> None:
     except OSError as exc:
         raise RestoreError(pid, f"CPU affinity {list(controls.cpus)}: {exc.strerror} "
                                 f"(this machine's CPUs: {sorted(os.sched_getaffinity(0))})") from exc
-    set_sched(pid, controls.sched)
+    set_sched(pid, 0, controls.sched)
     if _libc.syscall(arch.NR_IOPRIO_SET, IOPRIO_WHO_PROCESS, 0, controls.io_priority) != 0:
         raise RestoreError(pid, f"ioprio_set {controls.io_priority:#x}: {os.strerror(ctypes.get_errno())}")
     _write_own_proc_file(pid, "oom_score_adj", str(controls.oom_score_adj_rank - OOM_SCORE_ADJ_MAX))
@@ -160,7 +169,8 @@ def _write_own_proc_file(pid: int, name: str, value: str) -> None:
         raise RestoreError(pid, f"{name} {value}: {exc.strerror}") from exc
 
 
-def set_sched(pid: int, sched: SchedAttr) -> None:
+def set_sched(pid: int, tid: int, sched: SchedAttr) -> None:
+    """sched_setattr on thread tid (0: the caller) of process pid."""
     # A kernel without CONFIG_UCLAMP_TASK reports 0..0 and refuses the clamp flags.
     clamped = (sched.util_min, sched.util_max) not in (UTIL_CLAMP_DEFAULT, (0, 0))
     attr = SchedAttrStruct(
@@ -169,9 +179,20 @@ def set_sched(pid: int, sched: SchedAttr) -> None:
         sched_nice=20 - sched.nice_rank, sched_priority=sched.priority, sched_runtime=sched.runtime,
         sched_deadline=sched.deadline, sched_period=sched.period,
         sched_util_min=sched.util_min, sched_util_max=sched.util_max)
-    if _libc.syscall(arch.NR_SCHED_SETATTR, 0, ctypes.byref(attr), 0) != 0:
-        raise RestoreError(pid, f"sched_setattr (policy {sched.policy}, nice {20 - sched.nice_rank}, "
+    if _libc.syscall(arch.NR_SCHED_SETATTR, tid, ctypes.byref(attr), 0) != 0:
+        raise RestoreError(pid, f"sched_setattr{f' of thread {tid}' if tid else ''} (policy {sched.policy}, nice {20 - sched.nice_rank}, "
                                 f"priority {sched.priority}): {os.strerror(ctypes.get_errno())}")
+
+
+def set_thread_differences(pid: int, tid: int, sched: SchedAttr | None, cpus: tuple[int, ...] | None) -> None:
+    """From outside, on a restored thread: what it had apart from the leader (a new thread inherits the leader's)."""
+    if cpus is not None:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError as exc:
+            raise RestoreError(pid, f"CPU affinity {list(cpus)} of thread {tid}: {exc.strerror}") from exc
+    if sched is not None:
+        set_sched(pid, tid, sched)
 
 
 def set_after_creds(pid: int, controls: TaskControls, remote_syscall) -> None:

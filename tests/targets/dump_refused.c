@@ -1,5 +1,6 @@
 /* Dump target holding one thing the dump does not support yet, chosen by argv[1]:
- * "thread" (a second thread), "socket" (a socketpair), "eventfd", "pipe"
+ * "thread_creds" (a second thread whose gids a raw setresgid changed, the
+ * leader's not), "socket" (a socketpair), "eventfd", "pipe"
  * (a pipe at fds 3 and 4), "posix_timer" (timer_create), "flock" (a lock on
  * a file "locked" in the working directory, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
@@ -19,6 +20,7 @@
 #include <sys/prctl.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static __attribute__((noreturn)) void *sleeper(void *arg) {
@@ -26,13 +28,24 @@ static __attribute__((noreturn)) void *sleeper(void *arg) {
 	for (;;) pause();
 }
 
+static volatile int gid_changed;
+
+/* The raw syscall changes this thread alone; glibc's setresgid would change every thread. */
+static void *own_gid_sleeper(void *arg) {
+	syscall(SYS_setresgid, 4321, 4321, 4321);
+	gid_changed = 1;
+	return sleeper(arg);
+}
+
 int main(int argc, char **argv) {
 	int fds[2];
 	pthread_t thread;
 	pid_t child = 0;
-	if (argc != 2) { fprintf(stderr, "usage: dump_refused thread|socket|eventfd|pipe\n"); return 2; }
-	if (!strcmp(argv[1], "thread")) {
-		if (pthread_create(&thread, NULL, sleeper, NULL)) return 1;
+	if (argc != 2) { fprintf(stderr, "usage: dump_refused thread_creds|socket|eventfd|pipe|...\n"); return 2; }
+	if (!strcmp(argv[1], "thread_creds")) {
+		if (pthread_create(&thread, NULL, own_gid_sleeper, NULL)) return 1;
+		while (!gid_changed)
+			usleep(1000);
 	} else if (!strcmp(argv[1], "socket")) {
 		if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds)) return 1;
 	} else if (!strcmp(argv[1], "eventfd")) {

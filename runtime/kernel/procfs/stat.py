@@ -66,6 +66,11 @@ def read_stat(pid: int) -> Stat:
     return parse_stat(pid, read_text(pid, "stat"))
 
 
+def read_thread_comm(pid: int, tid: int) -> str:
+    """One thread's name (PR_SET_NAME, pthread_setname_np): /proc/PID/task/TID/comm without its newline."""
+    return read_text(pid, f"task/{tid}/comm").removesuffix("\n")
+
+
 def read_personality(pid: int) -> int:
     """The persona the kernel prints in hex in /proc/PID/personality."""
     text = read_text(pid, "personality").strip()

@@ -79,3 +79,8 @@ def parse_status(pid: int, text: str) -> Status:
 
 def read_status(pid: int) -> Status:
     return parse_status(pid, read_text(pid, "status"))
+
+
+def read_thread_status(pid: int, tid: int) -> Status:
+    """/proc/PID/task/TID/status: the per-thread fields (credentials, seccomp, signal masks) of that thread."""
+    return parse_status(tid, read_text(pid, f"task/{tid}/status"))

@@ -55,6 +55,11 @@ INFECT_STEPS = (
     "infect.restored",  # its registers are its own again, the frame's stack bytes not yet
 )
 
+# The parasite run in a thread other than the leader (runtime/infect/thread_run.py); only a
+# multi-threaded target reaches it.
+THREAD_STEPS = (
+    "infect.thread",  # that thread is parked and its registers point at the parasite (@N: the Nth thread)
+)
 RESTORE_STEPS = (
     "restore.validate",  # the image is loaded and checked
     "restore.clone",  # the processes are about to be created

@@ -39,8 +39,15 @@ STEPS = [step for step in faults.INFECT_STEPS if step not in PER_CALL] + [
 MODES = {"default": [], "leave-running": ["--leave-running"]}
 
 
-def target_argv(workdir: Path) -> list[str]:
-    return [str(target_path("kill_safety")), str(workdir / "file")]
+THREADS = 4  # the multi-threaded target's: the parasite runs in threads 2..4 in turn
+
+
+def target_argv(workdir: Path, threads: int = 1) -> list[str]:
+    return [str(target_path("kill_safety")), str(workdir / "file"), str(threads)]
+
+
+def thread_masks(pid: int) -> dict[str, str]:
+    return {tid: status_field(int(tid), "SigBlk") for tid in os.listdir(f"/proc/{pid}/task")}
 
 
 def status_field(pid: int, name: str) -> str:
@@ -120,6 +127,31 @@ def test_target_unharmed_when_the_runtime_dies_at_step(step, mode, tmp_path):
         leftovers = check_unharmed(subject.target, before)
         print(f"\n{step} {mode}: unharmed, {leftovers} leftover area or fd")
         check_dumped_and_restored(subject)
+    finally:
+        subject.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("thread", range(1, THREADS))
+@pytest.mark.parametrize("ending", ["fails", "dies"])
+def test_every_thread_unharmed_when_the_parasite_run_in_thread_k_fails_or_its_runtime_dies(ending, thread, mode,
+                                                                                          tmp_path):
+    subject = Restorable(target_argv(tmp_path, THREADS), tmp_path)
+    try:
+        before, masks = observe(subject.pid), thread_masks(subject.pid)
+        fault = f"{faults.THREAD_STEPS[0]}@{thread}" + (":die" if ending == "dies" else "")
+        runtime = dump_command(subject.pid, tmp_path / "failed", mode, fault)
+        _, stderr = runtime.communicate(timeout=30)
+        if ending == "dies":
+            assert runtime.returncode == -signal.SIGKILL, f"{fault} not reached: {stderr}"
+        else:
+            assert runtime.returncode == 1 and f"injected failure at step {faults.THREAD_STEPS[0]}" in stderr, stderr
+        leftovers = check_unharmed(subject.target, before)
+        assert thread_masks(subject.pid) == masks
+        if ending == "fails":
+            assert leftovers == 0, "a runtime that lived cured the target"
+        check_dumped_and_restored(subject)
+        assert thread_masks(subject.pid) == masks
     finally:
         subject.stop()
 

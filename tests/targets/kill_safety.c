@@ -1,6 +1,6 @@
-/* Kill-safety target: one thread that checks its own registers and signal
- * mask continuously, and that the dump accepts (single-threaded, stdio and
- * fds on regular files or /dev/null).
+/* Kill-safety target: threads (one, or argv[2]) that each check their own
+ * registers and signal mask continuously, and that the dump accepts (stdio
+ * and fds on regular files or /dev/null).
  *
  * State: SIGUSR2 and SIGRTMIN+3 blocked; argv[1] (a file) opened O_RDWR at
  * fd 7 with "hello\n" written. The thread loads zmm0-31 (zmm_i byte k =
@@ -9,10 +9,13 @@
  * "tick" every 16 rounds, sleep 1 ms in a raw nanosleep (so a dump mostly
  * finds it inside a syscall it must restart). A mismatch prints CORRUPT and
  * exits 3. Registers are never touched by C code after the load, so a
- * change by anyone else shows.
+ * change by anyone else shows. With THREADS, every thread (the main one
+ * too) runs that loop with the same values and mask, counting in the same
+ * counter; "ready" comes once all of them run.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -82,9 +85,21 @@ static void __attribute__((noreturn)) hold_registers(void)
 	__builtin_unreachable();
 }
 
+static volatile int started;
+
+static void *hold_in_thread(void *arg)
+{
+	(void)arg;
+	__atomic_add_fetch(&started, 1, __ATOMIC_SEQ_CST);
+	hold_registers();
+}
+
 int main(int argc, char **argv)
 {
-	if (argc != 2) { fprintf(stderr, "usage: kill_safety FILE\n"); return 2; }
+	int threads = argc > 2 ? atoi(argv[2]) : 1;
+	pthread_t thread;
+
+	if (argc < 2 || argc > 3 || threads < 1) { fprintf(stderr, "usage: kill_safety FILE [THREADS]\n"); return 2; }
 	for (int i = 0; i < (int)sizeof(vectors); i++) vectors[i] = (unsigned char)i;
 
 	int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0600);
@@ -98,6 +113,10 @@ int main(int argc, char **argv)
 	sigaddset(&blocked, SIGRTMIN + 3);
 	if (sigprocmask(SIG_BLOCK, &blocked, NULL)) die("sigprocmask");
 	expected_mask = (1ULL << (SIGUSR2 - 1)) | (1ULL << (SIGRTMIN + 3 - 1));
+	for (int i = 1; i < threads; i++)
+		if (pthread_create(&thread, NULL, hold_in_thread, NULL)) die("pthread_create");
+	while (started != threads - 1)
+		usleep(1000);
 
 	printf("ready pid=%d mask=%llx\n", getpid(), (unsigned long long)expected_mask);
 	fflush(stdout);

@@ -152,18 +152,27 @@ def _render_fds(image: ProcessImage, console: Console) -> None:
 
 
 def _render_threads(image: ProcessImage, console: Console) -> None:
-    for thread in image.process.threads:
+    threads = image.process.threads
+    console.print(f"threads         {len(threads)}: {_ids(t.tid for t in threads)}")
+    for thread in threads:
         _render_thread(thread, image, console)
 
 
 def _render_thread(thread: ThreadCore, image: ProcessImage, console: Console) -> None:
     r = thread.regs
-    console.print(f"[bold]thread {thread.tid}[/]: rip {r.rip:#x} rsp {r.rsp:#x} rax {r.rax:#x} "
+    console.print(f"[bold]thread {thread.tid}[/] {thread.comm!r}: rip {r.rip:#x} rsp {r.rsp:#x} rax {r.rax:#x} "
                   f"orig_rax {r.orig_rax:#x} eflags {r.eflags:#x} cs {r.cs:#x} ss {r.ss:#x} "
                   f"fs_base {r.fs_base:#x} gs_base {r.gs_base:#x}")
     console.print(f"  blocked {_signals(thread.blocked)}  pending {len(thread.pending)}  "
                   f"altstack sp {thread.altstack.sp:#x} size {thread.altstack.size} flags {thread.altstack.flags:#x}  "
                   f"clear_child_tid {thread.clear_child_tid:#x}  xstate {image.xstate_paths[thread.tid].name}")
+    if thread.robust_list:
+        console.print(f"  robust_list {thread.robust_list:#x} len {thread.robust_list_len}")
+    if thread.sched is not None:
+        console.print(f"  own scheduling: policy {thread.sched.policy} nice {20 - thread.sched.nice_rank} "
+                      f"priority {thread.sched.priority}")
+    if thread.cpus is not None:
+        console.print(f"  own CPU affinity: {_ids(thread.cpus)}")
     for line in rseq.describe(thread.rseq):
         console.print(f"  {line}", markup=False)
 

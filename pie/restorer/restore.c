@@ -73,27 +73,19 @@ static void restore_thread(const struct restorer_args *args, const struct restor
 /* The block every created thread reads: set once, before the first clone3. */
 static struct restorer_args *restoring;
 
-/* A created thread's whole life in the restorer: its state, the barrier, its own context. */
+/*
+ * A created thread's whole life in the restorer: its state, its own pending signals, the barrier, its own
+ * context. Only a thread may queue a kernel or tkill si_code to itself (rt_tgsigqueueinfo), so each queues
+ * its own; every signal stays blocked here until its rt_sigreturn installs its mask.
+ */
 static void __attribute__((noreturn)) thread_body(const struct restorer_thread *thread)
 {
+	u64 d = 0;
+
 	restore_thread(restoring, thread);
+	check(restoring, RESTORER_STEP_PENDING_SIGNALS, queue_thread_signals(thread, restoring->pid, &d), &d);
 	thread_ready_wait_go(restoring);
 	sigreturn_to_task(thread->sigreturn_sp);
-}
-
-static long queue_all_signals(const struct restorer_args *args, u64 *detail)
-{
-	/*
-	 * Only the thread whose tid is the pid may queue a kernel or tkill si_code to a thread of its
-	 * own process (rt_tgsigqueueinfo), so this thread queues every thread's signals.
-	 */
-	const struct restorer_thread *threads = (const struct restorer_thread *)args->threads;
-	long ret = queue_process_signals(args, detail);
-	u32 i;
-
-	for (i = 0; !ret && i < args->nr_threads; i++)
-		ret = queue_thread_signals(&threads[i], args->pid, detail);
-	return ret;
 }
 
 void restore_process(struct restorer_args *args)
@@ -115,7 +107,8 @@ void restore_process(struct restorer_args *args)
 	/* The forced SIGTRAP unblocked SIGTRAP; nothing may be delivered here. */
 	check(args, RESTORER_STEP_BLOCK_SIGNALS, block_all_signals(), &none);
 	check(args, RESTORER_STEP_SIGACTIONS, restore_sigtrap_action(args), &sigtrap);
-	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_all_signals(args, &d), &d);
+	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_process_signals(args, &d), &d);
+	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_thread_signals(self, args->pid, &d), &d);
 	release_threads(args);
 	/* Last: err_fd is among these, and nothing can fail after it. */
 	check(args, RESTORER_STEP_CLOSE_FDS, close_fds(args, &d), &d);

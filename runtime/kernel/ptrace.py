@@ -38,6 +38,8 @@ PTRACE_SETSIGMASK = 0x420B
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # Linux 5.13, newer than the installed headers
 
 PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACEEXIT = 0x40
+PTRACE_EVENT_EXIT = 6
 PTRACE_EVENT_STOP = 128
 PTRACE_PEEKSIGINFO_SHARED = 1
 
@@ -207,6 +209,11 @@ class Stop:
         return self.event == PTRACE_EVENT_STOP
 
     @property
+    def is_exit_stop(self) -> bool:
+        """PTRACE_EVENT_EXIT (with PTRACE_O_TRACEEXIT): the task is exiting by itself, its fds still open."""
+        return self.event == PTRACE_EVENT_EXIT
+
+    @property
     def is_group_stop(self) -> bool:
         return self.is_event_stop and self.signal in GROUP_STOP_SIGNALS
 
@@ -223,6 +230,8 @@ class Stop:
             return "stopped at a syscall"
         if self.is_event_stop:
             return f"in a ptrace event stop ({_signame(self.signal)})"
+        if self.is_exit_stop:
+            return "exiting"
         return f"stopped by {_signame(self.signal)}"
 
 

@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 
 from runtime import faults, progress
-from runtime.errors import ReviveError, RestoreError
+from runtime.errors import PtraceError, ReviveError, RestoreError
 from runtime.files import table
 from runtime.images import loader, names
 from runtime.images.model import Process, RLimit
@@ -143,7 +143,10 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
     traced: list[int] = []  # the created threads under our ptrace: reaped before the leader on failure
     with _killed_on_failure(child, traced):
         try:
-            ptrace.seize(child, ptrace.PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
+            # TRACEEXIT: a restorer failing after the other threads are traced stops on its way out,
+            # where it is told apart from a thread that is merely slow (its exit is reported only
+            # once theirs have been collected).
+            ptrace.seize(child, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_TRACEEXIT | PTRACE_O_EXITKILL)
             os.write(go_w, struct.pack("<I", _glibc_rseq_length(child)))
         finally:
             os.close(go_w)
@@ -198,6 +201,8 @@ def _kill_and_reap(child: int, traced: list[int]) -> None:
                 break
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 break
+            with contextlib.suppress(PtraceError):
+                ptrace.cont(tid)  # an exit event stop (PTRACE_O_TRACEEXIT): go on to the end
 
 
 def _glibc_rseq_length(child: int) -> int:

@@ -80,7 +80,9 @@ def wait_for_restorer_trap(child: int, errors) -> None:
     """Run the child until the restorer's int3; signals that arrive meanwhile go on to it."""
     while True:
         ptrace_stop = ptrace.wait(child)
-        if ptrace_stop.exited:
+        if ptrace_stop.exited or ptrace_stop.is_exit_stop:
+            if ptrace_stop.is_exit_stop:
+                ptrace.cont(child)
             raise _failure(child, ptrace_stop, errors)
         if ptrace_stop.is_signal_delivery and ptrace_stop.signal == signal.SIGTRAP:
             return
@@ -107,7 +109,9 @@ def follow_to_own_context(child: int, errors) -> None:
     while True:
         ptrace.syscall(child)
         stop = ptrace.wait(child)
-        if stop.exited:
+        if stop.is_exit_stop:
+            ptrace.cont(child)  # let it close its error pipe on the way out
+        if stop.exited or stop.is_exit_stop:
             raise _failure(child, stop, errors)
         if not stop.is_syscall_stop:
             raise RestoreError(child, f"the restorer {stop.describe()} after its trap, before rt_sigreturn")

@@ -82,9 +82,10 @@ static s64 prctl_int_out(long option)
 
 /*
  * Every prctl setting the runtime restores or refuses (docs/state.md); a
- * negative value is the errno of a kernel that lacks the option.
+ * negative value is the errno of a kernel that lacks the option. Several
+ * are the calling thread's own (thread.c reads them in every thread).
  */
-static void read_controls(struct parasite_controls *c)
+void read_controls(struct parasite_controls *c)
 {
 	c->pdeath_sig = prctl_int_out(PR_GET_PDEATHSIG);
 	c->child_subreaper = prctl_int_out(PR_GET_CHILD_SUBREAPER);

@@ -80,6 +80,10 @@ void parasite_main(const struct parasite_init_args *init)
 		serve(&ctx);
 		sys_call1(__NR_close, ctx.sock);
 	}
-	/* A thread still running parasite_thread_main (its runtime died) needs the area: it stays, as a leftover. */
-	parasite_exit(ctx.sigreturn_sp, init->area_base, init->area_size, thread_call->active ? 0 : init->syscall_ret);
+	/*
+	 * A thread still running parasite_thread_main (its runtime died) needs the area: it stays, as a
+	 * leftover. thread_call is 0 for a loader without threads (tests/c/parasite_echo.c).
+	 */
+	parasite_exit(ctx.sigreturn_sp, init->area_base, init->area_size,
+		      thread_call && thread_call->active ? 0 : init->syscall_ret);
 }

@@ -112,5 +112,7 @@ void restore_process(struct restorer_args *args)
 	release_threads(args);
 	/* Last: err_fd is among these, and nothing can fail after it. */
 	check(args, RESTORER_STEP_CLOSE_FDS, close_fds(args, &d), &d);
+	if (args->leader_exits)
+		exit_thread();
 	sigreturn_to_task(self->sigreturn_sp);
 }

@@ -37,6 +37,7 @@ long restore_itimers(const struct restorer_args *args, u64 *detail);
 long queue_process_signals(const struct restorer_args *args, u64 *detail);
 void trap_to_tracer(void);
 void sigreturn_to_task(u64 sigreturn_sp) __attribute__((noreturn));
+void exit_thread(void) __attribute__((noreturn));
 
 /* The other threads and their barrier (spawn.c). */
 long create_threads(const struct restorer_args *args, void (*body)(const struct restorer_thread *), u64 *detail);

@@ -71,6 +71,7 @@ class ThreadSnapshot:
     comm: str
     sched: SchedAttr | None  # where it differs from the leader's
     cpus: tuple[int, ...] | None  # where it differs from the leader's
+    io_priority: int | None  # where it differs from the leader's
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Snapshot:
     shared_pending: tuple[bytes, ...]
     vdso: vdso.Vdso | None
     vdso_info: VdsoInfo | None
+    leader_exited: bool  # the leader is a zombie; threads are the others
 
 
 def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOptions()) -> Process:
@@ -130,39 +132,48 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
 
 
 def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
-    """Read (and refuse what is unsupported in) a seized process, before any parasite runs."""
+    """Read (and refuse what is unsupported in) a seized process, before any parasite runs.
+
+    Everything is read through a live task, `view`: the leader, or, once it
+    has exited, the first other thread (a zombie's /proc shows no memory or files).
+    """
+    view = seized.worker
     st = status.read_status(pid)
+    # The leader's own stat names the process; the memory fields are gone with a zombie leader's mm.
     task_stat = stat.read_stat(pid)
+    if view != pid:
+        task_stat = replace(stat.read_thread_stat(pid, view), comm=task_stat.comm, state=task_stat.state)
     # A parasite area (and its fd) a killed runtime left behind is removed by the infection.
-    mappings = tuple(m for m in maps.read_mappings(pid) if not is_leftover(m.name))
-    proxy = find_proxy(pid, mappings)
+    mappings = tuple(m for m in maps.read_mappings(view) if not is_leftover(m.name))
+    proxy = find_proxy(view, mappings)
     if proxy is not None:
         # A vDSO proxy a restore installed is this process's vDSO (docs/vdso.md): a special mapping.
         mappings = tuple(replace(m, name="[vdso]") if m == proxy else m for m in mappings)
-    found_files = tuple(f for f in fds.read_open_files(pid) if not is_leftover(f.link))
-    refusals.check_process(pid, seized.tids, st, task_stat, mappings, found_files, options.shell_job)
+    found_files = tuple(f for f in fds.read_open_files(view) if not is_leftover(f.link))
+    refusals.check_process(pid, view, seized.tids, st, task_stat, mappings, found_files, options.shell_job)
     vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
-    fd_slots, file_entries = dump_fds(pid, found_files, options.shell_job)
-    page_runs = plan_page_runs(pid, mappings)
-    found_vdso, vdso_info = read_vdso_info(pid, vmas, proxy)
+    fd_slots, file_entries = dump_fds(view, found_files, options.shell_job)
+    page_runs = plan_page_runs(view, mappings)
+    found_vdso, vdso_info = read_vdso_info(view, vmas, proxy)
     # Last: for a thread inside an rseq critical section this moves it to its abort handler.
-    threads = tuple(snapshot_thread(pid, tid) for tid in seized.tids)
+    threads = tuple(snapshot_thread(view, tid) for tid in seized.tids)
     return Snapshot(
         stat=task_stat,
         status=st,
-        personality=stat.read_personality(pid),
-        auxv=auxv.read_auxv(pid),
-        exe=_existing_path(pid, "exe", "executable"),
-        cwd=_existing_path(pid, "cwd", "working directory"),
-        root=_existing_path(pid, "root", "root directory"),
+        personality=stat.read_personality(view),
+        auxv=auxv.read_auxv(view),
+        exe=_existing_path(view, "exe", "executable"),
+        cwd=_existing_path(view, "cwd", "working directory"),
+        root=_existing_path(view, "root", "root directory"),
         vmas=vmas,
         page_runs=page_runs,
         fds=fd_slots,
         files=file_entries,
         threads=threads,
-        shared_pending=peek_pending(pid, shared=True),
+        shared_pending=peek_pending(view, shared=True),
         vdso=found_vdso,
         vdso_info=vdso_info,
+        leader_exited=seized.leader_exited,
     )
 
 
@@ -203,17 +214,17 @@ def dump_fds(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool) -> tup
 
 # -- the thread, before infection ------------------------------------------------------------
 
-def snapshot_thread(pid: int, tid: int) -> ThreadSnapshot:
+def snapshot_thread(view: int, tid: int) -> ThreadSnapshot:
     """Registers (rseq abort applied first, as the kernel would), xstate, mask, queued signals, robust list, name."""
     fixup = rseq.fix_up_thread(tid)
     resumed = arch.resume_registers(fixup.regs)
     # The restored task returns by rt_sigreturn, which leaves no syscall to restart.
     resumed.orig_rax = arch.NO_SYSCALL
     regs = Registers(**{f.name: getattr(resumed, f.name) for f in fields(Registers)})
-    sched, cpus = task_controls.thread_differences(pid, tid)
+    sched, cpus, io_priority = task_controls.thread_differences(view, tid)
     return ThreadSnapshot(tid, regs, ptrace.get_xstate(tid), ptrace.get_sigmask(tid),
                           peek_pending(tid, shared=False), fixup.rseq, futex_links.read_robust_list(tid),
-                          stat.read_thread_comm(pid, tid), sched, cpus)
+                          stat.read_thread_comm(view, tid), sched, cpus, io_priority)
 
 
 def peek_pending(tid: int, shared: bool) -> tuple[bytes, ...]:
@@ -239,10 +250,12 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         if misc.pid != pid:
             raise DumpError(pid, f"the process sees itself as pid {misc.pid}: "
                                  "processes in another PID namespace are not supported yet")
-        controls = task_controls.controls_from(pid, misc.prctl, stopped=seized.leader.group_stopped)
+        controls = task_controls.controls_from(seized.worker, misc.prctl, stopped=seized.leader.group_stopped)
         sigactions = parasite.dump_sigactions()
         faults.point("dump.sigactions")
         own_states = [parasite.dump_thread(thread.tid) for thread in snapshot.threads]
+        for own in own_states[1:]:
+            task_controls.check_thread_controls(pid, own.tid, own.prctl, own_states[0].prctl)
         faults.point("dump.thread")
         with progress.watch("dump", sum(v.len for v in iovecs), lambda: os.fstat(pages.fileno()).st_size):
             written = parasite.dump_pages(iovecs, pages.fileno())
@@ -262,7 +275,7 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         rlimits=misc.rlimits, sigactions=sigactions, itimers=armed_itimers(misc.itimers),
         shared_pending=snapshot.shared_pending, vmas=snapshot.vmas, page_runs=snapshot.page_runs,
         fds=snapshot.fds, files=snapshot.files, threads=cores, controls=controls, vdso=snapshot.vdso_info,
-        shell_job=options.shell_job,
+        shell_job=options.shell_job, leader_exited=snapshot.leader_exited,
     )
     for thread in snapshot.threads:
         writer.write_xstate(thread.tid, thread.xstate)
@@ -279,7 +292,7 @@ def thread_core(thread: ThreadSnapshot, own: ThreadState) -> ThreadCore:
     return ThreadCore(tid=thread.tid, regs=thread.regs, blocked=thread.blocked, altstack=own.altstack,
                       clear_child_tid=own.clear_child_tid, pending=thread.pending, rseq=thread.rseq,
                       robust_list=robust_list, robust_list_len=robust_list_len, comm=thread.comm,
-                      sched=thread.sched, cpus=thread.cpus)
+                      sched=thread.sched, cpus=thread.cpus, io_priority=thread.io_priority)
 
 
 def armed_itimers(itimers: tuple[ITimer, ...]) -> tuple[ITimer, ...]:

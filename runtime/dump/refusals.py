@@ -54,17 +54,20 @@ VMFLAGS: dict[str, str | None] = {
 }
 
 
-def check_process(pid: int, tids: list[int], status: Status, stat: Stat, mappings: tuple[Mapping, ...],
+def check_process(pid: int, view: int, tids: list[int], status: Status, stat: Stat, mappings: tuple[Mapping, ...],
                   open_files: tuple[OpenFile, ...], shell_job: bool) -> None:
-    """Raise DumpError for the first piece of state a restore could not bring back."""
+    """Raise DumpError for the first piece of state a restore could not bring back.
+
+    view: the live task whose /proc files show the process (the pid, unless its leader exited).
+    """
     check_children(pid, tids)
     check_session(pid, stat, shell_job)
-    check_namespaces(pid)
+    check_namespaces(pid, view)
     check_security(pid, status)
     check_threads(pid, tids, status)
     task_controls.check_stat_flags(pid, stat.flags)
-    check_posix_timers(pid)
-    check_memory_policy(pid)
+    check_posix_timers(pid, view)
+    check_memory_policy(pid, view)
     check_mappings(pid, mappings)
     check_file_locks(pid, open_files)
 
@@ -87,10 +90,10 @@ def check_session(pid: int, stat: Stat, shell_job: bool) -> None:
                          "restore it into the restoring caller's session and group, or start it with setsid")
 
 
-def check_namespaces(pid: int) -> None:
+def check_namespaces(pid: int, view: int) -> None:
     for name in NAMESPACES:
         ours = _namespace(os.getpid(), name)
-        theirs = _namespace(pid, name)
+        theirs = _namespace(view, name)
         if theirs is not None and theirs != ours:
             raise DumpError(pid, f"lives in another {name} namespace ({theirs}, the runtime's is {ours}): "
                                  "restoring namespaces is not supported yet")
@@ -106,9 +109,7 @@ def _namespace(pid: int, name: str) -> str | None:
 
 def check_threads(pid: int, tids: list[int], leader: Status) -> None:
     """Every thread is restored with the leader's credentials; per-thread security state is refused as the leader's is."""
-    for tid in tids:
-        if tid == pid:
-            continue
+    for tid in tids[1:]:
         status = read_thread_status(pid, tid)
         if status.creds != leader.creds:
             raise DumpError(pid, f"thread {tid} has credentials of its own (a raw setuid/setgid/capset in one thread):"
@@ -128,17 +129,17 @@ def check_security(pid: int, status: Status) -> None:
         raise DumpError(pid, f"uses x86 thread features ({status.thread_features}): not supported yet")
 
 
-def check_posix_timers(pid: int) -> None:
-    ids = [line.split()[1] for line in read_text(pid, "timers").splitlines() if line.startswith("ID:")]
+def check_posix_timers(pid: int, view: int) -> None:
+    ids = [line.split()[1] for line in read_text(view, "timers").splitlines() if line.startswith("ID:")]
     if ids:
         raise DumpError(pid, f"has POSIX timers (ids {', '.join(ids)}; timer_create): not supported yet")
 
 
-def check_memory_policy(pid: int) -> None:
+def check_memory_policy(pid: int, view: int) -> None:
     """A NUMA policy (set_mempolicy, mbind) shows in numa_maps as something other than 'default'."""
     if not os.path.exists(proc_path(os.getpid(), "numa_maps")):
         return  # a kernel without NUMA: there is no policy to lose
-    for line in read_text(pid, "numa_maps").splitlines():
+    for line in read_text(view, "numa_maps").splitlines():
         address, policy = line.split()[:2]
         if policy != "default":
             raise DumpError(pid, f"mapping at {address}: NUMA memory policy {policy!r} is not supported yet")

@@ -274,7 +274,10 @@ def _check_fds(process: Process, file: str, nr_open: int) -> None:
 def _check_threads(process: Process, file: str, sizes: Mapping[str, int], xstate_size: int) -> None:
     if not process.threads:
         raise ImageError(file, "threads", "a process has at least one thread")
-    if process.threads[0].tid != process.pid:
+    if process.leader_exited:
+        if any(thread.tid == process.pid for thread in process.threads):
+            raise ImageError(file, "threads", f"the leader {process.pid} exited, yet a thread has its id")
+    elif process.threads[0].tid != process.pid:
         raise ImageError(file, "threads[0].tid", f"{process.threads[0].tid} is not the leader (pid {process.pid})")
     seen = set()
     for index, thread in enumerate(process.threads):

@@ -186,6 +186,7 @@ class ThreadCore:
     comm: str = ""  # its name (/proc/PID/task/TID/comm, PR_SET_NAME)
     sched: SchedAttr | None = None  # its scheduling attributes, where they differ from the leader's
     cpus: tuple[int, ...] | None = None  # its CPU affinity, where it differs from the leader's
+    io_priority: int | None = None  # its ioprio_get value, where it differs from the leader's
 
 
 @dataclass(frozen=True)
@@ -356,10 +357,11 @@ class Process:
     page_runs: tuple[PageRun, ...]  # sorted by vaddr, stored back to back
     fds: tuple[FdSlot, ...]  # ascending fd numbers
     files: tuple[FileEntry, ...]  # the open files fds point at, ascending ids
-    threads: tuple[ThreadCore, ...]  # threads[0] is the leader
+    threads: tuple[ThreadCore, ...]  # threads[0] is the leader, unless leader_exited
     controls: TaskControls
     vdso: VdsoInfo | None = None
     shell_job: bool = False
+    leader_exited: bool = False  # the leader called pthread_exit: a zombie while threads (none the pid) run
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class ThreadState:
     blocked: int  # the task's own mask (saved before the parasite blocked everything)
     altstack: SigAltStack
     clear_child_tid: int
+    prctl: dict[str, int]  # parasite_controls as this thread sees them (several are per thread)
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,17 @@ class Iovec:
     len: int
 
 
+def _controls(controls: ctypes.Structure) -> dict[str, int]:
+    return {name: getattr(controls, name) for name, _ in controls._fields_}
+
+
 class Parasite:
     """A running parasite; one method per command."""
 
-    def __init__(self, pid: int, proto: ModuleType, channel: Channel, area: mmap.mmap,
+    def __init__(self, pid: int, tid: int, proto: ModuleType, channel: Channel, area: mmap.mmap,
                  cmd_offset: int, cmd_size: int, threads: ThreadRunner):
         self.pid = pid
+        self.tid = tid  # the thread serving the commands
         self.proto = proto
         self.channel = channel
         self.area = area
@@ -84,7 +90,7 @@ class Parasite:
         return Misc(m.pid, m.tid, m.ppid, m.pgid, m.sid, m.umask, m.dumpable, m.personality, m.brk,
                     tuple(RLimit(r.cur, r.max) for r in m.rlimits),
                     tuple(ITimer(t.interval_sec, t.interval_usec, t.value_sec, t.value_usec) for t in m.itimers),
-                    {name: getattr(m.controls, name) for name, _ in m.controls._fields_})
+                    _controls(m.controls))
 
     def dump_sigactions(self) -> tuple[SigAction, ...]:
         """All 64 actions; [i] is signal i + 1 (SIGKILL and SIGSTOP read as default)."""
@@ -93,17 +99,18 @@ class Parasite:
         return tuple(SigAction(a.handler, a.flags, a.restorer, a.mask) for a in actions)
 
     def dump_thread(self, tid: int | None = None) -> ThreadState:
-        """What thread tid (default: the leader) can tell only about itself.
+        """What thread tid (default: the one serving commands) can tell only about itself.
 
-        The leader answers the DUMP_THREAD command; any other thread runs the
-        parasite's per-thread part itself (runtime/infect/thread_run.py).
+        The serving thread answers the DUMP_THREAD command; any other thread
+        runs the parasite's per-thread part itself (runtime/infect/thread_run.py).
         """
-        if tid is None or tid == self.pid:
+        if tid is None or tid == self.tid:
             self._call(self.proto.PARASITE_CMD_DUMP_THREAD)
             t = self._get(self.proto.ParasiteThread)
         else:
             t = self.threads.dump_thread(tid)
-        return ThreadState(t.tid, t.blocked, SigAltStack(t.ss_sp, t.ss_size, t.ss_flags), t.clear_child_tid)
+        return ThreadState(t.tid, t.blocked, SigAltStack(t.ss_sp, t.ss_size, t.ss_flags), t.clear_child_tid,
+                           _controls(t.controls))
 
     def drain_fds(self, fds: list[int]) -> list[int]:
         """Copies of the target's fds, in order, as descriptors of this process (caller closes them)."""

@@ -9,6 +9,12 @@ stopped: a thread not yet stopped may clone another meanwhile.
 A process that was group-stopped (SIGSTOP, ^Z) is seized too; it reports
 its group stop instead of an interrupt, and the kernel puts it back into
 that stop when it is detached, so it stays stopped as it was.
+
+A process whose thread-group leader has exited (pthread_exit in main while
+other threads run) keeps its PID with the leader as a zombie, which ptrace
+cannot seize and whose /proc files show no memory or files: the other
+threads are seized, and one of them (`worker`) stands in for the leader
+wherever a live task is needed.
 """
 
 import errno
@@ -36,11 +42,17 @@ class Seized:
     """A process whose every thread is stopped under our ptrace; a context manager that releases it."""
 
     pid: int
-    threads: dict[int, Thread] = field(default_factory=dict)  # the leader first
+    threads: dict[int, Thread] = field(default_factory=dict)  # the leader first (unless it exited)
+    leader_exited: bool = False  # the leader is a zombie and not among threads
+
+    @property
+    def worker(self) -> int:
+        """The live task that stands for the process: the leader, or the first thread once it exited."""
+        return next(iter(self.threads))
 
     @property
     def leader(self) -> Thread:
-        return self.threads[self.pid]
+        return self.threads[self.worker]
 
     @property
     def tids(self) -> list[int]:
@@ -120,7 +132,7 @@ def check_seizable(pid: int) -> None:
         raise ProcessError(pid, f"is a thread of process {status.tgid}, not a process")
     if _stat_flags(pid) & PF_KTHREAD:
         raise KernelThread(pid)
-    if status.state in ("Z", "X"):
+    if status.state in ("Z", "X") and status.threads <= 1:
         raise ZombieProcess(pid)
     if status.tracer_pid:
         raise AlreadyTraced(pid, status.tracer_pid)
@@ -159,21 +171,28 @@ def _seize_thread(pid: int, tid: int) -> Thread | None:
 def seize(pid: int) -> Seized:
     """Stop every thread of process pid under ptrace; release() (or `with`) lets them go."""
     check_seizable(pid)
-    seized = Seized(pid)
+    seized = Seized(pid, leader_exited=_leader_exited(pid))
     try:
         while True:
-            new = [tid for tid in _list_tids(pid) if tid not in seized.threads]
+            new = [tid for tid in _list_tids(pid) if tid not in seized.threads
+                   and not (tid == pid and seized.leader_exited)]
             if not new:
                 break
             for tid in new:
                 thread = _seize_thread(pid, tid)
                 if thread is not None:
                     seized.threads[tid] = thread
-        if pid not in seized.threads:
+        if not seized.threads or (pid not in seized.threads and not seized.leader_exited):
             check_seizable(pid)
             raise NoSuchProcess(pid, "the thread-group leader exited while being seized")
     except BaseException:
         seized.release()
         raise
-    seized.threads = {pid: seized.threads.pop(pid), **seized.threads}
+    if not seized.leader_exited:
+        seized.threads = {pid: seized.threads.pop(pid), **seized.threads}
     return seized
+
+
+def _leader_exited(pid: int) -> bool:
+    """Whether the leader is a zombie while other threads run (check_seizable refused a whole zombie)."""
+    return read_status(pid).state in ("Z", "X")

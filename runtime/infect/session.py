@@ -75,15 +75,16 @@ def plan_area(blob_size: int, init_size: int, thread_call_size: int) -> AreaLayo
 
 
 class Infection:
-    """One infection of one process's leader thread; its steps register their undo in `undo`."""
+    """One infection of one process's leader thread (or, once it exited, another); its steps register their undo in `undo`."""
 
     def __init__(self, seized: Seized, undo: contextlib.ExitStack):
         self.seized = seized
         self.pid = seized.pid
+        self.tid = seized.worker  # the task the parasite runs in: the leader, unless it exited
         self.undo = undo
         self.proto = blobs.protocol()
         self.blob = blobs.load("parasite")
-        self.path = ReturnPath(self.pid, self.pid, AREA_NAME.encode() + b"\0")
+        self.path = ReturnPath(self.tid, self.tid, AREA_NAME.encode() + b"\0")
         self.layout: AreaLayout | None = None
         self.base = 0
         self.memfd: int | None = None  # the memfd's number in the target while it is open there
@@ -105,13 +106,13 @@ class Infection:
 
     def _remove_leftovers(self) -> None:
         """Unmap and close the areas of earlier infections whose runtime died."""
-        for line in read_text(self.pid, "maps").splitlines():
+        for line in read_text(self.tid, "maps").splitlines():
             fields = line.split(maxsplit=5)
             if len(fields) == 6 and is_leftover(fields[5]):
                 start, end = (int(x, 16) for x in fields[0].split("-"))
                 self._check(self.path(arch.NR_MUNMAP, start, end - start), "munmap of a leftover area")
-        for fd in list_fds(self.pid):
-            if is_leftover(read_link(self.pid, f"fd/{fd}")):
+        for fd in list_fds(self.tid):
+            if is_leftover(read_link(self.tid, f"fd/{fd}")):
                 self._check(self.path(arch.NR_CLOSE, fd), "close of a leftover area's fd")
 
     # -- infect: shared area, blob, arguments, start ----------------------------------------
@@ -134,10 +135,10 @@ class Infection:
         self._write(self.layout.init_offset, bytes(init))
         self._start()
         self.channel.accept()
-        threads = ThreadRunner(self.pid, self.proto, self.area, self.layout.thread_call_offset,
+        threads = ThreadRunner(self.tid, self.proto, self.area, self.layout.thread_call_offset,
                                self.base + self.layout.thread_call_offset,
                                self.base + self.blob.exports["parasite_thread_start"], self.path.gadgets)
-        self.parasite = Parasite(self.pid, self.proto, self.channel, self.area, self.layout.cmd_offset,
+        self.parasite = Parasite(self.pid, self.tid, self.proto, self.channel, self.area, self.layout.cmd_offset,
                                  self.layout.cmd_size, threads)
 
     def _map_area(self) -> None:
@@ -156,7 +157,7 @@ class Infection:
         self.undo.callback(self._parked(lambda: self._check(self.path(arch.NR_MUNMAP, self.base, size),
                                                             "munmap of the area")))
         faults.point("infect.mmap")
-        local = os.open(f"/proc/{self.pid}/fd/{self.memfd}", os.O_RDWR | os.O_CLOEXEC)
+        local = os.open(f"/proc/{self.tid}/fd/{self.memfd}", os.O_RDWR | os.O_CLOEXEC)
         try:
             self.area = mmap.mmap(local, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
@@ -178,13 +179,13 @@ class Infection:
         regs.rax = 0
         regs.orig_rax = arch.NO_SYSCALL  # -1: the task's interrupted syscall must not be restarted now
         regs.eflags &= ~(arch.EFLAGS_TF | arch.EFLAGS_DF)
-        self.fds_before = frozenset(list_fds(self.pid))
+        self.fds_before = frozenset(list_fds(self.tid))
         # From here a dead runtime leaves the task in the parasite, which finds no socket to
         # connect to and takes its own way out.
-        ptrace.set_regs(self.pid, regs)
+        ptrace.set_regs(self.tid, regs)
         self.undo.callback(self._alive(self._retire))
         faults.point("infect.start")
-        ptrace.cont(self.pid)
+        ptrace.cont(self.tid)
         self.running = True
 
     # -- while it runs ----------------------------------------------------------------------
@@ -193,19 +194,19 @@ class Infection:
         """Raise InfectError if the leader stopped or died while running the parasite."""
         if not self.running:
             raise InfectError(self.pid, "the parasite's task is not running")
-        stop = ptrace.wait(self.pid, nohang=True)
+        stop = ptrace.wait(self.tid, nohang=True)
         while stop is not None and stop.signal == signal.SIGSTOP and not stop.exited:
             # SIGSTOP cannot be blocked; hold it back until the task is its own again.
             self.stop_requested = True
-            ptrace.cont(self.pid)
-            stop = ptrace.wait(self.pid, nohang=True)
+            ptrace.cont(self.tid)
+            stop = ptrace.wait(self.tid, nohang=True)
         if stop is None:
             return
         self.running = False
         if stop.exited:
             self.dead = True
             raise InfectError(self.pid, f"the target {stop.describe()} while the parasite ran")
-        rip = ptrace.get_regs(self.pid).rip
+        rip = ptrace.get_regs(self.tid).rip
         where = "inside" if self._in_area(rip) else "outside"
         raise InfectError(self.pid, f"parasite task {stop.describe()} at rip {rip:#x} ({where} the parasite at"
                                     f" {self.base:#x})")
@@ -215,14 +216,14 @@ class Infection:
     def _retire(self) -> None:
         """Stop the parasite and park the task on its return path again (undo of _start)."""
         if self.running:
-            ptrace.interrupt(self.pid)
-            if wait_for_stop(self.pid) is None:
+            ptrace.interrupt(self.tid)
+            if wait_for_stop(self.tid) is None:
                 self.dead = True
                 return
             self.running = False
         self.channel.close()
         faults.point("infect.retire")
-        regs = ptrace.get_regs(self.pid)
+        regs = ptrace.get_regs(self.tid)
         if not self._in_area(regs.rip) and not self.path.is_parked(regs):
             # The parasite already took its own way out (it lost its socket): the task is in
             # its own context and may have run on; its registers and stack are its own now.
@@ -230,7 +231,7 @@ class Infection:
             return
         self._chase_exit()
         faults.point("infect.cancelled")
-        for fd in sorted(frozenset(list_fds(self.pid)) - self.fds_before):
+        for fd in sorted(frozenset(list_fds(self.tid)) - self.fds_before):
             self._check(self.path(arch.NR_CLOSE, fd), f"close of fd {fd} the parasite left")
 
     def _chase_exit(self) -> None:

@@ -39,7 +39,7 @@ from runtime.mm.vdso import VdsoMode, VdsoPlan, plan_restore
 from runtime.restore import child as restore_child
 from runtime.restore.handover import (ErrorChannel, follow_to_own_context, seize_waiting_threads, unmap_restorer,
                                       wait_for_restorer_trap)
-from runtime.restore.restorer_args import Area, build_area, plan_fds, target_ranges
+from runtime.restore.restorer_args import Area, build_area, created_threads, plan_fds, target_ranges
 from runtime.task import rseq, controls as task_controls
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def check_restorable(process: Process, shell_job: bool, detach: bool) -> None:
         name = signal.Signals(process.controls.pdeath_signal).name
         raise RestoreError(process.pid, f"has a parent-death signal ({name}): this command becomes its parent, "
                                         "so -d would deliver it at once; restore without -d")
-    for thread in process.threads[1:]:
+    for thread in created_threads(process):
         if os.path.exists(f"/proc/{thread.tid}"):
             raise RestoreError(process.pid, f"thread id {thread.tid} is in use: {describe_holder(thread.tid)}")
     inherited = table.inherited_fds(process)
@@ -139,7 +139,7 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
     os.close(go_r)
     os.close(err_w)
     errors = ErrorChannel(err_r)
-    others = [thread.tid for thread in plan.process.threads[1:]]
+    others = [thread.tid for thread in created_threads(plan.process)]
     traced: list[int] = []  # the created threads under our ptrace: reaped before the leader on failure
     with _killed_on_failure(child, traced):
         try:
@@ -155,15 +155,23 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
             wait_for_restorer_trap(child, errors)
         faults.point("restore.handover")
         seize_waiting_threads(child, others, PTRACE_O_EXITKILL, traced)
-        # The first thread releases the others from the barrier on its way: it goes first.
-        for tid in [child] + others:
+        # The leader releases the others from the barrier on its way: it goes first.
+        if plan.process.leader_exited:
+            # ... and exits again, as the dumped leader had: it goes on untraced from its exit's entry.
+            follow_to_own_context(child, errors, exits=True)
+            ptrace.detach(child)
+            running = others
+        else:
+            follow_to_own_context(child, errors)
+            running = [child] + others
+        for tid in others:
             follow_to_own_context(tid, errors)
-        in_child = RemoteSyscall.for_thread(child, child)
-        unmap_restorer(child, plan.area, in_child)
+        in_task = RemoteSyscall.for_thread(running[0], running[0])
+        unmap_restorer(running[0], plan.area, in_task)
         controls = plan.process.controls
-        task_controls.set_after_creds(child, controls, in_child)
+        task_controls.set_after_creds(child, controls, in_task)
         for thread in plan.process.threads:
-            task_controls.set_thread_differences(child, thread.tid, thread.sched, thread.cpus)
+            task_controls.set_thread_differences(child, thread.tid, thread.sched, thread.cpus, thread.io_priority)
             # After the last injected syscall: each returns to user mode outside any section, where
             # the kernel clears rseq_cs; nothing returns there again before the task's own code.
             rseq.write_back(thread.tid, thread.rseq)
@@ -172,7 +180,7 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
                 # Queued while every thread is in a ptrace stop: the first to run takes the group stop
                 # on its way back to user mode after the detach, before any instruction of its own.
                 os.kill(child, signal.SIGSTOP)
-            for tid in [child] + others:
+            for tid in running:
                 ptrace.detach(tid)
             if controls.stopped:
                 # Return once it is stopped (or already continued): as it was when dumped.

@@ -103,8 +103,11 @@ def seize_waiting_threads(child: int, tids: list[int], options: int, traced: lis
             raise RestoreError(child, f"restored thread {tid} {stop.describe()} at the restorer's barrier")
 
 
-def follow_to_own_context(child: int, errors) -> None:
-    """From the trap (or the barrier), follow a thread's last restorer syscalls to the exit of its rt_sigreturn."""
+def follow_to_own_context(child: int, errors, exits: bool = False) -> None:
+    """From the trap (or the barrier), follow a thread's last restorer syscalls to the exit of its rt_sigreturn.
+
+    exits: the thread ends in exit instead (a leader that had exited): followed to that syscall's entry.
+    """
     entering = True
     while True:
         ptrace.syscall(child)
@@ -119,7 +122,10 @@ def follow_to_own_context(child: int, errors) -> None:
             entering = True
             continue
         entering = False
-        if arch.signed(ptrace.get_regs(child).orig_rax) == arch.NR_RT_SIGRETURN:
+        number = arch.signed(ptrace.get_regs(child).orig_rax)
+        if exits and number == arch.NR_EXIT:
+            return
+        if number == arch.NR_RT_SIGRETURN:
             ptrace.syscall(child)
             stop = ptrace.wait(child)
             if not stop.is_syscall_stop:

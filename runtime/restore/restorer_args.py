@@ -30,7 +30,7 @@ from runtime import faults
 from runtime.arch import x86_64 as arch
 from runtime.errors import RestoreError
 from runtime.infect import blobs
-from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, Creds, Process, Vma, VmaAdvice,
+from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, Creds, Process, ThreadCore, Vma, VmaAdvice,
                                   VmaKind)
 from runtime.kernel.procfs.maps import read_mappings
 from runtime.mm.address_space import free_gaps
@@ -59,6 +59,7 @@ O_RDONLY = os.O_RDONLY
 O_RDWR = os.O_RDWR
 
 CAP_LAST_CAP_PATH = "/proc/sys/kernel/cap_last_cap"
+SS_DISABLE = 2  # sigaltstack: no alternate stack
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def build_area(process: Process, xstates: dict[int, bytes], fds: HelperFds, vdso
     _fill_area(measured, process, xstates, fds, vdso, keep=[Range(0, 0)] + running, temp=Range(0, 0),
                stacks=0, log_fd=log_fd)
     image_size = arch.align_up(measured.end, PAGE_SIZE)
-    size = image_size + (len(process.threads) - 1) * blobs.protocol().RESTORER_THREAD_STACK_SIZE
+    size = image_size + len(created_threads(process)) * blobs.protocol().RESTORER_THREAD_STACK_SIZE
 
     own = _own_layout()
     area = _find_area(process.pid, target + own, size)
@@ -336,18 +337,31 @@ def _add_siginfos(arena: Arena, infos: tuple[bytes, ...]) -> int:
     return address
 
 
+def created_threads(process: Process) -> list[ThreadCore]:
+    """The threads the restorer creates: all but the leader, or all of them when the dumped leader had exited."""
+    return [thread for thread in process.threads if thread.tid != process.pid]
+
+
 def _fill_threads(arena: Arena, args, process: Process, xstates: dict[int, bytes], stacks: int) -> None:
     """One restorer_thread per thread, each with the rt_sigframe it returns through.
 
-    stacks: where the created threads' restorer stacks begin (threads[0]
-    runs on the blob's own); thread i's stack ends at stacks + i * size.
+    threads[0] is the restoring thread, the leader, which runs on the blob's
+    own stack; thread i's restorer stack ends at stacks + i * size. A leader
+    that had exited is none of the dumped threads: it only restores the
+    process, creates the others and exits again (leader_exits).
     """
     proto = blobs.protocol()
-    threads, args.threads = arena.add(proto.RestorerThread, len(process.threads))
-    args.nr_threads = len(process.threads)
-    for index, (slot, thread) in enumerate(zip(threads, process.threads)):
+    entries = [None if process.leader_exited else process.threads[0]] + created_threads(process)
+    slots, args.threads = arena.add(proto.RestorerThread, len(entries))
+    args.nr_threads = len(entries)
+    args.leader_exits = int(process.leader_exited)
+    for position, (slot, thread) in enumerate(zip(slots, entries)):
+        slot.stack = stacks + position * proto.RESTORER_THREAD_STACK_SIZE if position else 0
+        if thread is None:  # the exiting leader: its name, and nothing else to set
+            slot.tid, slot.ss_flags = process.pid, SS_DISABLE
+            _fill_name(slot, process.comm)
+            continue
         slot.tid = thread.tid
-        slot.stack = stacks + index * proto.RESTORER_THREAD_STACK_SIZE if index else 0
         slot.ss_sp, slot.ss_flags, slot.ss_size = thread.altstack.sp, thread.altstack.flags, thread.altstack.size
         if thread.rseq is not None:
             slot.rseq_addr, slot.rseq_len, slot.rseq_sig = thread.rseq.address, thread.rseq.size, thread.rseq.signature
@@ -355,15 +369,19 @@ def _fill_threads(arena: Arena, args, process: Process, xstates: dict[int, bytes
         slot.fs_base, slot.gs_base = thread.regs.fs_base, thread.regs.gs_base
         slot.clear_child_tid = thread.clear_child_tid
         slot.robust_list, slot.robust_list_len = thread.robust_list, thread.robust_list_len
-        # The kernel keeps TASK_COMM_LEN - 1 bytes of a name; the slot is zero-filled, so it ends in NUL.
-        name = os.fsencode(thread.comm or process.comm)[:proto.RESTORER_COMM_SIZE - 1]
-        slot.comm[:len(name)] = list(name)
+        _fill_name(slot, thread.comm or process.comm)
         slot.nr_pending = len(thread.pending)
         slot.pending = _add_siginfos(arena, thread.pending)
         xstate = xstates[thread.tid]
         frame_view, frame_address = arena.add(ctypes.c_uint8, arch.rt_sigframe_size(len(xstate)))
         frame, slot.sigreturn_sp = arch.build_rt_sigframe(thread.regs, xstate, thread.blocked, frame_address)
         frame_view[:len(frame)] = frame
+
+
+def _fill_name(slot, name: str) -> None:
+    """The kernel keeps TASK_COMM_LEN - 1 bytes of a name; the slot is zero-filled, so it ends in NUL."""
+    encoded = os.fsencode(name)[:blobs.protocol().RESTORER_COMM_SIZE - 1]
+    slot.comm[:len(encoded)] = list(encoded)
 
 
 def _requested_failure(proto) -> int:

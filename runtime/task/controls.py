@@ -122,13 +122,33 @@ def controls_from(pid: int, prctl: dict[str, int], stopped: bool) -> TaskControl
     )
 
 
-def thread_differences(pid: int, tid: int) -> tuple[SchedAttr | None, tuple[int, ...] | None]:
-    """A thread's scheduling attributes and CPU affinity, each None where it is the leader's (the common case)."""
+# prctl settings kept per thread that a restored thread inherits from the leader (clone copies them):
+# a thread with its own value is refused. Its parent-death signal a new thread never inherits.
+PER_THREAD_PRCTL = ("timer_slack", "tsc_mode", "mce_kill", "securebits")
+
+
+def check_thread_controls(pid: int, tid: int, thread: dict[str, int], leader: dict[str, int]) -> None:
+    """Refuse a thread whose per-thread prctl settings (the parasite read them in it) are not the leader's."""
+    for name in PER_THREAD_PRCTL:
+        if thread[name] != leader[name]:
+            raise DumpError(pid, f"thread {tid} has its own {name} ({thread[name]}, the leader's is {leader[name]}):"
+                                 " not supported")
+    if thread["pdeath_sig"] > 0:
+        raise DumpError(pid, f"thread {tid} has a parent-death signal of its own ({thread['pdeath_sig']}): "
+                             "not supported")
+
+
+def thread_differences(pid: int, tid: int) -> tuple[SchedAttr | None, tuple[int, ...] | None, int | None]:
+    """A thread's scheduling attributes, CPU affinity and I/O priority, each None where it is the leader's.
+
+    pid: the leader, or the task standing for it (the common case: all None).
+    """
     if tid == pid:
-        return None, None
-    sched, cpus = read_sched(tid), tuple(sorted(os.sched_getaffinity(tid)))
+        return None, None, None
+    sched, cpus, io = read_sched(tid), tuple(sorted(os.sched_getaffinity(tid))), read_io_priority(tid)
     return (None if sched == read_sched(pid) else sched,
-            None if cpus == tuple(sorted(os.sched_getaffinity(pid))) else cpus)
+            None if cpus == tuple(sorted(os.sched_getaffinity(pid))) else cpus,
+            None if io == read_io_priority(pid) else io)
 
 
 # -- restore ------------------------------------------------------------------------------------
@@ -184,8 +204,11 @@ def set_sched(pid: int, tid: int, sched: SchedAttr) -> None:
                                 f"priority {sched.priority}): {os.strerror(ctypes.get_errno())}")
 
 
-def set_thread_differences(pid: int, tid: int, sched: SchedAttr | None, cpus: tuple[int, ...] | None) -> None:
+def set_thread_differences(pid: int, tid: int, sched: SchedAttr | None, cpus: tuple[int, ...] | None,
+                           io_priority: int | None) -> None:
     """From outside, on a restored thread: what it had apart from the leader (a new thread inherits the leader's)."""
+    if io_priority is not None and _libc.syscall(arch.NR_IOPRIO_SET, IOPRIO_WHO_PROCESS, tid, io_priority) != 0:
+        raise RestoreError(pid, f"ioprio_set {io_priority:#x} of thread {tid}: {os.strerror(ctypes.get_errno())}")
     if cpus is not None:
         try:
             os.sched_setaffinity(tid, cpus)

@@ -1,6 +1,6 @@
 /* Dump target holding one thing the dump does not support yet, chosen by argv[1]:
  * "thread_creds" (a second thread whose gids a raw setresgid changed, the
- * leader's not), "socket" (a socketpair), "eventfd", "pipe"
+ * leader's not), "thread_slack" (a second thread with its own timer slack), "socket" (a socketpair), "eventfd", "pipe"
  * (a pipe at fds 3 and 4), "posix_timer" (timer_create), "flock" (a lock on
  * a file "locked" in the working directory, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
@@ -28,7 +28,13 @@ static __attribute__((noreturn)) void *sleeper(void *arg) {
 	for (;;) pause();
 }
 
-static volatile int gid_changed;
+static volatile int gid_changed, slack_set;
+
+static void *own_slack_sleeper(void *arg) {
+	prctl(PR_SET_TIMERSLACK, 123456);
+	slack_set = 1;
+	return sleeper(arg);
+}
 
 /* The raw syscall changes this thread alone; glibc's setresgid would change every thread. */
 static void *own_gid_sleeper(void *arg) {
@@ -45,6 +51,10 @@ int main(int argc, char **argv) {
 	if (!strcmp(argv[1], "thread_creds")) {
 		if (pthread_create(&thread, NULL, own_gid_sleeper, NULL)) return 1;
 		while (!gid_changed)
+			usleep(1000);
+	} else if (!strcmp(argv[1], "thread_slack")) {
+		if (pthread_create(&thread, NULL, own_slack_sleeper, NULL)) return 1;
+		while (!slack_set)
 			usleep(1000);
 	} else if (!strcmp(argv[1], "socket")) {
 		if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds)) return 1;

@@ -66,6 +66,11 @@ def read_stat(pid: int) -> Stat:
     return parse_stat(pid, read_text(pid, "stat"))
 
 
+def read_thread_stat(pid: int, tid: int) -> Stat:
+    """/proc/PID/task/TID/stat: a thread's view (its name and state; the process's ids and memory fields)."""
+    return parse_stat(tid, read_text(pid, f"task/{tid}/stat"))
+
+
 def read_thread_comm(pid: int, tid: int) -> str:
     """One thread's name (PR_SET_NAME, pthread_setname_np): /proc/PID/task/TID/comm without its newline."""
     return read_text(pid, f"task/{tid}/comm").removesuffix("\n")

@@ -77,6 +77,31 @@ def test_counter_survives_dump_restore_cycles_resuming_in_its_abort_handler(coun
     print(f"rseq_counter: {cases[RseqCase.ABORT]} of {CYCLES} dumps caught it inside", file=sys.stderr)
 
 
+def test_counter_in_four_threads_survives_dump_restore_cycles(tmp_path):
+    """Four threads, each with its own rseq area and checks, all continue through every cycle."""
+    target = start_rseq_target("rseq_counter", ["1000000", "4"], tmp_path)
+    caught = 0
+    try:
+        time.sleep(0.05)
+        for cycle in range(CYCLES):
+            images = tmp_path / f"img-{cycle}"
+            before = status_lines(target)[-1]["min_commits"] if status_lines(target) else 0
+            dump(target.pid, images)
+            threads = loader.load(images).root.process.threads
+            assert len(threads) == 4 and len({t.rseq.address for t in threads}) == 4
+            caught += sum(t.rseq.case is RseqCase.ABORT for t in threads)
+            restore(str(images), detach=True)
+            # Every thread commits on (min_commits), none reports a violation (status_lines).
+            deadline = time.monotonic() + 5
+            while not (status_lines(target) and status_lines(target)[-1]["min_commits"] > before):
+                assert time.monotonic() < deadline, f"cycle {cycle}: a thread stopped committing"
+                time.sleep(0.02)
+    finally:
+        target.stop()
+        kill_and_reap(target.pid)
+    print(f"rseq_counter x4: {caught} of {4 * CYCLES} thread dumps caught inside a section", file=sys.stderr)
+
+
 @pytest.mark.parametrize("flag_in", ["cs", "area"])
 def test_no_restart_thread_is_restored_inside_its_section_with_rseq_cs_back(flag_in, tmp_path):
     target = start_rseq_target("rseq_stop", [flag_in], tmp_path)

@@ -26,6 +26,7 @@ PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETSIGINFO = 0x4202
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
@@ -85,6 +86,10 @@ def seize(tid: int, options: int = PTRACE_O_TRACESYSGOOD) -> None:
     target must live on.
     """
     _call(PTRACE_SEIZE, tid, 0, options)
+
+
+def set_options(tid: int, options: int) -> None:
+    _call(PTRACE_SETOPTIONS, tid, 0, options)
 
 
 def interrupt(tid: int) -> None:

@@ -163,6 +163,8 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
             running = others
         else:
             follow_to_own_context(child, errors)
+            # Its exit is no longer a restorer failure: a caller that keeps it traced must be able to kill it.
+            ptrace.set_options(child, ptrace.PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
             running = [child] + others
         for tid in others:
             follow_to_own_context(tid, errors)

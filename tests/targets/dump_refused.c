@@ -4,7 +4,7 @@
  * (a pipe at fds 3 and 4), "posix_timer" (timer_create), "flock" (a lock on
  * a file "locked" in the working directory, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
- * "child" (a child process that sleeps). Prints "ready" and sleeps.
+ * "child" (a child process that sleeps, killed when its parent dies). Prints "ready" and sleeps.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -79,7 +79,11 @@ int main(int argc, char **argv) {
 	} else if (!strcmp(argv[1], "child")) {
 		child = fork();
 		if (child < 0) return 1;
-		if (child == 0) for (;;) pause();
+		if (child == 0) {
+			/* Dies with its parent: the test reaps only the parent. */
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			for (;;) pause();
+		}
 	} else {
 		return 2;
 	}

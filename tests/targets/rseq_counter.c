@@ -11,14 +11,20 @@
  * per-CPU counters must equal the number of commits (status 4 otherwise).
  *
  * Prints "ready area=... sig=... cs=... start=... post_commit=... abort=...
- * commits=... aborts=..." (addresses in hex), then a "status ..." line about
- * every 100 ms. Run with GLIBC_TUNABLES=glibc.pthread.rseq=0.
+ * commits=... aborts=..." (addresses in hex, of the main thread's), then a
+ * "status ..." line about every 100 ms. Run with GLIBC_TUNABLES=glibc.pthread.rseq=0.
+ *
+ * With argv[2] = N, N threads (the main one among them) run the same loop,
+ * each with its own rseq area, per-CPU counters and checks; the status line
+ * adds min_commits, the fewest commits of any thread.
  */
 #include "rseq_target.h"
 
+#include <pthread.h>
 #include <time.h>
 
 #define MAX_CPUS 64
+#define MAX_THREADS 16
 
 struct slot {
 	uint64_t count;
@@ -32,13 +38,20 @@ struct cs_desc {
 
 extern const struct cs_desc counter_cs;
 
-static struct target_rseq area;
-static struct slot percpu[MAX_CPUS] __attribute__((aligned(64)));
-static uint64_t commits, aborts;
+/* One thread's counter: its own area, per-CPU slots and tallies. */
+struct counter {
+	struct target_rseq area;
+	struct slot percpu[MAX_CPUS] __attribute__((aligned(64)));
+	uint64_t commits, aborts;
+};
+
+static struct counter counters[MAX_THREADS];
+static int nr_threads = 1;
+static uint64_t spins = 1000000;
 
 enum outcome { COMMITTED, ABORTED, VIOLATED };
 
-static enum outcome __attribute__((noinline)) increment(uint32_t cpu, uint64_t spins)
+static enum outcome __attribute__((noinline)) increment(struct counter *c, uint32_t cpu)
 {
 	__asm__ goto(
 		".pushsection __rseq_cs, \"aw\"\n\t"
@@ -68,8 +81,8 @@ static enum outcome __attribute__((noinline)) increment(uint32_t cpu, uint64_t s
 		"jmp %l[aborted]\n\t"
 		".popsection\n\t"
 		:
-		: [rseq_cs] "m"(area.rseq_cs), [cpu_id] "m"(area.cpu_id), [cpu] "r"(cpu), [spins] "r"(spins),
-		  [slot] "r"(&percpu[cpu].count), [sig] "i"(TARGET_RSEQ_SIG)
+		: [rseq_cs] "m"(c->area.rseq_cs), [cpu_id] "m"(c->area.cpu_id), [cpu] "r"(cpu), [spins] "r"(spins),
+		  [slot] "r"(&c->percpu[cpu].count), [sig] "i"(TARGET_RSEQ_SIG)
 		: "rax", "rcx", "memory", "cc"
 		: aborted, violated);
 	return COMMITTED;
@@ -79,12 +92,22 @@ violated:
 	return VIOLATED;
 }
 
-static uint64_t sum_counters(void)
+static uint64_t sum_counters(const struct counter *c)
 {
 	uint64_t sum = 0;
 	for (int i = 0; i < MAX_CPUS; i++)
-		sum += percpu[i].count;
+		sum += c->percpu[i].count;
 	return sum;
+}
+
+static uint64_t min_commits(void)
+{
+	uint64_t least = UINT64_MAX;
+	for (int i = 0; i < nr_threads; i++) {
+		uint64_t n = __atomic_load_n(&counters[i].commits, __ATOMIC_RELAXED);
+		least = n < least ? n : least;
+	}
+	return least;
 }
 
 static double now(void)
@@ -94,43 +117,70 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-int main(int argc, char **argv)
+/* The loop every thread runs; only the main thread prints its status. */
+static int run(struct counter *c, int main_thread)
 {
-	uint64_t spins = argc > 1 ? strtoull(argv[1], NULL, 0) : 1000000;
 	double next = 0;
 
-	register_target_rseq(&area);
-	printf("ready area=%p sig=%#x cs=%p start=%#lx post_commit=%#lx abort=%#lx commits=%p aborts=%p\n",
-	       (void *)&area, TARGET_RSEQ_SIG, (void *)&counter_cs, counter_cs.start_ip,
-	       counter_cs.post_commit_offset, counter_cs.abort_ip, (void *)&commits, (void *)&aborts);
-	fflush(stdout);
 	for (;;) {
-		uint32_t cpu = __atomic_load_n(&area.cpu_id_start, __ATOMIC_RELAXED);
+		uint32_t cpu = __atomic_load_n(&c->area.cpu_id_start, __ATOMIC_RELAXED);
 		if (cpu >= MAX_CPUS) {
 			printf("VIOLATION cpu_id_start %u out of range\n", cpu);
-			return 3;
-		}
-		switch (increment(cpu, spins)) {
-		case COMMITTED:
-			commits++;
-			break;
-		case ABORTED:
-			aborts++;
-			break;
-		case VIOLATED:
-			printf("VIOLATION resumed inside the section on cpu %u, entered on cpu %u\n", area.cpu_id, cpu);
 			fflush(stdout);
 			return 3;
 		}
-		if (sum_counters() != commits) {
-			printf("VIOLATION per-cpu sum %lu != commits %lu\n", sum_counters(), commits);
+		switch (increment(c, cpu)) {
+		case COMMITTED:
+			__atomic_store_n(&c->commits, c->commits + 1, __ATOMIC_RELAXED);
+			break;
+		case ABORTED:
+			c->aborts++;
+			break;
+		case VIOLATED:
+			printf("VIOLATION resumed inside the section on cpu %u, entered on cpu %u\n", c->area.cpu_id, cpu);
+			fflush(stdout);
+			return 3;
+		}
+		if (sum_counters(c) != c->commits) {
+			printf("VIOLATION per-cpu sum %lu != commits %lu\n", sum_counters(c), c->commits);
 			fflush(stdout);
 			return 4;
 		}
-		if (now() >= next) {
-			printf("status commits=%lu aborts=%lu sum=%lu\n", commits, aborts, sum_counters());
+		if (main_thread && now() >= next) {
+			printf("status commits=%lu aborts=%lu sum=%lu min_commits=%lu\n", c->commits, c->aborts,
+			       sum_counters(c), min_commits());
 			fflush(stdout);
 			next = now() + 0.1;
 		}
 	}
+}
+
+static void *thread_main(void *arg)
+{
+	struct counter *c = arg;
+
+	register_target_rseq(&c->area);
+	exit(run(c, 0));
+}
+
+int main(int argc, char **argv)
+{
+	struct counter *c = &counters[0];
+	pthread_t thread;
+
+	spins = argc > 1 ? strtoull(argv[1], NULL, 0) : spins;
+	nr_threads = argc > 2 ? atoi(argv[2]) : 1;
+	if (nr_threads < 1 || nr_threads > MAX_THREADS) {
+		fprintf(stderr, "usage: rseq_counter [SPINS [THREADS <= %d]]\n", MAX_THREADS);
+		return 2;
+	}
+	register_target_rseq(&c->area);
+	for (int i = 1; i < nr_threads; i++)
+		if (pthread_create(&thread, NULL, thread_main, &counters[i]))
+			return 2;
+	printf("ready area=%p sig=%#x cs=%p start=%#lx post_commit=%#lx abort=%#lx commits=%p aborts=%p\n",
+	       (void *)&c->area, TARGET_RSEQ_SIG, (void *)&counter_cs, counter_cs.start_ip,
+	       counter_cs.post_commit_offset, counter_cs.abort_ip, (void *)&c->commits, (void *)&c->aborts);
+	fflush(stdout);
+	return run(c, 1);
 }

@@ -11,45 +11,18 @@ usage: python benchmarks/dump_restore.py [--sizes 64,512,2048]
 """
 
 import argparse
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from measure import REPO, kill_and_reap, runtime, timed, wait_for_line
 from runtime.kernel.clone import become_subreaper
 
-REPO = Path(__file__).resolve().parent.parent
 TARGET = REPO / "build" / "targets" / "restore_state"
 SHM = Path("/dev/shm")
-
-
-def timed(command: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command, which must succeed."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.read().decode().strip()}")
-    return elapsed, usage.ru_maxrss
-
-
-def runtime(*args: str) -> tuple[float, int]:
-    return timed([sys.executable, "-m", "runtime", *args])
-
-
-def wait_for_line(path: Path, needle: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in path.read_text().splitlines():
-            if line.startswith(needle):
-                return line
-        time.sleep(0.02)
-    raise SystemExit(f"target never printed {needle!r}")
 
 
 def dd_floor(mib: int) -> float:
@@ -59,11 +32,6 @@ def dd_floor(mib: int) -> float:
     finally:
         out.unlink(missing_ok=True)
     return elapsed
-
-
-def kill_and_reap(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
 
 
 def bench_patterned(mib: int) -> dict:

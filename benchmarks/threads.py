@@ -15,7 +15,6 @@ usage: python benchmarks/threads.py [--threads 1,8,64,1000] [--repeat 3]
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import struct
 import subprocess
@@ -24,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import REPO, kill_and_reap, runtime, wait_for_line
 from runtime.kernel.clone import become_subreaper
 from runtime.kernel.procfs.mem import read_memory
 
-REPO = Path(__file__).resolve().parent.parent
 TARGET = REPO / "build" / "targets" / "threads_many"
 SHM = Path("/dev/shm")
 FLOOR_THREADS = 1
@@ -35,39 +34,9 @@ FLOOR_THREADS = 1
 CONTINUE_WINDOW_S = 0.3
 
 
-def timed(command: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command, which must succeed."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.read().decode().strip()}")
-    return elapsed, usage.ru_maxrss
-
-
-def runtime(*args: str) -> tuple[float, int]:
-    return timed([sys.executable, "-m", "runtime", *args])
-
-
-def wait_for_line(path: Path, needle: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in path.read_text().splitlines():
-            if line.startswith(needle):
-                return line
-        time.sleep(0.02)
-    raise SystemExit(f"target never printed {needle!r}")
-
-
 def parse_ready(line: str) -> dict[str, str]:
     """The key=value fields of "ready pid=P counters=ADDR threads=N"."""
     return dict(word.split("=", 1) for word in line.split()[1:])
-
-
-def kill_and_reap(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
 
 
 def read_counters(pid: int, addr: int, n: int) -> tuple[int, ...]:

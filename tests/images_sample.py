@@ -99,6 +99,7 @@ def _build(pid, regs, xstate, rseq_conf, blocked) -> Snapshot:
     limits = tuple(RLimit(*(v & (2**64 - 1) for v in resource.prlimit(pid, n))) for n in range(NR_RLIMITS))
     thread = ThreadCore(
         tid=pid,
+        comm=stat.comm,
         regs=Registers(**{name: getattr(regs, name) for name, _ in regs._fields_}),
         blocked=blocked,
         altstack=SigAltStack(0, 0, 2),

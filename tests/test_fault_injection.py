@@ -5,7 +5,8 @@ target is group-stopped around the dump, so its registers, xstate, signal
 mask, maps, memory and fds can be compared exactly before and after, and
 then it is continued and must go on counting with its SIMD registers intact.
 A restore that fails at any step, its restorer's steps included, must leave
-no process behind and the PID free: the same image then restores.
+no process behind and the PID free: the same image then restores. The
+same holds for a process with threads: no task is left, every TID is free.
 """
 
 import os
@@ -21,7 +22,9 @@ from runtime.dump import DumpOptions, dump
 from runtime.errors import ReviveError
 from runtime.faults import InjectedFault
 from runtime.infect import blobs
+from runtime.images import loader
 from runtime.infect.seize import seize
+from runtime.kernel.procfs.mem import read_memory
 from runtime.kernel.procfs.status import read_status
 
 
@@ -102,6 +105,47 @@ def test_a_restore_failing_at_each_step_leaves_no_process_and_the_pid_free(step,
     assert restore.restore(str(images), detach=True) == 0
     try:
         wait_for(lambda: len(ticks(target)) > counted + 1, what="the restored target to count")
+    finally:
+        os.kill(target.pid, signal.SIGKILL)
+        os.waitpid(target.pid, 0)
+
+
+THREADS = 8
+
+
+@pytest.fixture(scope="module")
+def dumped_threads(tmp_path_factory):
+    """A threads_many target with THREADS threads dumped (and so killed); its PID and TIDs are free again."""
+    workdir = tmp_path_factory.mktemp("dumped-threads")
+    target = start_target([str(target_path("threads_many")), str(THREADS)], workdir)
+    try:
+        dump(target.pid, workdir / "img")
+    finally:
+        target.stop()
+    with loader.load(workdir / "img") as checkpoint:
+        tids = [thread.tid for thread in checkpoint.root.process.threads]
+    return target, workdir / "img", tids
+
+
+def counters(pid: int, address: int) -> list[int]:
+    data = read_memory(pid, address, 8 * THREADS)
+    return [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data), 8)]
+
+
+@pytest.mark.parametrize("step", ("restore.handover",) + tuple(restorer_steps()))
+def test_a_threaded_restore_failing_at_each_step_leaves_no_thread_and_the_ids_free(step, dumped_threads,
+                                                                                  monkeypatch):
+    target, images, tids = dumped_threads
+    monkeypatch.setenv(faults.ENV, step)
+    with pytest.raises(ReviveError):
+        restore.restore(str(images), detach=True)
+    monkeypatch.delenv(faults.ENV)
+    assert not [tid for tid in tids if os.path.exists(f"/proc/{tid}")], f"a failed restore at {step} left tasks"
+    assert restore.restore(str(images), detach=True) == 0
+    try:
+        restored = counters(target.pid, target.addr("counters"))
+        wait_for(lambda: all(now > then for now, then in zip(counters(target.pid, target.addr("counters")),
+                                                                restored)), what="every thread to count on")
     finally:
         os.kill(target.pid, signal.SIGKILL)
         os.waitpid(target.pid, 0)

@@ -14,6 +14,7 @@ import pytest
 from dump_support import target_path
 from restore_support import Restorable, lines, wait_for
 from runtime.errors import DumpError
+from runtime.images import loader
 from runtime.kernel.libc import libc
 from runtime.kernel.procfs.mem import read_memory
 
@@ -37,6 +38,24 @@ for i in range(4):
     threading.Thread(target=count, args=(i,), daemon=True).start()
 print(f"ready pid={os.getpid()}", flush=True)
 threading.Event().wait()
+"""
+
+# Threads come and go all the time while one thread counts in a file.
+PYTHON_CHURN = """
+import itertools, os, threading, time
+def count():
+    with open("count.txt", "w", buffering=1) as f:
+        for n in itertools.count():
+            f.write(f"{n}\\n")
+            time.sleep(0.01)
+threading.Thread(target=count, daemon=True).start()
+print(f"ready pid={os.getpid()}", flush=True)
+while True:
+    batch = [threading.Thread(target=time.sleep, args=(0.002,)) for _ in range(4)]
+    for t in batch:
+        t.start()
+    for t in batch:
+        t.join()
 """
 
 CHUNKS, ROUNDS = 16, 250_000  # about 3 s of sha256 rounds in all
@@ -283,3 +302,22 @@ def test_twenty_dumps_leaving_it_running_change_no_maps_threads_or_progress(star
         wait_ticks(proc, WORKERS, 1)
         shutil.rmtree(proc.images)
     check_sequences_continue(proc, WORKERS)
+
+
+def test_threads_created_and_exiting_during_the_dump_are_in_the_image_whole_or_not_at_all(start):
+    proc = start(PYTHON, "-c", PYTHON_CHURN)
+    counter = proc.workdir / "count.txt"
+    for n in range(10):
+        proc.images = proc.workdir / f"images-{n}"
+        proc.dump(leave_running=True)
+        with loader.load(proc.images) as checkpoint:  # validates every thread's record and xstate
+            assert len(checkpoint.root.process.threads) >= 2
+        shutil.rmtree(proc.images)
+    proc.images = proc.workdir / "images"
+    proc.dump()
+    dumped = len(numbers(counter))
+    proc.restore()
+    wait_for(lambda: len(numbers(counter)) >= dumped + 10, what="the counting thread after the restore")
+    assert numbers(counter) == list(range(len(numbers(counter)))), "count.txt has a gap or a repeat"
+    seen = set(tasks(proc.pid))
+    wait_for(lambda: set(tasks(proc.pid)) - seen, what="the restored process to create threads again")

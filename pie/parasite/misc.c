@@ -81,21 +81,30 @@ static s64 prctl_int_out(long option)
 }
 
 /*
- * Every prctl setting the runtime restores or refuses (docs/state.md); a
- * negative value is the errno of a kernel that lacks the option. Several
- * are the calling thread's own (thread.c reads them in every thread).
+ * The prctl settings the kernel keeps per thread: every thread reads its
+ * own (thread.c), and the runtime refuses a thread whose values are not
+ * the leader's. The other fields are left 0.
  */
-void read_controls(struct parasite_controls *c)
+void read_thread_controls(struct parasite_controls *c)
 {
 	c->pdeath_sig = prctl_int_out(PR_GET_PDEATHSIG);
-	c->child_subreaper = prctl_int_out(PR_GET_CHILD_SUBREAPER);
 	c->tsc_mode = prctl_int_out(PR_GET_TSC);
 	c->timer_slack = sys_call1(__NR_prctl, PR_GET_TIMERSLACK);
-	c->thp_disable = sys_call1(__NR_prctl, PR_GET_THP_DISABLE);
 	c->mce_kill = sys_call1(__NR_prctl, PR_MCE_KILL_GET);
+	c->securebits = sys_call1(__NR_prctl, PR_GET_SECUREBITS);
+}
+
+/*
+ * Every prctl setting the runtime restores or refuses (docs/state.md); a
+ * negative value is the errno of a kernel that lacks the option.
+ */
+static void read_controls(struct parasite_controls *c)
+{
+	read_thread_controls(c);
+	c->child_subreaper = prctl_int_out(PR_GET_CHILD_SUBREAPER);
+	c->thp_disable = sys_call1(__NR_prctl, PR_GET_THP_DISABLE);
 	c->mdwe = sys_call1(__NR_prctl, PR_GET_MDWE);
 	c->memory_merge = sys_call1(__NR_prctl, PR_GET_MEMORY_MERGE);
-	c->securebits = sys_call1(__NR_prctl, PR_GET_SECUREBITS);
 }
 
 long cmd_get_misc(struct parasite_ctx *ctx)

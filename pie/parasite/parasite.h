@@ -32,7 +32,7 @@ long channel_recv_request(int sock, struct parasite_request *req, int *received_
 long channel_send_reply(int sock, u32 cmd, long err);
 long channel_send_fds(int sock, const s32 *fds, u32 count);
 
-void read_controls(struct parasite_controls *c);
+void read_thread_controls(struct parasite_controls *c);
 
 long cmd_echo(struct parasite_ctx *ctx);
 long cmd_get_misc(struct parasite_ctx *ctx);

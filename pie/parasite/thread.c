@@ -31,7 +31,7 @@ static long read_thread_state(struct parasite_thread *out, u64 sigreturn_sp)
 	out->ss_size = ss.ss_size;
 	out->clear_child_tid = tid_address;
 	out->blocked = *(const u64 *)(sigreturn_sp + UCONTEXT_SIGMASK_OFFSET);
-	read_controls(&out->controls);
+	read_thread_controls(&out->controls);
 	return 0;
 }
 

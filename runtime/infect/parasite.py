@@ -48,7 +48,7 @@ class ThreadState:
     blocked: int  # the task's own mask (saved before the parasite blocked everything)
     altstack: SigAltStack
     clear_child_tid: int
-    prctl: dict[str, int]  # parasite_controls as this thread sees them (several are per thread)
+    prctl: dict[str, int]  # its per-thread parasite_controls (task/controls.PER_THREAD_PRCTL, pdeath_sig)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,20 @@ while True:
         t.join()
 """
 
+# One thread with its own CPU affinity, nice value and I/O priority (each set for the calling thread only).
+PYTHON_OWN_SCHED = """
+import ctypes, os, threading
+def own():
+    os.sched_setaffinity(0, {0})
+    os.setpriority(os.PRIO_PROCESS, 0, 7)
+    ctypes.CDLL(None).syscall(251, 1, 0, (2 << 13) | 6)  # ioprio_set(IOPRIO_WHO_PROCESS, self, BE/6)
+    print(f"ready pid={os.getpid()} tid={threading.get_native_id()}", flush=True)
+    threading.Event().wait()
+threading.Thread(target=own).start()
+threading.Event().wait()
+"""
+SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS = 252, 1
+
 CHUNKS, ROUNDS = 16, 250_000  # about 3 s of sha256 rounds in all
 PYTHON_POOL = f"""
 import hashlib, os, sys
@@ -321,3 +335,21 @@ def test_threads_created_and_exiting_during_the_dump_are_in_the_image_whole_or_n
     assert numbers(counter) == list(range(len(numbers(counter)))), "count.txt has a gap or a repeat"
     seen = set(tasks(proc.pid))
     wait_for(lambda: set(tasks(proc.pid)) - seen, what="the restored process to create threads again")
+
+
+def own_sched(pid: int, tid: int) -> tuple[str, int, int]:
+    """A thread's allowed CPUs, nice value and I/O priority."""
+    nice = int(open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()[16])
+    return status_field(pid, "Cpus_allowed_list", tid), nice, libc.syscall(SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS, tid)
+
+
+def test_a_thread_keeps_its_own_affinity_nice_value_and_io_priority(start):
+    if os.cpu_count() < 2:
+        pytest.skip("one CPU: a thread's own affinity cannot differ from the leader's")
+    proc = start(PYTHON, "-c", PYTHON_OWN_SCHED)
+    tid = int(proc.target.info["tid"])
+    own, leader = own_sched(proc.pid, tid), own_sched(proc.pid, proc.pid)
+    assert own == ("0", 7, (2 << 13) | 6) and leader != own
+    proc.dump()
+    proc.restore()
+    assert own_sched(proc.pid, tid) == own and own_sched(proc.pid, proc.pid) == leader

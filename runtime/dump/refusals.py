@@ -108,7 +108,7 @@ def _namespace(pid: int, name: str) -> str | None:
 
 
 def check_threads(pid: int, tids: list[int], leader: Status) -> None:
-    """Every thread is restored with the leader's credentials; per-thread security state is refused as the leader's is."""
+    """Every thread is restored with the leader's credentials; per-thread security state is refused as the leader's."""
     for tid in tids[1:]:
         status = read_thread_status(pid, tid)
         if status.creds != leader.creds:

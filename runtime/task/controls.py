@@ -200,7 +200,8 @@ def set_sched(pid: int, tid: int, sched: SchedAttr) -> None:
         sched_deadline=sched.deadline, sched_period=sched.period,
         sched_util_min=sched.util_min, sched_util_max=sched.util_max)
     if _libc.syscall(arch.NR_SCHED_SETATTR, tid, ctypes.byref(attr), 0) != 0:
-        raise RestoreError(pid, f"sched_setattr{f' of thread {tid}' if tid else ''} (policy {sched.policy}, nice {20 - sched.nice_rank}, "
+        which = f"sched_setattr of thread {tid}" if tid else "sched_setattr"
+        raise RestoreError(pid, f"{which} (policy {sched.policy}, nice {20 - sched.nice_rank}, "
                                 f"priority {sched.priority}): {os.strerror(ctypes.get_errno())}")
 
 

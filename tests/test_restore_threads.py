@@ -353,3 +353,22 @@ def test_a_thread_keeps_its_own_affinity_nice_value_and_io_priority(start):
     proc.dump()
     proc.restore()
     assert own_sched(proc.pid, tid) == own and own_sched(proc.pid, proc.pid) == leader
+
+
+def test_a_stopped_process_comes_back_with_every_thread_stopped_and_sigcont_resumes_them(start):
+    proc = start(str(target_path("infect_threads")), "4")
+    address = proc.target.addr("counters")
+
+    def counters() -> tuple[int, ...]:
+        return struct.unpack("4Q", read_memory(proc.pid, address, 32))
+
+    os.kill(proc.pid, signal.SIGSTOP)
+    wait_for(lambda: status_field(proc.pid, "State").startswith("T"), what="the group stop")
+    proc.dump()
+    proc.restore()
+    assert {status_field(proc.pid, "State", tid)[0] for tid in tasks(proc.pid)} == {"T"}
+    stopped = counters()
+    time.sleep(0.1)
+    assert counters() == stopped, "a thread ran while the process was stopped"
+    os.kill(proc.pid, signal.SIGCONT)
+    wait_for(lambda: all(now > then for now, then in zip(counters(), stopped)), what="every thread after SIGCONT")

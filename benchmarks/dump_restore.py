@@ -15,14 +15,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from measure import REPO, kill_and_reap, runtime, timed, wait_for_line
+from measure import REPO, SHM, bench_sleep, kill_and_reap, runtime, timed, wait_for_line
 from runtime.kernel.clone import become_subreaper
 
 TARGET = REPO / "build" / "targets" / "restore_state"
-SHM = Path("/dev/shm")
 
 
 def dd_floor(mib: int) -> float:
@@ -56,23 +54,6 @@ def bench_patterned(mib: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     return {"dump": dump_s, "restore": restore_s, "dump_rss": dump_rss, "restore_rss": restore_rss,
             "dd": dd_floor(mib), "image": image_bytes}
-
-
-def bench_sleep() -> tuple[float, float]:
-    work = Path(tempfile.mkdtemp(prefix="revive-bench-", dir=SHM))
-    try:
-        target = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(0.1)
-        dump_s, _ = runtime("dump", "-t", str(target.pid), "-D", str(work / "images"))
-        target.wait()
-        restore_s, _ = runtime("restore", "-D", str(work / "images"), "-d")
-        if Path(f"/proc/{target.pid}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":
-            raise SystemExit("restored sleep is not running")
-        kill_and_reap(target.pid)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return dump_s, restore_s
 
 
 def main() -> int:

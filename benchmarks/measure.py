@@ -5,13 +5,16 @@ so their figures compare; the scripts import it from their own folder.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+SHM = Path("/dev/shm")
 
 
 def timed(command: list[str]) -> tuple[float, int]:
@@ -42,3 +45,21 @@ def wait_for_line(path: Path, needle: str, timeout: float = 60.0) -> str:
 def kill_and_reap(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
+
+
+def bench_sleep() -> tuple[float, float]:
+    """Dump and restore wall seconds of a `sleep 1000`, the smallest process there is: the reference."""
+    work = Path(tempfile.mkdtemp(prefix="revive-bench-", dir=SHM))
+    try:
+        target = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(0.1)
+        dump_s, _ = runtime("dump", "-t", str(target.pid), "-D", str(work / "images"))
+        target.wait()
+        restore_s, _ = runtime("restore", "-D", str(work / "images"), "-d")
+        if Path(f"/proc/{target.pid}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":
+            raise SystemExit("restored sleep is not running")
+        kill_and_reap(target.pid)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dump_s, restore_s

@@ -23,12 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from measure import REPO, kill_and_reap, runtime, wait_for_line
+from measure import REPO, SHM, bench_sleep, kill_and_reap, runtime, wait_for_line
 from runtime.kernel.clone import become_subreaper
 from runtime.kernel.procfs.mem import read_memory
 
 TARGET = REPO / "build" / "targets" / "threads_many"
-SHM = Path("/dev/shm")
 FLOOR_THREADS = 1
 # Counters tick every 100 ms: 0.3 s gives each thread three chances to show it runs.
 CONTINUE_WINDOW_S = 0.3
@@ -93,25 +92,8 @@ def bench(n: int, repeat: int) -> dict:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def bench_sleep_once() -> tuple[float, float]:
-    work = Path(tempfile.mkdtemp(prefix="revive-bench-threads-", dir=SHM))
-    try:
-        target = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(0.1)
-        dump_s, _ = runtime("dump", "-t", str(target.pid), "-D", str(work / "images"))
-        target.wait()
-        restore_s, _ = runtime("restore", "-D", str(work / "images"), "-d")
-        if Path(f"/proc/{target.pid}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":
-            raise SystemExit("restored sleep is not running")
-        kill_and_reap(target.pid)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return dump_s, restore_s
-
-
-def bench_sleep(repeat: int) -> tuple[float, float]:
-    runs = [bench_sleep_once() for _ in range(repeat)]
+def bench_sleep_median(repeat: int) -> tuple[float, float]:
+    runs = [bench_sleep() for _ in range(repeat)]
     return statistics.median(d for d, _ in runs), statistics.median(r for _, r in runs)
 
 
@@ -145,7 +127,7 @@ def main() -> int:
               f"{per_thread_ms(r['restore'], floor['restore'], n):>15} "
               f"{r['dump'] / floor['dump']:>8.2f} {r['restore'] / floor['restore']:>11.2f} "
               f"{r['dump_rss'] / 1024:>13.1f} {r['restore_rss'] / 1024:>16.1f}")
-    dump_s, restore_s = bench_sleep(args.repeat)
+    dump_s, restore_s = bench_sleep_median(args.repeat)
     print(f"sleep 1000: dump {dump_s:.3f} s, restore {restore_s:.3f} s")
     print("times are wall clock of the whole command (python start-up included); RSS is the runtime's own peak; "
           "every restored thread was seen counting on")

@@ -78,6 +78,9 @@ def check_process(process: Process, file: str, inventory: Inventory, sizes: Mapp
         if getattr(process, name) >= PID_MAX_LIMIT:
             raise ImageError(file, name, f"{getattr(process, name)} is not a process id (below {PID_MAX_LIMIT})")
     _check_counts(process, file)
+    if process.controls.pdeath_signal > NSIG:
+        raise ImageError(file, "controls.pdeath_signal", f"{process.controls.pdeath_signal} is not a signal "
+                                                         f"(0 or 1..{NSIG})")
     _check_vmas(process.vmas, file, mmap_min_addr)
     _check_page_runs(process, file, sizes)
     _check_mm(process, file)

@@ -57,6 +57,29 @@ def _optional_inner(hint: Any) -> Any | None:
     return None
 
 
+@functools.cache
+def _shape(hint: Any) -> tuple[str, Any]:
+    """What a declared type is, for both directions: (kind, its argument), worked out once per type.
+
+    kind is "optional" (argument: the inner type), "dataclass", "enum" (the
+    class), "tuple", "dict" (the type arguments), or "int", "bool", "str",
+    "bytes".
+    """
+    inner = _optional_inner(hint)
+    if inner is not None:
+        return "optional", inner
+    if dataclasses.is_dataclass(hint):
+        return "dataclass", hint
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "enum", hint
+    origin = typing.get_origin(hint)
+    if origin in (tuple, dict):
+        return origin.__name__, typing.get_args(hint)
+    if hint in (int, bool, str, bytes):
+        return hint.__name__, hint
+    raise TypeError(f"unsupported type {hint!r} in the checkpoint model")
+
+
 def encode(value: Any, hint: Any = None) -> Any:
     """JSON-able data for a model object (hint: its declared type; the object's class if omitted)."""
     return _encoder(type(value) if hint is None else hint)(value)
@@ -70,32 +93,28 @@ def _encoder(hint: Any) -> Callable[[Any], Any]:
     values; reading the type hints once per type instead of once per value
     keeps the writer's time in the JSON text itself.
     """
-    inner = _optional_inner(hint)
-    if inner is not None:
-        encode_inner = _encoder(inner)
+    kind, arg = _shape(hint)
+    if kind == "optional":
+        encode_inner = _encoder(arg)
         return lambda value: None if value is None else encode_inner(value)
-    if dataclasses.is_dataclass(hint):
-        hints = _hints(hint)
-        fields = [(f.name, _encoder(hints[f.name])) for f in _fields(hint)]
+    if kind == "dataclass":
+        hints = _hints(arg)
+        fields = [(f.name, _encoder(hints[f.name])) for f in _fields(arg)]
         return lambda value: {name: encode_field(getattr(value, name)) for name, encode_field in fields}
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+    if kind == "enum":
         return lambda value: value.value
-    if hint is bytes:
+    if kind == "bytes":
         return bytes.hex
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            encode_item = _encoder(args[0])
+    if kind == "tuple":
+        if len(arg) == 2 and arg[1] is Ellipsis:
+            encode_item = _encoder(arg[0])
             return lambda value: [encode_item(item) for item in value]
-        encoders = [_encoder(arg) for arg in args]
+        encoders = [_encoder(item_hint) for item_hint in arg]
         return lambda value: [encode_item(item) for item, encode_item in zip(value, encoders)]
-    if origin is dict:
-        encode_key, encode_value = (_encoder(arg) for arg in typing.get_args(hint))
+    if kind == "dict":
+        encode_key, encode_value = (_encoder(item_hint) for item_hint in arg)
         return lambda value: {encode_key(k): encode_value(v) for k, v in value.items()}
-    if hint in (int, str, bool):
-        return lambda value: value
-    raise TypeError(f"unsupported type {hint!r} in the checkpoint model")
+    return lambda value: value  # int, bool, str
 
 
 def _kind(data: Any) -> str:
@@ -118,36 +137,33 @@ class _Decoder:
             raise self.fail(path, f"expected {name}, got {_kind(data)}")
 
     def decode(self, data: Any, hint: Any, path: str) -> Any:
-        inner = _optional_inner(hint)
-        if inner is not None:
-            return None if data is None else self.decode(data, inner, path)
-        if dataclasses.is_dataclass(hint):
-            return self.dataclass(data, hint, path)
-        if isinstance(hint, type) and issubclass(hint, enum.Enum):
-            return self.enum(data, hint, path)
-        origin = typing.get_origin(hint)
-        if origin is tuple:
-            return self.tuple(data, typing.get_args(hint), path)
-        if origin is dict:
-            return self.dict(data, typing.get_args(hint), path)
-        if hint is int:
+        kind, arg = _shape(hint)
+        if kind == "optional":
+            return None if data is None else self.decode(data, arg, path)
+        if kind == "dataclass":
+            return self.dataclass(data, arg, path)
+        if kind == "enum":
+            return self.enum(data, arg, path)
+        if kind == "tuple":
+            return self.tuple(data, arg, path)
+        if kind == "dict":
+            return self.dict(data, arg, path)
+        if kind == "int":
             self.expect(data, int, path, "int")
             if not 0 <= data <= U64_MAX:
                 raise self.fail(path, f"{data} is outside 0..2**64-1")
             return data
-        if hint is bool:
+        if kind == "bool":
             self.expect(data, bool, path, "bool")
             return data
-        if hint is str:
+        if kind == "str":
             self.expect(data, str, path, "str")
             return self.text(data, path)
-        if hint is bytes:
-            self.expect(data, str, path, "hex str")
-            try:
-                return bytes.fromhex(data)
-            except ValueError:
-                raise self.fail(path, "expected hex digits") from None
-        raise TypeError(f"unsupported type {hint!r} in the checkpoint model")
+        self.expect(data, str, path, "hex str")
+        try:
+            return bytes.fromhex(data)
+        except ValueError:
+            raise self.fail(path, "expected hex digits") from None
 
     def dataclass(self, data: Any, cls: type, path: str) -> Any:
         self.expect(data, dict, path, f"object ({cls.__name__})")

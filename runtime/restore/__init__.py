@@ -92,7 +92,8 @@ def plan_vdso(process: Process, vdso_image: bytes | None, mode: VdsoMode) -> Vds
 
 def check_restorable(process: Process, shell_job: bool, detach: bool) -> None:
     if detach and process.controls.pdeath_signal:
-        name = signal.Signals(process.controls.pdeath_signal).name
+        number = process.controls.pdeath_signal
+        name = signal.Signals(number).name if number in set(signal.Signals) else f"signal {number}"
         raise RestoreError(process.pid, f"has a parent-death signal ({name}): this command becomes its parent, "
                                         "so -d would deliver it at once; restore without -d")
     for thread in created_threads(process):

@@ -326,11 +326,11 @@ def _fill_signals(arena: Arena, args, process: Process) -> None:
     for slot, action in zip(args.sigactions, process.sigactions):
         slot.handler, slot.flags, slot.restorer, slot.mask = action.handler, action.flags, action.restorer, action.mask
     args.nr_pending = len(process.shared_pending)
-    args.pending = _add_siginfos(arena, process.shared_pending)
+    args.pending = _add_siginfos(arena, blobs.protocol().RestorerSiginfo, process.shared_pending)
 
 
-def _add_siginfos(arena: Arena, infos: tuple[bytes, ...]) -> int:
-    slots, address = arena.add(blobs.protocol().RestorerSiginfo, len(infos))
+def _add_siginfos(arena: Arena, siginfo_type, infos: tuple[bytes, ...]) -> int:
+    slots, address = arena.add(siginfo_type, len(infos))
     for slot, info in zip(slots, infos):
         slot.signo = _siginfo_signo(info)
         ctypes.memmove(slot.info, info, len(info))
@@ -371,7 +371,7 @@ def _fill_threads(arena: Arena, args, process: Process, xstates: dict[int, bytes
         slot.robust_list, slot.robust_list_len = thread.robust_list, thread.robust_list_len
         _fill_name(slot, thread.comm or process.comm)
         slot.nr_pending = len(thread.pending)
-        slot.pending = _add_siginfos(arena, thread.pending)
+        slot.pending = _add_siginfos(arena, proto.RestorerSiginfo, thread.pending)
         xstate = xstates[thread.tid]
         frame_view, frame_address = arena.add(ctypes.c_uint8, arch.rt_sigframe_size(len(xstate)))
         frame, slot.sigreturn_sp = arch.build_rt_sigframe(thread.regs, xstate, thread.blocked, frame_address)
@@ -380,7 +380,7 @@ def _fill_threads(arena: Arena, args, process: Process, xstates: dict[int, bytes
 
 def _fill_name(slot, name: str) -> None:
     """The kernel keeps TASK_COMM_LEN - 1 bytes of a name; the slot is zero-filled, so it ends in NUL."""
-    encoded = os.fsencode(name)[:blobs.protocol().RESTORER_COMM_SIZE - 1]
+    encoded = os.fsencode(name)[:len(slot.comm) - 1]
     slot.comm[:len(encoded)] = list(encoded)
 
 

@@ -250,6 +250,14 @@ def test_restore_brings_back_a_process_whose_leader_exited(start):
     check_sequences_continue(proc, range(3), ok=False)
 
 
+def test_a_refusal_in_a_process_whose_leader_exited_names_the_process(start):
+    proc = start(str(target_path("leader_exit")), "pipe")
+    wait_for(lambda: status_field(proc.pid, "State") == "Z (zombie)", what="the leader to exit")
+    with pytest.raises(DumpError, match=rf"^pid {proc.pid}: fd 3 \(pipe pipe:\[\d+\]\): not supported yet"):
+        proc.dump()
+    wait_ticks(proc, range(3), 2)  # left running as it was
+
+
 def read_counters(proc, n: int) -> tuple[int, ...]:
     return struct.unpack(f"{n}Q", read_memory(proc.pid, proc.target.addr("counters"), 8 * n))
 

@@ -39,7 +39,6 @@ from runtime.infect.parasite import Iovec, ThreadState
 from runtime.infect.seize import Seized, seize
 from runtime.infect.session import infect, is_leftover
 from runtime.kernel.procfs import auxv, fds, maps, stat, status, vdso
-from runtime.kernel.procfs.fds import OpenFile
 from runtime.kernel.procfs.files import read_link
 from runtime.kernel.procfs.maps import DELETED_SUFFIX, Mapping
 from runtime.mm.vdso import find_proxy
@@ -152,7 +151,7 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
     found_files = tuple(f for f in fds.read_open_files(view) if not is_leftover(f.link))
     refusals.check_process(pid, view, seized.tids, st, task_stat, mappings, found_files, options.shell_job)
     vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
-    fd_slots, file_entries = dump_fds(view, found_files, options.shell_job)
+    fd_slots, file_entries = table.dump_table(pid, found_files, options.shell_job, view=view)
     page_runs = plan_page_runs(view, mappings)
     found_vdso, vdso_info = read_vdso_info(view, vmas, proxy)
     # Last: for a thread inside an rseq critical section this moves it to its abort handler.
@@ -162,9 +161,9 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
         status=st,
         personality=stat.read_personality(view),
         auxv=auxv.read_auxv(view),
-        exe=_existing_path(view, "exe", "executable"),
-        cwd=_existing_path(view, "cwd", "working directory"),
-        root=_existing_path(view, "root", "root directory"),
+        exe=_existing_path(pid, view, "exe", "executable"),
+        cwd=_existing_path(pid, view, "cwd", "working directory"),
+        root=_existing_path(pid, view, "root", "root directory"),
         vmas=vmas,
         page_runs=page_runs,
         fds=fd_slots,
@@ -177,8 +176,8 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
     )
 
 
-def _existing_path(pid: int, link: str, what: str) -> str:
-    path = read_link(pid, link)
+def _existing_path(pid: int, view: int, link: str, what: str) -> str:
+    path = read_link(view, link)
     if path.endswith(DELETED_SUFFIX):
         raise DumpError(pid, f"{what} {path} was deleted: not supported yet")
     return path
@@ -202,14 +201,6 @@ def read_vdso_info(pid: int, vmas: tuple[Vma, ...],
         proxy=proxy is not None,
     )
     return found, info
-
-
-# -- file descriptors ------------------------------------------------------------------------
-
-def dump_fds(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool) -> tuple[tuple[FdSlot, ...],
-                                                                             tuple[FileEntry, ...]]:
-    """(fd slots, file entries): each open file dumped by its kind in runtime/files/, shared ones once."""
-    return table.dump_table(pid, open_files, shell_job)
 
 
 # -- the thread, before infection ------------------------------------------------------------

@@ -16,14 +16,18 @@ from runtime.kernel import kcmp
 from runtime.kernel.procfs.fds import OpenFile
 
 
-def dump_table(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool,
-               first_id: int = 1) -> tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]:
-    """(slots, entries) of pid's open files, in fd order; an fd that shares an earlier one's file reuses its entry."""
+def dump_table(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool, first_id: int = 1,
+               view: int | None = None) -> tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]:
+    """(slots, entries) of pid's open files, in fd order; an fd that shares an earlier one's file reuses its entry.
+
+    view: the live task kcmp compares in (default pid; another thread once the leader has exited).
+    """
+    view = pid if view is None else view
     slots: list[FdSlot] = []
     entries: list[FileEntry] = []
     first_fd: dict[int, int] = {}  # file_id -> its lowest fd: kcmp's answer is an equivalence, one compare each
     for f in open_files:
-        shared = next((file_id for file_id, fd in first_fd.items() if kcmp.same_file(pid, fd, f.fd)), None)
+        shared = next((file_id for file_id, fd in first_fd.items() if kcmp.same_file(view, fd, f.fd)), None)
         if shared is None:
             entries.append(registry.dump(pid, f, first_id + len(entries), shell_job))
             shared = entries[-1].id

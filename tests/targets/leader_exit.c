@@ -2,7 +2,8 @@
  * Restore target whose thread-group leader has exited: main starts three
  * threads, prints "ready pid=P" and calls pthread_exit while they run on.
  *
- * usage: leader_exit
+ * usage: leader_exit [pipe]
+ * With "pipe", a pipe is open at fds 3 and 4 (which the dump refuses).
  * Thread I (0..2) prints "tick I N" and writes "N\n" to counter-I.txt every
  * 20 ms (nanosleep), N from 0 without gaps.
  *
@@ -19,6 +20,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,11 +50,15 @@ static void *count(void *arg)
 	return NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	struct timespec one_ms = { 0, 1000000 };
 	pthread_t thread;
+	int pipe_fds[2];
 	long i;
+
+	if (argc > 1 && (strcmp(argv[1], "pipe") || pipe(pipe_fds)))
+		return 2;
 
 	for (i = 0; i < THREADS; i++)
 		if (pthread_create(&thread, NULL, count, (void *)i))

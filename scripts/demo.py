@@ -1,7 +1,7 @@
 """The live demo: a running program is dumped, killed, restored, and continues.
 
 It drives the real command line (`python -m runtime dump|show|restore`) on a
-real `python3` process that prints a growing sequence into a file, and then
+real two-threaded `python3` process that prints a growing sequence into a file, and then
 checks the sequence after restore continues with no gap and no repeat.
 """
 
@@ -17,13 +17,17 @@ from rich.console import Console
 
 from runtime.kernel.clone import become_subreaper
 
+# The counting happens in a second thread while the main one waits: the dump takes both.
 COUNTER_PROGRAM = """
-import time
-i = 0
-while True:
-    print(i, flush=True)
-    i += 1
-    time.sleep(0.1)
+import threading, time
+def count():
+    i = 0
+    while True:
+        print(i, flush=True)
+        i += 1
+        time.sleep(0.1)
+threading.Thread(target=count, name="counter").start()
+threading.Event().wait()
 """
 
 console = Console()
@@ -60,7 +64,8 @@ def main() -> int:
         pid = target.pid
         time.sleep(1.0)
         before = numbers(log)
-        console.print(f"target pid {pid} is counting: ... {before[-3:]}")
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+        console.print(f"target pid {pid} ({threads} threads) is counting: ... {before[-3:]}")
 
         runtime("dump", "-t", str(pid), "-D", str(images))
         target.wait()  # the dump killed it; reap it so its pid is free again
@@ -76,11 +81,12 @@ def main() -> int:
         try:
             time.sleep(1.0)
             after = numbers(log)
+            threads = len(os.listdir(f"/proc/{pid}/task"))
         finally:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         resumed = after[len(dumped):]
-        console.print(f"restored pid {pid} continued: {resumed[:5]} ...")
+        console.print(f"restored pid {pid} ({threads} threads) continued: {resumed[:5]} ...")
         if not resumed or after != list(range(len(after))):
             console.print("[red]the sequence did not continue without gap or repeat[/red]")
             return 1

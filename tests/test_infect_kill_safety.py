@@ -156,13 +156,15 @@ def test_every_thread_unharmed_when_the_parasite_run_in_thread_k_fails_or_its_ru
         subject.stop()
 
 
-def test_target_unharmed_when_the_runtime_dies_at_random_instants(tmp_path):
+@pytest.mark.parametrize("threads, budget", [(1, RANDOM_BUDGET), (THREADS, RANDOM_BUDGET / 2)],
+                         ids=["one-thread", "four-threads"])
+def test_target_unharmed_when_the_runtime_dies_at_random_instants(threads, budget, tmp_path):
     rng = random.Random(int(os.environ.get("REVIVE_KILL_SEED", "10")))
-    target = start_target(target_argv(tmp_path), tmp_path)
+    target = start_target(target_argv(tmp_path, threads), tmp_path)
     tries = killed = completed = leftovers = 0
     try:
-        before = observe(target.pid)
-        deadline = time.monotonic() + RANDOM_BUDGET
+        before, masks = observe(target.pid), thread_masks(target.pid)
+        deadline = time.monotonic() + budget
         while time.monotonic() < deadline:
             mode = rng.choice(list(MODES))
             runtime = dump_command(target.pid, tmp_path / f"images-{tries}", mode, verbose=True)
@@ -177,15 +179,17 @@ def test_target_unharmed_when_the_runtime_dies_at_random_instants(tmp_path):
                 completed += 1
                 if mode == "default":  # dumped and killed as asked: go on with a new target
                     target.stop()
-                    target = start_target(target_argv(tmp_path), tmp_path)
-                    before = observe(target.pid)
+                    target = start_target(target_argv(tmp_path, threads), tmp_path)
+                    before, masks = observe(target.pid), thread_masks(target.pid)
                 continue
             assert runtime.returncode == -signal.SIGKILL
             killed += 1
             leftovers += bool(check_unharmed(target, before))
+            assert thread_masks(target.pid) == masks
     finally:
         target.stop()
-    print(f"\nrandom kills: {tries} tries, {killed} runtimes killed mid-dump, all {killed} targets unharmed "
+    print(f"\nrandom kills ({threads} threads): {tries} tries, {killed} runtimes killed mid-dump, "
+          f"all {killed} targets unharmed "
           f"({leftovers} with a leftover area or fd), {completed} dumps completed first")
     assert killed >= tries // 2
 

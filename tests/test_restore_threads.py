@@ -72,6 +72,30 @@ threading.Event().wait()
 """
 SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS = 252, 1
 
+# Four threads each blocked in one kind of timed wait for WAIT_S seconds: poll, select, sleep (clock_nanosleep)
+# and an Event wait (a futex wait with a timeout). Python retries each on EINTR with the time left.
+WAIT_S = 3.0
+PYTHON_TIMED_WAITS = f"""
+import os, select, threading, time
+def wait(name, call):
+    start = time.monotonic()
+    call()
+    print(f"woke {{name}} {{time.monotonic() - start:.3f}}", flush=True)
+waits = {{
+    "poll": lambda: select.poll().poll({WAIT_S} * 1000),
+    "select": lambda: select.select([], [], [], {WAIT_S}),
+    "sleep": lambda: time.sleep({WAIT_S}),
+    "futex": lambda: threading.Event().wait({WAIT_S}),
+}}
+threads = [threading.Thread(target=wait, args=item) for item in waits.items()]
+for t in threads:
+    t.start()
+print(f"ready pid={{os.getpid()}}", flush=True)
+for t in threads:
+    t.join()
+print("done joined", flush=True)
+"""
+
 CHUNKS, ROUNDS = 16, 250_000  # about 3 s of sha256 rounds in all
 PYTHON_POOL = f"""
 import hashlib, os, sys
@@ -380,3 +404,19 @@ def test_a_stopped_process_comes_back_with_every_thread_stopped_and_sigcont_resu
     assert counters() == stopped, "a thread ran while the process was stopped"
     os.kill(proc.pid, signal.SIGCONT)
     wait_for(lambda: all(now > then for now, then in zip(counters(), stopped)), what="every thread after SIGCONT")
+
+
+def test_threads_in_timed_waits_wake_at_their_own_deadlines(start):
+    started = time.monotonic()
+    proc = start(PYTHON, "-c", PYTHON_TIMED_WAITS)
+    time.sleep(1.0)  # a wait started over at the restore would end after WAIT_S + 1 s
+    proc.dump()
+    proc.restore()
+    restored = time.monotonic()
+    assert restored - started < WAIT_S, "restored after the deadline: nothing to check"
+    woke = {words[1]: float(words[2]) for words in wait_for(lambda: len(lines(proc.out, "woke")) == 4 and
+                                                            lines(proc.out, "woke"), what="every wait to end")}
+    wait_for(lambda: lines(proc.out, "done"), what="the threads to be joined")
+    # Each wait keeps its deadline: it neither returns early (EINTR taken for a wake-up) nor starts over.
+    assert set(woke) == {"poll", "select", "sleep", "futex"}
+    assert all(WAIT_S - 0.05 <= elapsed < WAIT_S + 0.7 for elapsed in woke.values()), woke

@@ -160,8 +160,9 @@ def _render_threads(image: ProcessImage, console: Console) -> None:
 
 def _render_thread(thread: ThreadCore, image: ProcessImage, console: Console) -> None:
     r = thread.regs
-    console.print(f"[bold]thread {thread.tid}[/] {thread.comm!r}: rip {r.rip:#x} rsp {r.rsp:#x} rax {r.rax:#x} "
-                  f"orig_rax {r.orig_rax:#x} eflags {r.eflags:#x} cs {r.cs:#x} ss {r.ss:#x} "
+    state = "running" if thread.in_syscall is None else f"in syscall {thread.in_syscall}"
+    console.print(f"[bold]thread {thread.tid}[/] {thread.comm!r} ({state}): rip {r.rip:#x} rsp {r.rsp:#x} "
+                  f"rax {r.rax:#x} orig_rax {r.orig_rax:#x} eflags {r.eflags:#x} cs {r.cs:#x} ss {r.ss:#x} "
                   f"fs_base {r.fs_base:#x} gs_base {r.gs_base:#x}")
     console.print(f"  blocked {_signals(thread.blocked)}  pending {len(thread.pending)}  "
                   f"altstack sp {thread.altstack.sp:#x} size {thread.altstack.size} flags {thread.altstack.flags:#x}  "

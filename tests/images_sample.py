@@ -100,6 +100,7 @@ def _build(pid, regs, xstate, rseq_conf, blocked) -> Snapshot:
     thread = ThreadCore(
         tid=pid,
         comm=stat.comm,
+        in_syscall=None if regs.orig_rax >= 1 << 63 else regs.orig_rax,
         regs=Registers(**{name: getattr(regs, name) for name, _ in regs._fields_}),
         blocked=blocked,
         altstack=SigAltStack(0, 0, 2),

@@ -36,7 +36,8 @@ def test_show_prints_identity_vmas_threads_rseq_and_vdso(image):
     for vma in p.vmas:
         assert f"{vma.start:#x}" in out
     assert f"page runs: {len(p.page_runs)} runs, {sum(r.nr_pages for r in p.page_runs)} pages" in out
-    assert f"thread {p.pid} 'sleep': rip {p.threads[0].regs.rip:#x}" in out
+    assert f"thread {p.pid} 'sleep' (in syscall {p.threads[0].in_syscall}): rip {p.threads[0].regs.rip:#x}" in out
+    assert p.threads[0].in_syscall is not None  # a sleep is asleep in nanosleep or clock_nanosleep
     assert f"threads         1: {p.pid}" in out
     assert f"rseq: area {p.threads[0].rseq.address:#x}" in out and "case outside" in out
     assert f"vdso {p.vdso.vdso_start:#x} size {p.vdso.vdso_size}" in out

@@ -71,6 +71,7 @@ class ThreadSnapshot:
     sched: SchedAttr | None  # where it differs from the leader's
     cpus: tuple[int, ...] | None  # where it differs from the leader's
     io_priority: int | None  # where it differs from the leader's
+    in_syscall: int | None  # the syscall it was stopped in, before the restart was applied
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,8 @@ def snapshot_thread(view: int, tid: int) -> ThreadSnapshot:
     sched, cpus, io_priority = task_controls.thread_differences(view, tid)
     return ThreadSnapshot(tid, regs, ptrace.get_xstate(tid), ptrace.get_sigmask(tid),
                           peek_pending(tid, shared=False), fixup.rseq, futex_links.read_robust_list(tid),
-                          stat.read_thread_comm(view, tid), sched, cpus, io_priority)
+                          stat.read_thread_comm(view, tid), sched, cpus, io_priority,
+                          None if arch.signed(fixup.regs.orig_rax) < 0 else fixup.regs.orig_rax)
 
 
 def peek_pending(tid: int, shared: bool) -> tuple[bytes, ...]:
@@ -283,7 +285,8 @@ def thread_core(thread: ThreadSnapshot, own: ThreadState) -> ThreadCore:
     return ThreadCore(tid=thread.tid, regs=thread.regs, blocked=thread.blocked, altstack=own.altstack,
                       clear_child_tid=own.clear_child_tid, pending=thread.pending, rseq=thread.rseq,
                       robust_list=robust_list, robust_list_len=robust_list_len, comm=thread.comm,
-                      sched=thread.sched, cpus=thread.cpus, io_priority=thread.io_priority)
+                      sched=thread.sched, cpus=thread.cpus, io_priority=thread.io_priority,
+                      in_syscall=thread.in_syscall)
 
 
 def armed_itimers(itimers: tuple[ITimer, ...]) -> tuple[ITimer, ...]:

@@ -187,6 +187,7 @@ class ThreadCore:
     sched: SchedAttr | None = None  # its scheduling attributes, where they differ from the leader's
     cpus: tuple[int, ...] | None = None  # its CPU affinity, where it differs from the leader's
     io_priority: int | None = None  # its ioprio_get value, where it differs from the leader's
+    in_syscall: int | None = None  # the syscall it was blocked in when dumped (orig_rax); None: in its own code
 
 
 @dataclass(frozen=True)

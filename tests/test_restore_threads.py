@@ -80,7 +80,8 @@ import os, select, threading, time
 def wait(name, call):
     start = time.monotonic()
     call()
-    print(f"woke {{name}} {{time.monotonic() - start:.3f}}", flush=True)
+    # One write per line: print() writes the text and its newline apart, and the threads share stdout.
+    os.write(1, f"woke {{name}} {{time.monotonic() - start:.3f}}\\n".encode())
 waits = {{
     "poll": lambda: select.poll().poll({WAIT_S} * 1000),
     "select": lambda: select.select([], [], [], {WAIT_S}),

@@ -2,8 +2,9 @@
  * The process's signal state: actions, interval timers, the signals pending
  * on the process as a whole, and the final rt_sigreturn into the task's own
  * registers, xstate and mask (the mask comes back through the frame's
- * uc_sigmask), or, for a leader that had exited, the exit instead. A thread's alternate stack and own pending signals are
- * thread-level steps (thread.c).
+ * uc_sigmask), or, for a leader that had exited, the exit instead. A
+ * thread's alternate stack and own pending signals are thread-level steps
+ * (thread.c).
  */
 #include "restore.h"
 #include "syscall.h"

@@ -75,7 +75,7 @@ def plan_area(blob_size: int, init_size: int, thread_call_size: int) -> AreaLayo
 
 
 class Infection:
-    """One infection of a process's leader (or, once it exited, another thread); each step registers its undo in `undo`."""
+    """One infection of a process's leader (or, once it exited, another thread); each step registers its undo."""
 
     def __init__(self, seized: Seized, undo: contextlib.ExitStack):
         self.seized = seized

@@ -14,7 +14,7 @@ THREADS = 6
 
 @pytest.fixture
 def threads_target(tmp_path):
-    target = start_target([str(target_path("infect_threads")), str(THREADS)], tmp_path)
+    target = start_target([str(target_path("threads_many")), str(THREADS), "1"], tmp_path)
     yield target
     target.stop()
 

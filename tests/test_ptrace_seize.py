@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def threads_target(tmp_path):
-    target = start_target([str(target_path("infect_threads")), "5"], tmp_path)
+    target = start_target([str(target_path("threads_many")), "5", "1"], tmp_path)
     yield target
     target.stop()
 

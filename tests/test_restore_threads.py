@@ -389,7 +389,7 @@ def test_a_thread_keeps_its_own_affinity_nice_value_and_io_priority(start):
 
 
 def test_a_stopped_process_comes_back_with_every_thread_stopped_and_sigcont_resumes_them(start):
-    proc = start(str(target_path("infect_threads")), "4")
+    proc = start(str(target_path("threads_many")), "4", "1")
     address = proc.target.addr("counters")
 
     def counters() -> tuple[int, ...]:

@@ -226,10 +226,18 @@ class ReturnPath:
 
     def park(self) -> None:
         """Point the thread (in any ptrace stop) at the rt_sigreturn on the saved frame."""
+        self._set_from_saved(rip=self.gadgets.sigreturn, rsp=self.sigreturn_sp)
+
+    def start_code(self, entry: int, arg: int) -> None:
+        """Point the parked thread at blob code, entry(arg) (arg in rdi), which must leave through the frame."""
+        self._set_from_saved(rip=entry, rdi=arg, rax=0)
+
+    def _set_from_saved(self, **changes: int) -> None:
+        """The saved registers with changes, no syscall of the task's to restart on the way (orig_rax -1)."""
         regs = arch.copy_regs(self.saved.regs)
-        regs.rip = self.gadgets.sigreturn
-        regs.rsp = self.sigreturn_sp
-        regs.orig_rax = arch.NO_SYSCALL  # -1: no syscall of the task's to restart on the way
+        for name, value in changes.items():
+            setattr(regs, name, value)
+        regs.orig_rax = arch.NO_SYSCALL
         regs.eflags &= ~(arch.EFLAGS_TF | arch.EFLAGS_DF)
         ptrace.set_regs(self.tid, regs)
 

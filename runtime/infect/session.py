@@ -173,16 +173,10 @@ class Infection:
             self._check(self.path(arch.NR_CLOSE, fd), "close of the memfd")
 
     def _start(self) -> None:
-        regs = arch.copy_regs(self.path.saved.regs)
-        regs.rip = self.base + self.blob.exports["parasite_head_start"]
-        regs.rdi = self.base + self.layout.init_offset
-        regs.rax = 0
-        regs.orig_rax = arch.NO_SYSCALL  # -1: the task's interrupted syscall must not be restarted now
-        regs.eflags &= ~(arch.EFLAGS_TF | arch.EFLAGS_DF)
         self.fds_before = frozenset(list_fds(self.tid))
         # From here a dead runtime leaves the task in the parasite, which finds no socket to
         # connect to and takes its own way out.
-        ptrace.set_regs(self.tid, regs)
+        self.path.start_code(self.base + self.blob.exports["parasite_head_start"], self.base + self.layout.init_offset)
         self.undo.callback(self._alive(self._retire))
         faults.point("infect.start")
         ptrace.cont(self.tid)

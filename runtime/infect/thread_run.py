@@ -24,10 +24,8 @@ import mmap
 from types import ModuleType
 
 from runtime import faults
-from runtime.arch import x86_64 as arch
 from runtime.errors import InfectError
 from runtime.infect.remote_syscall import Gadgets, ReturnPath
-from runtime.kernel import ptrace
 
 CHASE_LIMIT = 100  # syscalls parasite_thread_main may make before its rt_sigreturn
 
@@ -54,11 +52,7 @@ class ThreadRunner:
             undo.callback(self._set_call, 0, 0)
             undo.callback(lambda: None if path.exited else path.leave())
             self._set_call(1, path.sigreturn_sp)
-            regs = arch.copy_regs(path.saved.regs)
-            regs.rip, regs.rdi = self.entry, self.call_address
-            regs.orig_rax = arch.NO_SYSCALL
-            regs.eflags &= ~(arch.EFLAGS_TF | arch.EFLAGS_DF)
-            ptrace.set_regs(tid, regs)
+            path.start_code(self.entry, self.call_address)
             faults.point("infect.thread")
             fault = path.chase_home(CHASE_LIMIT)
             if fault is not None:

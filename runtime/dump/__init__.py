@@ -156,7 +156,8 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
     page_runs = plan_page_runs(view, mappings)
     found_vdso, vdso_info = read_vdso_info(view, vmas, proxy)
     # Last: for a thread inside an rseq critical section this moves it to its abort handler.
-    threads = tuple(snapshot_thread(view, tid) for tid in seized.tids)
+    leader = task_controls.read_scheduling(view)
+    threads = tuple(snapshot_thread(view, tid, leader) for tid in seized.tids)
     return Snapshot(
         stat=task_stat,
         status=st,
@@ -206,14 +207,14 @@ def read_vdso_info(pid: int, vmas: tuple[Vma, ...],
 
 # -- the thread, before infection ------------------------------------------------------------
 
-def snapshot_thread(view: int, tid: int) -> ThreadSnapshot:
+def snapshot_thread(view: int, tid: int, leader: task_controls.Scheduling) -> ThreadSnapshot:
     """Registers (rseq abort applied first, as the kernel would), xstate, mask, queued signals, robust list, name."""
     fixup = rseq.fix_up_thread(tid)
     resumed = arch.resume_registers(fixup.regs)
     # The restored task returns by rt_sigreturn, which leaves no syscall to restart.
     resumed.orig_rax = arch.NO_SYSCALL
     regs = Registers(**{f.name: getattr(resumed, f.name) for f in fields(Registers)})
-    sched, cpus, io_priority = task_controls.thread_differences(view, tid)
+    sched, cpus, io_priority = task_controls.thread_differences(leader, tid)  # all None for the leader
     return ThreadSnapshot(tid, regs, ptrace.get_xstate(tid), ptrace.get_sigmask(tid),
                           peek_pending(tid, shared=False), fixup.rseq, futex_links.read_robust_list(tid),
                           stat.read_thread_comm(view, tid), sched, cpus, io_priority,

@@ -138,17 +138,19 @@ def check_thread_controls(pid: int, tid: int, thread: dict[str, int], leader: di
                              "not supported")
 
 
-def thread_differences(pid: int, tid: int) -> tuple[SchedAttr | None, tuple[int, ...] | None, int | None]:
+Scheduling = tuple[SchedAttr, tuple[int, ...], int]  # sched_getattr, CPU affinity, ioprio_get of one task
+
+
+def read_scheduling(tid: int) -> Scheduling:
+    return read_sched(tid), tuple(sorted(os.sched_getaffinity(tid))), read_io_priority(tid)
+
+
+def thread_differences(leader: Scheduling, tid: int) -> tuple[SchedAttr | None, tuple[int, ...] | None, int | None]:
     """A thread's scheduling attributes, CPU affinity and I/O priority, each None where it is the leader's.
 
-    pid: the leader, or the task standing for it (the common case: all None).
+    leader: read_scheduling of the leader (or the task standing for it), read once for all threads.
     """
-    if tid == pid:
-        return None, None, None
-    sched, cpus, io = read_sched(tid), tuple(sorted(os.sched_getaffinity(tid))), read_io_priority(tid)
-    return (None if sched == read_sched(pid) else sched,
-            None if cpus == tuple(sorted(os.sched_getaffinity(pid))) else cpus,
-            None if io == read_io_priority(pid) else io)
+    return tuple(None if own == theirs else own for own, theirs in zip(read_scheduling(tid), leader))
 
 
 # -- restore ------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ def piped_sleep():
     ("thread_creds", r"thread \d+ has credentials of its own \(a raw setuid/setgid/capset in one thread\): "
                      r"not supported"),
     ("thread_slack", r"thread \d+ has its own timer_slack \(123456, the leader's is 50000\): not supported"),
+    ("thread_seccomp", r"thread \d+ runs under seccomp \(filter mode\): restoring seccomp filters is not supported yet"),
     ("socket", r"fd 3 \(socket socket:\[\d+\]\): not supported yet"),
     ("eventfd", r"fd 3 \(anonymous inode \[eventfd\]\): not supported yet"),
     ("pipe", r"fd 3 \(pipe pipe:\[\d+\]\): not supported yet"),

@@ -12,6 +12,7 @@ mapping's kind, protection or madvise advice), ignored with a reason, or
 refused; a flag this table has never seen is refused too.
 """
 
+import functools
 import os
 
 from runtime.errors import DumpError
@@ -114,19 +115,27 @@ def check_threads(pid: int, tids: list[int], leader: Status) -> None:
         if status.creds != leader.creds:
             raise DumpError(pid, f"thread {tid} has credentials of its own (a raw setuid/setgid/capset in one thread):"
                                  " not supported")
-        check_security(tid, status)
+        check_security(pid, status, f"thread {tid} ")
 
 
-def check_security(pid: int, status: Status) -> None:
+def check_security(pid: int, status: Status, who: str = "") -> None:
+    """who: "" for the process (its leader's status), "thread TID " for another thread's."""
     if status.seccomp:
         mode = {1: "strict", 2: "filter"}.get(status.seccomp, str(status.seccomp))
-        raise DumpError(pid, f"runs under seccomp ({mode} mode): restoring seccomp filters is not supported yet")
-    ours = read_status(os.getpid()).speculation
+        raise DumpError(pid, f"{who}runs under seccomp ({mode} mode): restoring seccomp filters is not supported yet")
+    ours = _own_speculation()
     if status.speculation != ours:
-        raise DumpError(pid, f"has speculation controls set (PR_SET_SPECULATION_CTRL: {', '.join(status.speculation)}"
-                             f"; a new process gets {', '.join(ours)}): not supported yet")
+        raise DumpError(pid, f"{who}has speculation controls set (PR_SET_SPECULATION_CTRL: "
+                             f"{', '.join(status.speculation)}; a new process gets {', '.join(ours)}): "
+                             "not supported yet")
     if status.thread_features.strip():
-        raise DumpError(pid, f"uses x86 thread features ({status.thread_features}): not supported yet")
+        raise DumpError(pid, f"{who}uses x86 thread features ({status.thread_features}): not supported yet")
+
+
+@functools.cache
+def _own_speculation() -> tuple[str, ...]:
+    """What a new process gets: the runtime's own controls, read once (a dump checks every thread)."""
+    return read_status(os.getpid()).speculation
 
 
 def check_posix_timers(pid: int, view: int) -> None:

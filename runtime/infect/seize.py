@@ -26,7 +26,7 @@ from runtime.kernel import ptrace
 from runtime.errors import (AccessDenied, AlreadyTraced, KernelThread, NoSuchProcess, OwnProcess,
                             ProcessError, PtraceError, ZombieProcess)
 from runtime.kernel.procfs.files import proc_path, read_text, translated
-from runtime.kernel.procfs.status import read_status
+from runtime.kernel.procfs.status import Status, read_status
 
 PF_KTHREAD = 0x00200000
 
@@ -119,8 +119,8 @@ def wait_for_stop(tid: int) -> ptrace.Stop | None:
         ptrace.cont(tid, stop.signal if stop.is_signal_delivery else 0)
 
 
-def check_seizable(pid: int) -> None:
-    """Refuse, naming the PID, what cannot or must not be seized."""
+def check_seizable(pid: int) -> Status:
+    """Refuse, naming the PID, what cannot or must not be seized; the status it read."""
     if pid <= 0:
         raise NoSuchProcess(pid)
     if pid == os.getpid():
@@ -136,6 +136,7 @@ def check_seizable(pid: int) -> None:
         raise ZombieProcess(pid)
     if status.tracer_pid:
         raise AlreadyTraced(pid, status.tracer_pid)
+    return status
 
 
 def _stat_flags(pid: int) -> int:
@@ -170,8 +171,8 @@ def _seize_thread(pid: int, tid: int) -> Thread | None:
 
 def seize(pid: int) -> Seized:
     """Stop every thread of process pid under ptrace; release() (or `with`) lets them go."""
-    check_seizable(pid)
-    seized = Seized(pid, leader_exited=_leader_exited(pid))
+    # A zombie leader that check_seizable let through has threads running on (pthread_exit in main).
+    seized = Seized(pid, leader_exited=check_seizable(pid).state in ("Z", "X"))
     try:
         while True:
             new = [tid for tid in _list_tids(pid) if tid not in seized.threads
@@ -191,8 +192,3 @@ def seize(pid: int) -> Seized:
     if not seized.leader_exited:
         seized.threads = {pid: seized.threads.pop(pid), **seized.threads}
     return seized
-
-
-def _leader_exited(pid: int) -> bool:
-    """Whether the leader is a zombie while other threads run (check_seizable refused a whole zombie)."""
-    return read_status(pid).state in ("Z", "X")

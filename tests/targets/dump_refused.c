@@ -1,6 +1,8 @@
 /* Dump target holding one thing the dump does not support yet, chosen by argv[1]:
  * "thread_creds" (a second thread whose gids a raw setresgid changed, the
- * leader's not), "thread_slack" (a second thread with its own timer slack), "socket" (a socketpair), "eventfd", "pipe"
+ * leader's not), "thread_slack" (a second thread with its own timer slack),
+ * "thread_seccomp" (a second thread under a seccomp filter of its own),
+ * "socket" (a socketpair), "eventfd", "pipe"
  * (a pipe at fds 3 and 4), "posix_timer" (timer_create), "flock" (a lock on
  * a file "locked" in the working directory, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
@@ -28,34 +30,47 @@ static __attribute__((noreturn)) void *sleeper(void *arg) {
 	for (;;) pause();
 }
 
-static volatile int gid_changed, slack_set;
+static int allow_all_filter(void) {
+	struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	struct sock_fprog prog = { .len = 1, .filter = &allow };
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
 
-static void *own_slack_sleeper(void *arg) {
-	prctl(PR_SET_TIMERSLACK, 123456);
-	slack_set = 1;
+/* Each changes the calling thread alone (a raw setresgid: glibc's would change every thread). */
+static void own_gids(void) { syscall(SYS_setresgid, 4321, 4321, 4321); }
+static void own_slack(void) { prctl(PR_SET_TIMERSLACK, 123456); }
+static void own_seccomp(void) { allow_all_filter(); }
+
+static void (*thread_setup)(void);
+static volatile int thread_ready;
+
+static void *set_up_and_sleep(void *arg) {
+	thread_setup();
+	thread_ready = 1;
 	return sleeper(arg);
 }
 
-/* The raw syscall changes this thread alone; glibc's setresgid would change every thread. */
-static void *own_gid_sleeper(void *arg) {
-	syscall(SYS_setresgid, 4321, 4321, 4321);
-	gid_changed = 1;
-	return sleeper(arg);
+/* A second thread that runs setup and sleeps; returns once setup ran. */
+static int start_thread_with(void (*setup)(void)) {
+	pthread_t thread;
+
+	thread_setup = setup;
+	if (pthread_create(&thread, NULL, set_up_and_sleep, NULL)) return -1;
+	while (!thread_ready)
+		usleep(1000);
+	return 0;
 }
 
 int main(int argc, char **argv) {
 	int fds[2];
-	pthread_t thread;
 	pid_t child = 0;
 	if (argc != 2) { fprintf(stderr, "usage: dump_refused thread_creds|socket|eventfd|pipe|...\n"); return 2; }
 	if (!strcmp(argv[1], "thread_creds")) {
-		if (pthread_create(&thread, NULL, own_gid_sleeper, NULL)) return 1;
-		while (!gid_changed)
-			usleep(1000);
+		if (start_thread_with(own_gids)) return 1;
 	} else if (!strcmp(argv[1], "thread_slack")) {
-		if (pthread_create(&thread, NULL, own_slack_sleeper, NULL)) return 1;
-		while (!slack_set)
-			usleep(1000);
+		if (start_thread_with(own_slack)) return 1;
+	} else if (!strcmp(argv[1], "thread_seccomp")) {
+		if (start_thread_with(own_seccomp)) return 1;
 	} else if (!strcmp(argv[1], "socket")) {
 		if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds)) return 1;
 	} else if (!strcmp(argv[1], "eventfd")) {
@@ -70,9 +85,7 @@ int main(int argc, char **argv) {
 		int fd = open("locked", O_RDWR | O_CREAT, 0600);
 		if (fd < 0 || flock(fd, LOCK_EX)) return 1;
 	} else if (!strcmp(argv[1], "seccomp")) {
-		struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-		struct sock_fprog prog = { .len = 1, .filter = &allow };
-		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) return 1;
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || allow_all_filter()) return 1;
 	} else if (!strcmp(argv[1], "mlock")) {
 		static char page[4096] __attribute__((aligned(4096)));
 		if (mlock(page, sizeof(page))) return 1;

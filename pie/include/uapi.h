@@ -75,6 +75,7 @@ struct kernel_timespec {
 #define PR_SET_DUMPABLE 4
 #define PR_SET_KEEPCAPS 8
 #define PR_SET_MM_MAP 14 /* PR_SET_MM's sub-option */
+#define PR_SET_NAME 15
 #define PR_CAPBSET_DROP 24
 #define PR_GET_TSC 25
 #define PR_GET_SECUREBITS 27
@@ -94,7 +95,7 @@ struct kernel_timespec {
 /* personality(0xffffffff) changes nothing and returns the current value. */
 #define PERSONALITY_QUERY 0xffffffffUL
 
-/* Threads: clone3's flags and arguments (struct clone_args, CLONE_ARGS_SIZE_VER2), futexes, names. */
+/* Threads: clone3's flags and arguments (struct clone_args, CLONE_ARGS_SIZE_VER2), futexes. */
 #define CLONE_VM 0x00000100
 #define CLONE_FS 0x00000200
 #define CLONE_FILES 0x00000400
@@ -118,7 +119,6 @@ struct clone_args {
 
 #define FUTEX_WAIT_PRIVATE 128
 #define FUTEX_WAKE_PRIVATE 129
-#define PR_SET_NAME 15
 
 /* arch_prctl codes. */
 #define ARCH_SET_GS 0x1001

@@ -4,10 +4,10 @@
  * the error record.
  *
  * Task-level steps read the argument block's task part and act on the
- * whole process (mm.c, vdso.c, vdso_proxy.c, sig.c, creds.c); thread-level
- * steps read one restorer_thread and act on the calling thread (thread.c),
- * so restoring more threads is running the thread steps once in each
- * (spawn.c creates them).
+ * whole process (mm.c, vdso.c, vdso_proxy.c, sig.c); thread-level steps
+ * act on the calling thread (thread.c, and creds.c: credentials are per
+ * thread), so restoring more threads is running the thread steps once in
+ * each (spawn.c creates them).
  */
 #ifndef RESTORER_RESTORE_H
 #define RESTORER_RESTORE_H

@@ -1,8 +1,9 @@
 /*
  * The other threads: created by the restoring thread with clone3 and
- * set_tid, so each gets its dumped TID, once the memory, signal actions and
- * the restoring thread's own state are in place. Each new thread runs on its
- * own stack inside the restorer area and sets its own state (thread.c);
+ * set_tid, so each gets its dumped TID, once the memory and signal actions
+ * are in place (and while the restoring thread still has the runtime's
+ * credentials, which clone3 copies and set_tid needs). Each new thread runs
+ * on its own stack inside the restorer area and sets its own state (thread.c);
  * then it waits at a barrier, because no thread may run its own code before
  * every thread exists, the tracer has seen the whole process, and the
  * signals pending on each are queued again.
@@ -27,7 +28,7 @@ long create_threads(const struct restorer_args *args, void (*body)(const struct 
 	u32 i;
 
 	for (i = 1; i < args->nr_threads; i++) {
-		u64 tid = threads[i].tid;
+		s32 tid = (s32)threads[i].tid; /* set_tid points at pid_t values */
 		struct clone_args clone = {
 			.flags = THREAD_CLONE_FLAGS,
 			.stack = threads[i].stack - RESTORER_THREAD_STACK_SIZE,
@@ -37,12 +38,11 @@ long create_threads(const struct restorer_args *args, void (*body)(const struct 
 		};
 		long ret;
 
-		/* set_tid takes pid_t values: the u64 holds the tid in its low half (little endian). */
-		*detail = tid;
+		*detail = (u64)tid;
 		ret = restorer_clone_thread(&clone, sizeof(clone), body, &threads[i]);
 		if (ret < 0)
 			return ret;
-		if ((u64)ret != tid)
+		if (ret != tid)
 			return -EEXIST;
 	}
 	return 0;

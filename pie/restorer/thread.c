@@ -13,8 +13,8 @@
  *
  * Futex links: clear_child_tid (zeroed and woken when the thread exits,
  * what pthread_join waits on) and the robust list (walked by the kernel when
- * the thread dies) point into the restored memory; the runtime checked the
- * list's length, the one thing set_robust_list refuses.
+ * the thread dies) point into the restored memory; a length the kernel
+ * does not take (the one thing set_robust_list refuses) fails the step.
  */
 #include "restore.h"
 #include "syscall.h"

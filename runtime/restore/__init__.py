@@ -44,7 +44,6 @@ from runtime.task import rseq, controls as task_controls
 
 log = logging.getLogger(__name__)
 
-PTRACE_O_EXITKILL = 0x100000
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
             # TRACEEXIT: a restorer failing after the other threads are traced stops on its way out,
             # where it is told apart from a thread that is merely slow (its exit is reported only
             # once theirs have been collected).
-            ptrace.seize(child, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_TRACEEXIT | PTRACE_O_EXITKILL)
+            ptrace.seize(child, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_TRACEEXIT | ptrace.PTRACE_O_EXITKILL)
             os.write(go_w, struct.pack("<I", _glibc_rseq_length(child)))
         finally:
             os.close(go_w)
@@ -155,7 +154,7 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
                             lambda: bytes_read(child)):
             wait_for_restorer_trap(child, errors)
         faults.point("restore.handover")
-        seize_waiting_threads(child, others, PTRACE_O_EXITKILL, traced)
+        seize_waiting_threads(child, others, traced)
         # The leader releases the others from the barrier on its way: it goes first.
         if plan.process.leader_exited:
             # ... and exits again, as the dumped leader had: it goes on untraced from its exit's entry.
@@ -165,7 +164,7 @@ def start(plan: restore_child.ChildPlan, leave_traced: bool = False) -> Restored
         else:
             follow_to_own_context(child, errors)
             # Its exit is no longer a restorer failure: a caller that keeps it traced must be able to kill it.
-            ptrace.set_options(child, ptrace.PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
+            ptrace.set_options(child, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL)
             running = [child] + others
         for tid in others:
             follow_to_own_context(tid, errors)

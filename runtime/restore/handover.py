@@ -89,11 +89,14 @@ def wait_for_restorer_trap(child: int, errors) -> None:
         ptrace.cont(child, ptrace_stop.signal if ptrace_stop.is_signal_delivery else 0)
 
 
-def seize_waiting_threads(child: int, tids: list[int], options: int, traced: list[int]) -> None:
-    """Bring the threads the restorer created, waiting at its barrier, under our ptrace (each added to traced)."""
+def seize_waiting_threads(child: int, tids: list[int], traced: list[int]) -> None:
+    """Bring the threads the restorer created, waiting at its barrier, under our ptrace (each added to traced).
+
+    EXITKILL, as for the leader: a runtime that dies takes the half-restored process with it.
+    """
     for tid in tids:
         try:
-            ptrace.seize(tid, ptrace.PTRACE_O_TRACESYSGOOD | options)
+            ptrace.seize(tid, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL)
         except PtraceError as exc:
             raise RestoreError(child, f"cannot seize the restored thread {tid}: {exc}") from exc
         traced.append(tid)

@@ -52,6 +52,7 @@ class Seized:
 
     @property
     def leader(self) -> Thread:
+        """The leader's Thread, or the worker's once the leader exited (its group stop is the process's)."""
         return self.threads[self.worker]
 
     @property

@@ -18,14 +18,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.tree import Tree as RichTree
 
 from runtime.errors import ReviveError
-from runtime.files import table
+from runtime.files import registry, table
 from runtime.images import codec, names
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
 from runtime.images.loader import Checkpoint, ProcessImage, load
-from runtime.images.model import PAGE_SIZE, ThreadCore, Vma, VmaKind
+from runtime.images.model import PAGE_SIZE, FileEntry, ThreadCore, Vma, VmaKind
 from runtime.mm.vdso import VdsoMode, decide, read_running_vdso
 from runtime.task import rseq
 
@@ -40,7 +42,8 @@ def show(directory: str, as_json: bool, console: Console | None = None) -> None:
     with load(directory, check_cpu=False) as checkpoint:
         for image in checkpoint.processes:
             # Each file kind's own checks, which describe() relies on: the loader knows no kinds.
-            table.check(image.process, names.process_file(image.process.pid))
+            table.check(image.process.files, names.process_file(image.process.pid))
+        table.check(checkpoint.tree.files, names.TREE)
         if as_json:
             print(json.dumps(checkpoint_json(checkpoint), indent=1))
             return
@@ -53,14 +56,44 @@ def checkpoint_json(checkpoint: Checkpoint) -> dict[str, Any]:
     return {
         "directory": str(checkpoint.directory),
         "inventory": codec.encode(checkpoint.inventory),
+        "tree": codec.encode(checkpoint.tree),
         "processes": [codec.encode(image.process) for image in checkpoint.processes],
     }
 
 
 def render(checkpoint: Checkpoint, console: Console) -> None:
     _render_inventory(checkpoint, console)
+    _render_tree(checkpoint, console)
     for image in checkpoint.processes:
-        _render_process(image, console)
+        _render_process(image, checkpoint.tree.files, console)
+
+
+def _render_tree(checkpoint: Checkpoint, console: Console) -> None:
+    """The processes as a tree (pid, name, group, session, zombies), then what they share."""
+    tree = checkpoint.tree
+    processes = {image.process.pid: image.process for image in checkpoint.processes}
+    branches: dict[int, RichTree] = {}
+    drawn = None
+    for node in tree.processes:
+        what = f"zombie, wait status {node.zombie_status:#x}" if node.zombie_status is not None else \
+            f"{len(processes[node.pid].threads)} thread(s)"
+        label = f"[bold]{node.pid}[/] {escape(node.comm)}  pgid {node.pgid}  sid {node.sid}  ({what})"
+        if drawn is None:
+            drawn = branches[node.pid] = RichTree(label)
+        else:
+            branches[node.pid] = branches[node.ppid].add(label)
+    console.rule(f"[bold]process tree: {len(tree.processes)} processes")
+    console.print(drawn)
+    for obj in tree.shared_memory:
+        mappers = [f"{pid} at {vma.start:#x}" for pid, process in processes.items() for vma in process.vmas
+                   if vma.shmem == obj.id]
+        stored = sum(extent.length for extent in obj.extents)
+        console.print(f"shared memory {obj.id}: {_size(obj.size)}, {stored:,} bytes stored in "
+                      f"{names.shmem_file(obj.id)}; mapped by {', '.join(mappers)}")
+    for entry in tree.files:
+        holders = [str(pid) for pid, process in processes.items() if any(s.file_id == entry.id for s in process.fds)]
+        what, _ = registry.describe(entry)
+        console.print(f"shared open file {entry.id}: {what} pos {entry.pos}, held by {', '.join(holders)}")
 
 
 def _render_inventory(checkpoint: Checkpoint, console: Console) -> None:
@@ -83,7 +116,7 @@ def _render_inventory(checkpoint: Checkpoint, console: Console) -> None:
     console.print(table)
 
 
-def _render_process(image: ProcessImage, console: Console) -> None:
+def _render_process(image: ProcessImage, shared_files: tuple[FileEntry, ...], console: Console) -> None:
     p = image.process
     console.rule(f"[bold]process {p.pid} ({p.comm})")
     console.print(f"ppid {p.ppid}  pgid {p.pgid}  sid {p.sid}  personality {p.personality:#x}  "
@@ -99,7 +132,7 @@ def _render_process(image: ProcessImage, console: Console) -> None:
     pages = sum(run.nr_pages for run in p.page_runs)
     console.print(f"page runs: {len(p.page_runs)} runs, {pages} pages, {pages * PAGE_SIZE:,} bytes "
                   f"in {image.pages_path.name}")
-    _render_fds(image, console)
+    _render_fds(image, shared_files, console)
     _render_threads(image, console)
     _render_signals(image, console)
     _render_limits(image, console)
@@ -129,9 +162,9 @@ def _render_vmas(vmas: Iterable[Vma], console: Console) -> None:
         table.add_column(name, no_wrap=True)
     table.add_column("name", overflow="fold")
     for vma in vmas:
-        kind = vma.kind.value + (" gd" if vma.growsdown else "")
+        kind = (f"shmem {vma.shmem}" if vma.shmem is not None else vma.kind.value) + (" gd" if vma.growsdown else "")
         table.add_row(f"{vma.start:#x}", f"{vma.end:#x}", _size(vma.size), _prot(vma), kind,
-                      f"{vma.offset:#x}" if vma.kind is VmaKind.FILE else "",
+                      f"{vma.offset:#x}" if vma.kind is VmaKind.FILE or vma.shmem is not None else "",
                       ",".join(advice.value for advice in vma.advice), vma.name or (vma.path or ""))
     console.print(table)
 
@@ -143,10 +176,10 @@ def _size(size: int) -> str:
     return str(size)
 
 
-def _render_fds(image: ProcessImage, console: Console) -> None:
+def _render_fds(image: ProcessImage, shared_files: tuple[FileEntry, ...], console: Console) -> None:
     rows = Table("fd", "file", "kind", "path", "flags", "pos", "mode", "cloexec", title="file descriptors",
                  title_justify="left")
-    for row in table.describe_rows(image.process):
+    for row in table.describe_rows(image.process, shared_files):
         rows.add_row(*row)
     console.print(rows)
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from runtime.kernel import ptrace
 from runtime.images.model import (NR_ITIMERS, NR_RLIMITS, NSIG, ITimer, MmFields, PageRun, Process, Registers,
-                                  RLimit, Rseq, SigAction, SigAltStack, ThreadCore, VdsoInfo, VmaKind)
+                                  RLimit, Rseq, SigAction, SigAltStack, ThreadCore, Tree, TreeProcess, VdsoInfo,
+                                  VmaKind)
 from runtime.images.writer import ImageWriter
 from runtime.kernel.procfs.auxv import read_auxv
 from runtime.kernel.procfs.maps import VSYSCALL, read_mappings
@@ -160,7 +161,7 @@ def write_image(directory: Path, snap: Snapshot, **finish_args) -> None:
     if snap.vdso_image is not None:
         writer.write_vdso(process.pid, snap.vdso_image)
     writer.write_process(process)
-    writer.finish(process.pid, **finish_args)
+    writer.finish(Tree((TreeProcess.of(process),)), **finish_args)
     writer.close()
 
 

@@ -15,7 +15,8 @@ from runtime.errors import ImageError
 from runtime.images import codec, names as layout
 from runtime.images.cpu import current_xsave_features
 from runtime.images.loader import load
-from runtime.images.model import TASK_SIZE, FdKind, FdSlot, FileEntry, FileNode, Inventory, Process, Vma, VmaKind
+from runtime.images.model import (TASK_SIZE, FdKind, FdSlot, FileEntry, FileNode, Inventory, Process, Tree,
+                                  TreeProcess, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
 
 
@@ -119,7 +120,7 @@ def test_finish_refuses_pages_that_do_not_match_the_runs(image, tmp_path):
     writer.write_vdso(snap.process.pid, snap.vdso_image)
     writer.write_process(snap.process)
     with pytest.raises(ImageError, match=r"process-\d+\.json: page_runs\[\d+\]\.offset: run ends at byte"):
-        writer.finish(snap.process.pid)
+        writer.finish(Tree((TreeProcess.of(snap.process),)))
     assert not (tmp_path / "short" / layout.INVENTORY).exists()
 
 

@@ -1,22 +1,27 @@
-"""Dumping one process: seize, read, infect, save pages, cure, write the images, kill or release.
+"""Dumping a process tree: freeze, read, infect each process, save pages, cure, write the images, kill or release.
 
-Why this order: everything the parasite would change is read first, while
-the task is stopped at its own instruction: its registers (with an
+Why this order: every process of the tree is stopped first (infect/tree.py),
+parents before children, so none can fork, exit or change a shared object
+while another is read. Then everything the parasite would change is read,
+while each task is stopped at its own instruction: its registers (with an
 interrupted syscall turned into its restart, as the kernel would on return
 to user mode), the full xstate, the signal mask, the pending signals and
 the rseq state (the kernel clears (struct rseq).rseq_cs as soon as the task
 returns to user mode outside a critical section, which the parasite does),
-for every thread. What only the process itself can say (sigactions, umask,
-rlimits, itimers, brk) and the page data come from the parasite in the
-leader; what only a thread can say about itself (altstack, clear_child_tid)
-from the parasite run in that thread (runtime/infect/thread_run.py).
-The images are written last, the inventory last of all (the writer's
-commit point), and only then is the target killed, still stopped under
-ptrace, so it never runs a single instruction after its state was taken.
+for every thread. What the tree shares is found next: open files held by
+several processes (kcmp, files/table.py) and shared anonymous memory
+(mm/shmem.py), each saved once. What only the process itself can say
+(sigactions, umask, rlimits, itimers, brk) and the page data come from the
+parasite in the leader of each process; what only a thread can say about
+itself (altstack, clear_child_tid) from the parasite run in that thread
+(runtime/infect/thread_run.py). The images are written last, the inventory
+last of all (the writer's commit point), and only then is the tree killed,
+still stopped under ptrace, so no process runs a single instruction after
+its state was taken.
 
-What is not supported yet is refused before the target is touched beyond
-seizing, and any failure at any step cures, detaches and leaves the target
-running exactly as before, with no inventory in the image directory.
+What is not supported yet is refused before any process is touched beyond
+seizing, and any failure at any step cures, detaches and leaves the whole
+tree running exactly as before, with no inventory in the image directory.
 """
 
 import logging
@@ -33,14 +38,17 @@ from runtime.errors import DumpError, ReviveError
 from runtime.kernel import ptrace
 from runtime.task import futex_links, rseq, controls as task_controls
 from runtime.images.model import (KERNEL_MAPPING_KINDS, FdSlot, FileEntry, ITimer, MmFields, PageRun, Process,
-                                  Registers, Rseq, SchedAttr, ThreadCore, VdsoInfo, Vma, VmaKind)
+                                  Registers, Rseq, SchedAttr, SharedMemory, ThreadCore, Tree, TreeProcess, VdsoInfo,
+                                  Vma, VmaKind)
 from runtime.images.writer import ImageWriter
 from runtime.infect.parasite import Iovec, ThreadState
-from runtime.infect.seize import Seized, seize
+from runtime.infect.seize import Seized
 from runtime.infect.session import infect, is_leftover
+from runtime.infect.tree import FrozenTree, freeze_tree
 from runtime.kernel.procfs import auxv, fds, maps, stat, status, vdso
 from runtime.kernel.procfs.files import read_link
 from runtime.kernel.procfs.maps import DELETED_SUFFIX, Mapping
+from runtime.mm import shmem
 from runtime.mm.vdso import find_proxy
 from runtime.mm.vmas import plan_page_runs
 
@@ -97,41 +105,79 @@ class Snapshot:
 
 
 def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOptions()) -> Process:
-    """Checkpoint process pid into directory; see the module docstring for the steps."""
-    log.info("dumping pid %d into %s", pid, directory)
-    seized = seize(pid)
+    """Checkpoint the tree rooted at pid into directory (see the module docstring); the root's record."""
+    log.info("dumping the tree of pid %d into %s", pid, directory)
+    frozen = freeze_tree(pid)
     directory = Path(directory)
     writer = None
     try:
         faults.point("dump.seize")
-        snapshot = take_snapshot(pid, seized, options)
+        snapshots: dict[int, Snapshot] = {}
+        for p, seized in frozen.seized.items():
+            # File ids are unique in the image: an entry held by several processes becomes one.
+            first_id = 1 + sum(len(snapshot.files) for snapshot in snapshots.values())
+            snapshots[p] = take_snapshot(p, seized, options, first_id)
+        nodes = tree_processes(frozen, snapshots)
+        refusals.check_tree(nodes, options.shell_job)
+        tables, shared_files = table.share_across({p: (s.fds, s.files) for p, s in snapshots.items()},
+                                                  {p: seized.worker for p, seized in frozen.seized.items()})
         faults.point("dump.snapshot")
         writer = ImageWriter(directory, force_dir=options.force_dir)
-        process = _dump_with_parasite(pid, seized, snapshot, writer, options)
-        writer.finish(pid)
+        processes = {}
+        for p, seized in frozen.seized.items():
+            snapshot = replace(snapshots[p], fds=tables[p][0], files=tables[p][1])
+            processes[p] = _dump_with_parasite(p, seized, snapshot, writer, options)
+        shared_memory = save_shared_memory(frozen, snapshots, writer)
+        writer.finish(Tree(nodes, shared_memory, shared_files))
         faults.point("dump.kill")
         writer.close()
     except BaseException as exc:
-        log.debug("dump of pid %d failed: %s", pid, exc)
+        log.debug("dump of the tree of pid %d failed: %s", pid, exc)
         try:
-            seized.release()
+            frozen.release()
         except ReviveError as release_error:
-            log.error("pid %d: releasing it after the failed dump: %s", pid, release_error)
+            log.error("releasing the tree of pid %d after the failed dump: %s", pid, release_error)
         if writer is not None:
             writer.discard()
         if isinstance(exc, OSError):
             raise DumpError(pid, f"{exc.strerror or exc}") from exc
         raise
     if options.leave_running:
-        seized.release()
-        log.info("pid %d dumped and left running", pid)
+        frozen.release()
+        log.info("tree of pid %d dumped and left running", pid)
     else:
-        kill_seized(seized)
-        log.info("pid %d dumped and killed", pid)
-    return process
+        for seized in reversed(list(frozen.seized.values())):
+            kill_seized(seized)
+        log.info("tree of pid %d dumped and killed", pid)
+    return processes[pid]
 
 
-def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
+def tree_processes(frozen: FrozenTree, snapshots: dict[int, Snapshot]) -> tuple[TreeProcess, ...]:
+    """Every process's place in the tree, each parent before its children; zombies with their wait status."""
+    nodes = []
+    for pid in frozen.pids:
+        if pid in frozen.zombies:
+            zombie = frozen.zombies[pid]
+            st = zombie.stat
+            nodes.append(TreeProcess(pid, st.ppid, st.pgid, st.sid, st.comm, zombie_status=zombie.status))
+        else:
+            st = snapshots[pid].stat
+            nodes.append(TreeProcess(pid, st.ppid, st.pgid, st.sid, st.comm))
+    return tuple(nodes)
+
+
+def save_shared_memory(frozen: FrozenTree, snapshots: dict[int, Snapshot],
+                       writer: ImageWriter) -> tuple[SharedMemory, ...]:
+    """Each shared anonymous object of the tree, once: its data into shmem-ID.img, read through one mapping."""
+    found = shmem.objects({frozen.seized[p].worker: s.vmas for p, s in snapshots.items()})
+    saved = []
+    for shmem_id, (view, vma) in sorted(found.items()):
+        saved.append(shmem.save(view, vma, writer.shmem_file(shmem_id)))
+    faults.point("dump.shmem")
+    return tuple(saved)
+
+
+def take_snapshot(pid: int, seized: Seized, options: DumpOptions, first_file_id: int = 1) -> Snapshot:
     """Read (and refuse what is unsupported in) a seized process, before any parasite runs.
 
     Everything is read through a live task, `view`: the leader, or, once it
@@ -150,9 +196,9 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions) -> Snapshot:
         # A vDSO proxy a restore installed is this process's vDSO (docs/vdso.md): a special mapping.
         mappings = tuple(replace(m, name="[vdso]") if m == proxy else m for m in mappings)
     found_files = tuple(f for f in fds.read_open_files(view) if not is_leftover(f.link))
-    refusals.check_process(pid, view, seized.tids, st, task_stat, mappings, found_files, options.shell_job)
+    refusals.check_process(pid, view, seized.tids, st, task_stat, mappings, found_files)
     vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
-    fd_slots, file_entries = table.dump_table(pid, found_files, options.shell_job, view=view)
+    fd_slots, file_entries = table.dump_table(pid, found_files, options.shell_job, first_file_id, view=view)
     page_runs = plan_page_runs(view, mappings)
     found_vdso, vdso_info = read_vdso_info(view, vmas, proxy)
     # Last: for a thread inside an rseq critical section this moves it to its abort handler.

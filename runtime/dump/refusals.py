@@ -16,7 +16,7 @@ import functools
 import os
 
 from runtime.errors import DumpError
-from runtime.images.model import KERNEL_MAPPING_KINDS
+from runtime.images.model import KERNEL_MAPPING_KINDS, TreeProcess
 from runtime.kernel.procfs.fds import OpenFile
 from runtime.kernel.procfs.files import proc_path, read_text, translated
 from runtime.kernel.procfs.maps import VSYSCALL, Mapping
@@ -56,13 +56,11 @@ VMFLAGS: dict[str, str | None] = {
 
 
 def check_process(pid: int, view: int, tids: list[int], status: Status, stat: Stat, mappings: tuple[Mapping, ...],
-                  open_files: tuple[OpenFile, ...], shell_job: bool) -> None:
+                  open_files: tuple[OpenFile, ...]) -> None:
     """Raise DumpError for the first piece of state a restore could not bring back.
 
     view: the live task whose /proc files show the process (the pid, unless its leader exited).
     """
-    check_children(pid, tids)
-    check_session(pid, stat, shell_job)
     check_namespaces(pid, view)
     check_security(pid, status)
     check_threads(pid, tids, status)
@@ -73,22 +71,36 @@ def check_process(pid: int, view: int, tids: list[int], status: Status, stat: St
     check_file_locks(pid, open_files)
 
 
-def check_children(pid: int, tids: list[int]) -> None:
-    """Children are not dumped yet: a dump without them would orphan them and lose the tree."""
-    children = sorted({int(c) for tid in tids for c in read_text(pid, f"task/{tid}/children").split()})
-    if children:
-        raise DumpError(pid, f"has child processes {_listed(children)}: dumping process trees is not supported "
-                             "yet (dump each process without children, or wait for the process-tree support)")
+def check_tree(nodes: tuple[TreeProcess, ...], shell_job: bool) -> None:
+    """Sessions and process groups a restore can make again: led from inside the tree, or a shell job's.
 
-
-def check_session(pid: int, stat: Stat, shell_job: bool) -> None:
-    """A session or group led from outside the dump cannot be restored: only --shell-job joins the caller's."""
-    if shell_job or stat.sid == stat.pgid == pid:
-        return
-    which = f"session {stat.sid}" if stat.sid != pid else f"process group {stat.pgid}"
-    leader = stat.sid if stat.sid != pid else stat.pgid
-    raise DumpError(pid, f"its {which} is led by pid {leader}, outside the dump: dump with --shell-job (-j) to "
-                         "restore it into the restoring caller's session and group, or start it with setsid")
+    A restore creates each process as a child of its parent, so a session is
+    either made by its own leader (setsid) or inherited from the parent; a
+    group needs its leader, in the member's session, to join it. Only the
+    root's own session and group may be outside the tree, for a shell job,
+    which joins the restoring caller's. A group or session whose leader has
+    exited would need a stand-in process with its id: not done yet.
+    """
+    root = nodes[0]
+    if not shell_job and not root.sid == root.pgid == root.pid:
+        which = f"session {root.sid}" if root.sid != root.pid else f"process group {root.pgid}"
+        leader = root.sid if root.sid != root.pid else root.pgid
+        raise DumpError(root.pid, f"its {which} is led by pid {leader}, outside the dump: dump with --shell-job (-j) "
+                                  "to restore it into the restoring caller's session and group, or start it with "
+                                  "setsid")
+    by_pid = {node.pid: node for node in nodes}
+    for node in nodes[1:]:
+        parent = by_pid[node.ppid]
+        if node.sid not in (node.pid, parent.sid):
+            raise DumpError(node.pid, f"its session {node.sid} is neither its own nor its parent {parent.pid}'s "
+                                      f"({parent.sid}; it was reparented, or its session's leader exited): "
+                                      "not supported yet")
+        if node.pgid == root.pgid and shell_job:
+            continue  # the root's group: the caller's at restore
+        leader = by_pid.get(node.pgid)
+        if leader is None:
+            raise DumpError(node.pid, f"its process group {node.pgid} has no leader in the tree (the leader exited, "
+                                      "or is outside the dump): recreating such a group is not supported yet")
 
 
 def check_namespaces(pid: int, view: int) -> None:
@@ -178,8 +190,3 @@ def check_file_locks(pid: int, open_files: tuple[OpenFile, ...]) -> None:
         if f.locks:
             raise DumpError(pid, f"fd {f.fd} ({f.description}) holds a file lock ({f.locks[0]}): "
                                  "restoring file locks is not supported yet")
-
-
-def _listed(pids: list[int], limit: int = 10) -> str:
-    shown = ", ".join(str(p) for p in pids[:limit])
-    return shown + (f" and {len(pids) - limit} more" if len(pids) > limit else "")

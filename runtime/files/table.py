@@ -3,14 +3,18 @@
 Why apart from the kinds: sharing is the kernel's, not a kind's. Two fds
 are one open file description after dup() or fork() whatever the file is
 (kcmp(KCMP_FILE) says so at dump), and a restore must make them one again
-(dup2 of the first slot), or their offset and flags would part. Later,
-process trees share entries between processes the same way (ids are unique
-in the image for that).
+(dup2 of the first slot), or their offset and flags would part. Processes
+of a tree share entries the same way (a fork's child holds its parent's
+open files): such an entry is the tree's (Tree.files), opened once at
+restore by the nearest common ancestor of its holders before it creates
+them, so that each inherits it (runtime/restore/spawn.py).
 """
 
 import os
 
 from runtime.files import registry
+from dataclasses import replace
+
 from runtime.images.model import FdKind, FdSlot, FileEntry, Process
 from runtime.kernel import kcmp
 from runtime.kernel.procfs.fds import OpenFile
@@ -36,26 +40,66 @@ def dump_table(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool, firs
     return tuple(slots), tuple(entries)
 
 
-def entries_by_id(process: Process) -> dict[int, FileEntry]:
-    return {entry.id: entry for entry in process.files}
+FdTable = tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]
 
 
-def check(process: Process, file: str) -> None:
-    """Each entry's kind's checks, named files[i] as the image has them."""
-    for index, entry in enumerate(process.files):
+def share_across(tables: dict[int, FdTable], views: dict[int, int]) -> tuple[dict[int, FdTable], tuple[FileEntry, ...]]:
+    """The processes' tables with each open file held by several processes made one entry, and those entries.
+
+    tables: each process's (slots, entries) from dump_table, ids unique across
+    them; views: the live task of each process that kcmp compares in. Only
+    entries that could be one (same kind, flags, offset and file) are compared;
+    a --shell-job's stdio (INHERIT) is the restoring caller's in every process
+    anyway. The shared entry keeps the id its first holder gave it.
+    """
+    first_fd = {pid: {slot.file_id: slot.fd for slot in reversed(slots)} for pid, (slots, _) in tables.items()}
+    candidates: dict[tuple, list[tuple[int, FileEntry]]] = {}  # what an entry must equal -> (holder, entry)
+    same_as: dict[int, int] = {}  # file_id -> the id of the entry it is one with
+    shared: dict[int, FileEntry] = {}
+    for pid, (_, entries) in tables.items():
+        for entry in entries:
+            if entry.kind is FdKind.INHERIT:
+                continue
+            group = candidates.setdefault((entry.kind, entry.flags, entry.pos, entry.node), [])
+            match = next((held for holder, held in group if holder != pid and kcmp.same_file(
+                views[pid], first_fd[pid][entry.id], first_fd[holder][held.id], pid2=views[holder])), None)
+            if match is None:
+                group.append((pid, entry))
+            else:
+                same_as[entry.id] = match.id
+                shared[match.id] = match
+    result = {}
+    for pid, (slots, entries) in tables.items():
+        slots = tuple(replace(slot, file_id=same_as.get(slot.file_id, slot.file_id)) for slot in slots)
+        result[pid] = (slots, tuple(e for e in entries if e.id not in same_as and e.id not in shared))
+    return result, tuple(sorted(shared.values(), key=lambda entry: entry.id))
+
+
+def entries_by_id(process: Process, shared: tuple[FileEntry, ...] = ()) -> dict[int, FileEntry]:
+    """The entries the process's slots may point at: its own, and the tree's shared ones."""
+    return {entry.id: entry for entry in process.files + shared}
+
+
+def check(entries: tuple[FileEntry, ...], file: str) -> None:
+    """Each entry's kind's checks, named files[i] as the image (a process record, or the tree) has them."""
+    for index, entry in enumerate(entries):
         registry.check(entry, file, f"files[{index}]")
 
 
 def inherited_fds(process: Process) -> list[int]:
-    """The fd numbers a --shell-job restore takes from its caller."""
+    """The fd numbers a --shell-job restore takes from its caller (never a tree's shared entry)."""
     entries = entries_by_id(process)
-    return [s.fd for s in process.fds if entries[s.file_id].kind is FdKind.INHERIT]
+    return [s.fd for s in process.fds if s.file_id in entries and entries[s.file_id].kind is FdKind.INHERIT]
 
 
-def restore_table(process: Process) -> None:
-    """Every slot opened at its number in the restoring child; a shared entry opened once, then dup'ed."""
-    entries = entries_by_id(process)
-    opened: dict[int, int] = {}  # file_id -> the fd it was opened at first
+def restore_table(process: Process, shared: dict[int, int], shared_entries: tuple[FileEntry, ...]) -> None:
+    """Every slot opened at its number in the restoring child; an entry opened once, then dup'ed.
+
+    shared: the descriptor each of the tree's shared entries this process
+    holds was inherited at (file_id -> fd): it is dup'ed, never reopened.
+    """
+    entries = entries_by_id(process, shared_entries)
+    opened: dict[int, int] = dict(shared)  # file_id -> the fd it was opened at first
     for slot in process.fds:
         if slot.file_id in opened:
             # One open file description under two numbers: a dup shares its offset and flags.
@@ -64,9 +108,14 @@ def restore_table(process: Process) -> None:
         opened[slot.file_id] = registry.open(entries[slot.file_id], slot.fd, not slot.cloexec, process.pid)
 
 
-def describe_rows(process: Process) -> list[tuple[str, ...]]:
+def open_shared(entry: FileEntry, fd: int, pid: int) -> int:
+    """One of the tree's shared entries opened at fd (inheritable: the holders are created after)."""
+    return registry.open(entry, fd, True, pid)
+
+
+def describe_rows(process: Process, shared: tuple[FileEntry, ...] = ()) -> list[tuple[str, ...]]:
     """show's rows: fd, file id, kind, what, flags, pos, mode, cloexec."""
-    entries = entries_by_id(process)
+    entries = entries_by_id(process, shared)
     rows = []
     for slot in process.fds:
         entry = entries[slot.file_id]

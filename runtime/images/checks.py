@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from runtime.errors import ImageError, shorten
 from runtime.images import names as layout
 from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE,
-                                  Inventory, Process, RseqCase, ThreadCore, VdsoInfo, Vma, VmaAdvice, VmaKind)
+                                  FileEntry, Inventory, Process, RseqCase, SharedMemory, ThreadCore, Tree, VdsoInfo,
+                                  Vma, VmaAdvice, VmaKind)
 
 SIGINFO_SIZE = 128
 PROT_MASK = 0x7  # PROT_READ | PROT_WRITE | PROT_EXEC
@@ -65,11 +66,12 @@ def check_inventory(inventory: Inventory) -> None:
 
 
 def check_process(process: Process, file: str, inventory: Inventory, sizes: Mapping[str, int],
-                  mmap_min_addr: int, nr_open: int) -> None:
+                  mmap_min_addr: int, nr_open: int, shared_files: frozenset[int] = frozenset()) -> None:
     """All of a process's invariants; sizes: byte size of each file the inventory lists.
 
     mmap_min_addr and nr_open are this machine's (images/host.py): no VMA
-    below the one, no descriptor number at or above the other.
+    below the one, no descriptor number at or above the other. shared_files:
+    the ids of the tree's shared file entries, which its fds may point at too.
     """
     expected = layout.process_file(process.pid)
     if file != expected:
@@ -85,7 +87,7 @@ def check_process(process: Process, file: str, inventory: Inventory, sizes: Mapp
     _check_page_runs(process, file, sizes)
     _check_mm(process, file)
     _check_creds(process, file)
-    _check_fds(process, file, nr_open)
+    _check_fds(process, file, nr_open, shared_files)
     _check_threads(process, file, sizes, inventory.xstate_size)
     _check_vdso(process, file, inventory, sizes)
 
@@ -154,6 +156,8 @@ def _check_vmas(vmas: tuple[Vma, ...], file: str, mmap_min_addr: int) -> None:
             raise ImageError(file, f"{field}.prot", f"{vma.prot:#x} has bits beyond PROT_READ|WRITE|EXEC")
         if vma.kind is VmaKind.FILE and not (vma.path or "").startswith("/"):
             raise ImageError(file, f"{field}.path", "a file mapping needs an absolute path")
+        if vma.shmem is not None and not (vma.kind is VmaKind.ANON and vma.shared):
+            raise ImageError(file, f"{field}.shmem", f"a {vma.kind.value} mapping maps no shared memory object")
         _check_advice(vma, file, field)
         previous_end = vma.end
 
@@ -200,6 +204,9 @@ def _check_page_runs(process: Process, file: str, sizes: Mapping[str, int]) -> N
             # Writing them would write into the file on disk: its contents are the file's own.
             raise ImageError(file, field, f"pages inside a shared file mapping (vmas[{vma_index}]): "
                                           "its contents come from the file, a restore never writes them")
+        if vmas[vma_index].shmem is not None:
+            raise ImageError(file, field, f"pages inside a shared memory mapping (vmas[{vma_index}]): "
+                                          f"they are the object's, in {layout.shmem_file(vmas[vma_index].shmem)}")
         offset += run.size
         if offset > sizes[pages]:
             raise ImageError(file, f"{field}.offset", f"run ends at byte {offset}, beyond {pages} "
@@ -235,16 +242,11 @@ def _check_creds(process: Process, file: str) -> None:
                 raise ImageError(file, f"creds.{name}[{index}]", f"{value} is not a 32-bit id")
 
 
-def _check_fds(process: Process, file: str, nr_open: int) -> None:
-    """The fd table's shape: slots, file entries and the links between them.
-
-    Each kind's own checks (which path, which file type) are runtime/files/'s
-    (files.table.check, which the restore runs before it plans anything): this
-    module is below files/ in the data flow and knows no kinds.
-    """
+def _check_file_entries(entries: tuple[FileEntry, ...], file: str, taken: frozenset[int] = frozenset()) -> set[int]:
+    """The entries' own fields; their ids, which must be unique and not among taken."""
     ids = set()
-    for index, entry in enumerate(process.files):
-        if entry.id in ids:
+    for index, entry in enumerate(entries):
+        if entry.id in ids or entry.id in taken:
             raise ImageError(file, f"files[{index}].id", f"file {entry.id} appears twice")
         ids.add(entry.id)
         if entry.flags & ~O_KEPT:
@@ -257,6 +259,17 @@ def _check_fds(process: Process, file: str, nr_open: int) -> None:
             raise ImageError(file, f"files[{index}].node.path", "not an absolute path")
         if entry.node is not None and entry.node.mode > U32_MAX:
             raise ImageError(file, f"files[{index}].node.mode", f"{entry.node.mode:#o} is not a file mode")
+    return ids
+
+
+def _check_fds(process: Process, file: str, nr_open: int, shared_files: frozenset[int]) -> None:
+    """The fd table's shape: slots, file entries (its own and the tree's shared ones) and the links between them.
+
+    Each kind's own checks (which path, which file type) are runtime/files/'s
+    (files.table.check, which the restore runs before it plans anything): this
+    module is below files/ in the data flow and knows no kinds.
+    """
+    ids = _check_file_entries(process.files, file, shared_files) | shared_files
     seen = set()
     used = set()
     for index, slot in enumerate(process.fds):
@@ -359,9 +372,134 @@ def _check_vdso_symbols(vdso: VdsoInfo, file: str) -> None:
                              f"{shorten(symbol.name)} lies beyond the vDSO's {vdso.vdso_size} bytes")
 
 
-def check_files_claimed(inventory: Inventory, processes: Iterable[Process]) -> None:
-    """Every file the inventory lists belongs to one of the processes (nothing unexplained is restored)."""
-    claimed = set()
+def check_tree(tree: Tree, processes: Mapping[int, Process], inventory: Inventory, sizes: Mapping[str, int]) -> None:
+    """The tree's shape and its links to the process records: what a restore creates in which order.
+
+    processes: the decoded process records by pid. Each check here is one a
+    restore relies on: a parent created before its child, a session created
+    by its leader or inherited from the parent, a group whose leader exists.
+    """
+    file = layout.TREE
+    if not tree.processes:
+        raise ImageError(file, "processes", "a tree has at least its root")
+    root = tree.processes[0]
+    if root.pid != inventory.root_pid:
+        raise ImageError(file, "processes[0].pid", f"{root.pid} is not the inventory's root_pid {inventory.root_pid}")
+    if root.zombie_status is not None:
+        raise ImageError(file, "processes[0].zombie_status", "the root is no zombie")
+    nodes = {}
+    for index, node in enumerate(tree.processes):
+        field = f"processes[{index}]"
+        for name in ("pid", "ppid", "pgid", "sid"):
+            if getattr(node, name) >= PID_MAX_LIMIT:
+                raise ImageError(file, f"{field}.{name}", f"{getattr(node, name)} is not a process id")
+        if node.pid in nodes:
+            raise ImageError(file, f"{field}.pid", f"process {node.pid} appears twice")
+        if index and (node.ppid not in nodes or nodes[node.ppid].zombie_status is not None):
+            raise ImageError(file, f"{field}.ppid", f"{node.ppid} is no live process listed before {node.pid}")
+        nodes[node.pid] = node
+        _check_tree_process(node, processes.get(node.pid), file, field)
+    _check_sessions(tree, nodes, processes[root.pid].shell_job, file)
+    for pid in processes:
+        if pid not in nodes:
+            raise ImageError(layout.process_file(pid), "pid", f"process {pid} is not in {file}")
+    _check_shared_memory(tree.shared_memory, processes, sizes, file)
+    own = frozenset(entry.id for process in processes.values() for entry in process.files)
+    _check_file_entries(tree.files, file, own)
+    used = {slot.file_id for process in processes.values() for slot in process.fds}
+    for index, entry in enumerate(tree.files):
+        if entry.id not in used:
+            raise ImageError(file, f"files[{index}].id", f"file {entry.id} is held by no descriptor")
+
+
+def _check_tree_process(node, process: Process | None, file: str, field: str) -> None:
+    status = node.zombie_status
+    if status is None:
+        if process is None:
+            raise ImageError(file, f"{field}.pid", f"no {layout.process_file(node.pid)} for live process {node.pid}")
+        for name in ("ppid", "pgid", "sid"):
+            if getattr(process, name) != getattr(node, name):
+                raise ImageError(layout.process_file(node.pid), name, f"{getattr(process, name)} is not the "
+                                                                      f"{file} {name} {getattr(node, name)}")
+        return
+    if process is not None:
+        raise ImageError(file, f"{field}.zombie_status", f"process {node.pid} has a record: it is no zombie")
+    # A wait status: an exit code in bits 8-15, or a signal in bits 0-6 (bit 7: it dumped core).
+    exited_ok = status & 0x7F == 0 and status <= 0xFF00
+    signalled_ok = 1 <= status & 0x7F <= NSIG and status <= 0xFF
+    if not (exited_ok or signalled_ok):
+        raise ImageError(file, f"{field}.zombie_status", f"{status:#x} is not the wait status of a dead process")
+
+
+def _check_sessions(tree: Tree, nodes: Mapping, shell_job: bool, file: str) -> None:
+    """Each session made by its leader or inherited from the parent; each group led from within its session.
+
+    The root's own session and group may be outside the tree only for a shell
+    job, which joins the restoring caller's.
+    """
+    root = tree.processes[0]
+    outside_session = {root.sid} - {root.pid} if shell_job else set()
+    outside_group = {root.pgid} - {root.pid} if shell_job else set()
+    for index, node in enumerate(tree.processes):
+        field = f"processes[{index}]"
+        parent = nodes.get(node.ppid) if index else None
+        inherited = node.sid in outside_session if parent is None else parent.sid == node.sid
+        if node.sid != node.pid and not inherited:
+            raise ImageError(file, f"{field}.sid", f"session {node.sid} of process {node.pid} is neither its own "
+                                                   "nor its parent's in the tree")
+        if node.pgid in outside_group:
+            continue
+        leader = nodes.get(node.pgid)
+        if leader is None or leader.sid != node.sid:
+            raise ImageError(file, f"{field}.pgid", f"process group {node.pgid} of process {node.pid} has no "
+                                                    "leader in the tree in its session")
+
+
+def _check_shared_memory(objects: tuple[SharedMemory, ...], processes: Mapping[int, Process],
+                         sizes: Mapping[str, int], file: str) -> None:
+    known: dict[int, SharedMemory] = {}
+    for index, obj in enumerate(objects):
+        field = f"shared_memory[{index}]"
+        if known and obj.id <= max(known):
+            raise ImageError(file, f"{field}.id", f"{obj.id} is not above the previous id")
+        if obj.size == 0 or obj.size % PAGE_SIZE or obj.size > OFF_MAX:
+            raise ImageError(file, f"{field}.size", f"{obj.size} is not a positive number of pages")
+        data = layout.shmem_file(obj.id)
+        if data not in sizes:
+            raise ImageError(layout.INVENTORY, "files", f"{data} (the data of {file} {field}) is not listed")
+        offset = previous_end = 0
+        for number, extent in enumerate(obj.extents):
+            where = f"{field}.extents[{number}]"
+            if extent.start % PAGE_SIZE or extent.length % PAGE_SIZE or not extent.length:
+                raise ImageError(file, where, "not a run of whole pages")
+            if extent.start < previous_end or extent.start + extent.length > obj.size:
+                raise ImageError(file, where, f"{extent.start:#x}+{extent.length:#x} overlaps the previous extent "
+                                              f"or ends beyond the object ({obj.size:#x} bytes)")
+            if extent.offset != offset:
+                raise ImageError(file, f"{where}.offset", f"{extent.offset} is not where the previous extent ends "
+                                                          f"({offset})")
+            offset += extent.length
+            previous_end = extent.start + extent.length
+        if offset != sizes[data]:
+            raise ImageError(data, "", f"{sizes[data]} bytes, but the extents of {file} {field} account for {offset}")
+        known[obj.id] = obj
+    for pid, process in processes.items():
+        for index, vma in enumerate(process.vmas):
+            if vma.shmem is None:
+                continue
+            obj = known.get(vma.shmem)
+            if obj is None:
+                raise ImageError(layout.process_file(pid), f"vmas[{index}].shmem",
+                                 f"{vma.shmem} is no shared memory object of {file}")
+            if vma.offset + vma.size > obj.size:
+                raise ImageError(layout.process_file(pid), f"vmas[{index}].offset",
+                                 f"the mapping ends at byte {vma.offset + vma.size} of object {obj.id}, "
+                                 f"beyond its {obj.size} bytes")
+
+
+def check_files_claimed(inventory: Inventory, processes: Iterable[Process], tree: Tree) -> None:
+    """Every file the inventory lists belongs to the tree or one of its processes (nothing unexplained is restored)."""
+    claimed = {layout.TREE} | {layout.shmem_file(obj.id) for obj in tree.shared_memory}
     for process in processes:
         claimed.add(layout.process_file(process.pid))
         claimed.add(layout.pages_file(process.pid))

@@ -37,7 +37,7 @@ from typing import Any
 from runtime.errors import ImageError, shorten
 from runtime.images import checks, codec, host, names as layout
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
-from runtime.images.model import Inventory, Process
+from runtime.images.model import Inventory, Process, Tree
 from runtime.images.writer import file_sha256
 from runtime.images.xsave import check_xsave_area
 from runtime.kernel import fileopen
@@ -67,11 +67,13 @@ class ProcessImage:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A validated image directory; close() (or a with block) closes the pages files."""
+    """A validated image directory; close() (or a with block) closes the pages and shared memory files."""
 
     directory: Path
     inventory: Inventory
-    processes: tuple[ProcessImage, ...]  # the root process first, then by pid
+    tree: Tree
+    processes: tuple[ProcessImage, ...]  # the live processes in the tree's order: the root first
+    shmem: dict[int, io.FileIO] = field(compare=False)  # SharedMemory.id -> its shmem-ID.img, opened and checked
 
     @property
     def root(self) -> ProcessImage:
@@ -80,6 +82,8 @@ class Checkpoint:
     def close(self) -> None:
         for image in self.processes:
             image.pages.close()
+        for file in self.shmem.values():
+            file.close()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -106,7 +110,7 @@ def load(directory: str | os.PathLike, *, check_cpu: bool = True) -> Checkpoint:
         for name, digest in sorted(inventory.files.items()):
             file = _open(dir_fd, name, path)
             sizes[name] = os.fstat(file.fileno()).st_size
-            if layout.parse_name(name)[0] == "pages":
+            if layout.parse_name(name)[0] in ("pages", "shmem"):
                 opened[name] = file
                 _check_digest(file_sha256(file), name, digest)
             else:
@@ -114,20 +118,28 @@ def load(directory: str | os.PathLike, *, check_cpu: bool = True) -> Checkpoint:
                     # Parse the very bytes that were hashed, not a second read of a file that may change.
                     contents[name] = _read_whole(file, name, sizes[name])
                 _check_digest(hashlib.sha256(contents[name]).hexdigest(), name, digest)
-        processes = []
+        if layout.TREE not in contents:
+            raise ImageError(layout.INVENTORY, "files", f"no {layout.TREE}: every image has its tree")
+        tree = codec.loads(Tree, contents[layout.TREE], layout.TREE)
+        shared_files = frozenset(entry.id for entry in tree.files)
+        processes = {}
         for name, data in contents.items():
             if layout.parse_name(name)[0] == "process":
                 process = codec.loads(Process, data, name)
-                checks.check_process(process, name, inventory, sizes, host.mmap_min_addr(), host.nr_open())
-                processes.append(process)
-        checks.check_files_claimed(inventory, processes)
+                checks.check_process(process, name, inventory, sizes, host.mmap_min_addr(), host.nr_open(),
+                                     shared_files)
+                processes[process.pid] = process
+        checks.check_tree(tree, processes, inventory, sizes)
+        checks.check_files_claimed(inventory, processes.values(), tree)
         if check_cpu:
-            for process in processes:
+            for process in processes.values():
                 for thread in process.threads:
                     name = layout.xstate_file(thread.tid)
                     check_xsave_area(contents[name], inventory.xsave_features, name)
-        processes.sort(key=lambda p: (p.pid != inventory.root_pid, p.pid))
-        return Checkpoint(path, inventory, tuple(_process_image(path, p, opened, contents) for p in processes))
+        live = tuple(_process_image(path, processes[node.pid], opened, contents) for node in tree.processes
+                     if node.zombie_status is None)
+        shmem = {obj.id: opened[layout.shmem_file(obj.id)] for obj in tree.shared_memory}
+        return Checkpoint(path, inventory, tree, live, shmem)
     except BaseException:
         for file in opened.values():
             file.close()

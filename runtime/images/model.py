@@ -84,6 +84,7 @@ class Vma:
     offset: int = 0  # file offset in bytes
     name: str = ""  # the pathname column of /proc/PID/maps, as the kernel printed it
     advice: tuple[VmaAdvice, ...] = ()  # madvise advice to apply again, in VmaAdvice declaration order
+    shmem: int | None = None  # SharedMemory.id of a shared anonymous mapping: the object it maps at offset
 
     @property
     def size(self) -> int:
@@ -278,8 +279,8 @@ class FileNode:
 class FileEntry:
     """One open file description: what the kernel shares between the fds of a dup, or a fork.
 
-    Its id is unique in the image (not only in the process), so that a later
-    process tree can point fds of several processes at one entry.
+    Its id is unique in the image (not only in the process): an entry held by
+    several processes of a tree is one entry (Tree.files) their fds point at.
     """
 
     id: int
@@ -357,12 +358,61 @@ class Process:
     vmas: tuple[Vma, ...]  # sorted by start, non-overlapping
     page_runs: tuple[PageRun, ...]  # sorted by vaddr, stored back to back
     fds: tuple[FdSlot, ...]  # ascending fd numbers
-    files: tuple[FileEntry, ...]  # the open files fds point at, ascending ids
+    files: tuple[FileEntry, ...]  # the open files only this process holds, ascending ids (shared ones: Tree.files)
     threads: tuple[ThreadCore, ...]  # threads[0] is the leader, unless leader_exited
     controls: TaskControls
     vdso: VdsoInfo | None = None
     shell_job: bool = False
     leader_exited: bool = False  # the leader called pthread_exit: a zombie while threads (none the pid) run
+
+
+@dataclass(frozen=True)
+class Extent:
+    """length bytes at start in a shared memory object, stored at offset in its shmem-ID.img."""
+
+    start: int
+    length: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class SharedMemory:
+    """A shared anonymous memory object (MAP_SHARED|MAP_ANONYMOUS): one object however many mappings map it.
+
+    A fork gives the child the parent's object, so the pages of both are one;
+    a restore creates the object once and maps it into every process at
+    every address a Vma with its id names.
+    """
+
+    id: int  # the object's inode number at dump (the maps inode column), unique in the image
+    size: int  # bytes
+    extents: tuple[Extent, ...]  # the parts holding data, ascending start, back to back in shmem-ID.img
+
+
+@dataclass(frozen=True)
+class TreeProcess:
+    """One process of the tree: its place (parent, group, session), and its exit status if it is a zombie."""
+
+    pid: int
+    ppid: int  # the parent's pid; for the root, a process outside the tree
+    pgid: int
+    sid: int
+    comm: str
+    zombie_status: int | None = None  # a zombie's wait status (exit code << 8, or the signal); None: process-PID.json
+
+    @classmethod
+    def of(cls, process: Process) -> TreeProcess:
+        """A live process's place in the tree, as its record has it."""
+        return cls(process.pid, process.ppid, process.pgid, process.sid, process.comm)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The dumped process tree: who is whose child, and what its processes share."""
+
+    processes: tuple[TreeProcess, ...]  # the root first; every parent before its children
+    shared_memory: tuple[SharedMemory, ...] = ()  # ascending ids
+    files: tuple[FileEntry, ...] = ()  # open files held by more than one process, ascending ids
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,18 @@ parse, so an inventory cannot point a restore at `../../etc/shadow`.
 
 import re
 
-FORMAT_VERSION = 3  # 2: fd slots apart from file entries (runtime/files/); 3: per-thread name, scheduling, affinity
+FORMAT_VERSION = 4  # 2: fd slots apart from file entries (runtime/files/); 3: per-thread name, scheduling, affinity;
+# 4: process trees (tree.json), shared memory objects (shmem-ID.img)
 TOOL = "revive"
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 INVENTORY = "inventory.json"
+TREE = "tree.json"  # model.Tree: the processes, who is whose parent, what they share
 
-_NAME = re.compile(r"(process|pages|xstate|vdso)-([1-9][0-9]{0,9})\.(json|img)\Z")
-_SUFFIX = {"process": "json", "pages": "img", "xstate": "img", "vdso": "img"}
+_NAME = re.compile(r"(process|pages|xstate|vdso|shmem)-([1-9][0-9]{0,19})\.(json|img)\Z")
+_SUFFIX = {"process": "json", "pages": "img", "xstate": "img", "vdso": "img", "shmem": "img"}
 
 
 def process_file(pid: int) -> str:
@@ -40,8 +42,15 @@ def vdso_file(pid: int) -> str:
     return f"vdso-{pid}.img"
 
 
+def shmem_file(shmem_id: int) -> str:
+    """A shared memory object's data: its extents back to back, in ascending order."""
+    return f"shmem-{shmem_id}.img"
+
+
 def parse_name(name: str) -> tuple[str, int] | None:
-    """(kind, pid or tid) for a file name this format defines, else None."""
+    """(kind, pid, tid or shared memory id; 0 for tree.json) for a file name this format defines, else None."""
+    if name == TREE:
+        return "tree", 0
     match = _NAME.match(name)
     if match is None or _SUFFIX[match.group(1)] != match.group(3):
         return None

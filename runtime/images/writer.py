@@ -36,7 +36,7 @@ from pathlib import Path
 from runtime.errors import ImageError, shorten
 from runtime.images import checks, codec, host, names as layout
 from runtime.images.cpu import current_xsave_features
-from runtime.images.model import Inventory, Process
+from runtime.images.model import Inventory, Process, Tree
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,12 @@ class ImageWriter:
         self._open.append(file)
         return file
 
+    def shmem_file(self, shmem_id: int) -> io.FileIO:
+        """shmem-ID.img opened for writing: a shared memory object's extents, back to back (closed by finish())."""
+        file = self._create(layout.shmem_file(shmem_id))
+        self._open.append(file)
+        return file
+
     def write_xstate(self, tid: int, xstate: bytes) -> None:
         self._write(layout.xstate_file(tid), xstate)
         self._xstate_sizes[tid] = len(xstate)
@@ -141,9 +147,9 @@ class ImageWriter:
         self._write(layout.process_file(process.pid), codec.dumps(process))
         self._processes[process.pid] = process
 
-    def finish(self, root_pid: int, *, kernel_release: str | None = None,
+    def finish(self, tree: Tree, *, kernel_release: str | None = None,
                xsave_features: int | None = None) -> Inventory:
-        """Check every process against the files written, then write inventory.json last.
+        """Write tree.json, check it and every process against the files written, then write inventory.json last.
 
         kernel_release and xsave_features default to this machine's (a test
         passes others to build an image from a different machine).
@@ -151,6 +157,7 @@ class ImageWriter:
         for file in self._open:
             file.close()
         self._open.clear()
+        self._write(layout.TREE, codec.dumps(tree))
         sizes = {}
         digests = {}
         for name in sorted(self._names):
@@ -164,14 +171,16 @@ class ImageWriter:
             kernel_release=os.uname().release if kernel_release is None else kernel_release,
             xsave_features=current_xsave_features() if xsave_features is None else xsave_features,
             xstate_size=self._xstate_size(),
-            root_pid=root_pid,
+            root_pid=tree.processes[0].pid,
             files=digests,
         )
         checks.check_inventory(inventory)
+        shared_files = frozenset(entry.id for entry in tree.files)
         for pid, process in sorted(self._processes.items()):
             checks.check_process(process, layout.process_file(pid), inventory, sizes, host.mmap_min_addr(),
-                                 host.nr_open())
-        checks.check_files_claimed(inventory, self._processes.values())
+                                 host.nr_open(), shared_files)
+        checks.check_tree(tree, self._processes, inventory, sizes)
+        checks.check_files_claimed(inventory, self._processes.values(), tree)
         self._write(TEMPORARY_INVENTORY, codec.dumps(inventory))
         os.replace(TEMPORARY_INVENTORY, layout.INVENTORY, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         self._names.discard(TEMPORARY_INVENTORY)

@@ -145,7 +145,7 @@ def _stat_flags(pid: int) -> int:
     return int(read_text(pid, "stat").rsplit(")", 1)[1].split()[6])
 
 
-def _list_tids(pid: int) -> list[int]:
+def list_tids(pid: int) -> list[int]:
     with translated(pid, "task"):
         return sorted(int(t) for t in os.listdir(proc_path(pid, "task")))
 
@@ -176,7 +176,7 @@ def seize(pid: int) -> Seized:
     seized = Seized(pid, leader_exited=check_seizable(pid).state in ("Z", "X"))
     try:
         while True:
-            new = [tid for tid in _list_tids(pid) if tid not in seized.threads
+            new = [tid for tid in list_tids(pid) if tid not in seized.threads
                    and not (tid == pid and seized.leader_exited)]
             if not new:
                 break

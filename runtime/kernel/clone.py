@@ -23,6 +23,7 @@ from runtime.kernel.procfs.holders import describe_holder
 
 NR_CLONE3 = 435
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 
 
 class CloneArgs(ctypes.Structure):
@@ -74,6 +75,18 @@ def become_subreaper() -> None:
     restore command's child, so without this it would be reparented to init
     and a caller that kills it could not reap it (its PID stays taken).
     """
-    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    set_subreaper(True)
+
+
+def set_subreaper(on: bool) -> None:
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def is_subreaper() -> bool:
+    value = ctypes.c_int()
+    if _libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_GET_CHILD_SUBREAPER): {os.strerror(err)}")
+    return bool(value.value)

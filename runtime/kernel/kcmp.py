@@ -15,6 +15,7 @@ from runtime.errors import DumpError
 from runtime.kernel.libc import libc as _libc
 
 KCMP_FILE = 0
+KCMP_VM = 1
 
 
 
@@ -23,4 +24,12 @@ def same_file(pid: int, fd1: int, fd2: int, pid2: int | None = None) -> bool:
     got = _libc.syscall(arch.NR_KCMP, pid, pid if pid2 is None else pid2, KCMP_FILE, fd1, fd2)
     if got < 0:
         raise DumpError(pid, f"kcmp(KCMP_FILE, fd {fd1}, fd {fd2}): {os.strerror(ctypes.get_errno())}")
+    return got == 0
+
+
+def same_vm(pid: int, pid2: int) -> bool:
+    """pid and pid2 share one address space (threads of one process, a vfork pair, clone(CLONE_VM))."""
+    got = _libc.syscall(arch.NR_KCMP, pid, pid2, KCMP_VM, 0, 0)
+    if got < 0:
+        raise DumpError(pid, f"kcmp(KCMP_VM, {pid2}): {os.strerror(ctypes.get_errno())}")
     return got == 0

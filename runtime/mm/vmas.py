@@ -21,15 +21,15 @@ def plan_page_runs(pid: int, mappings: tuple[Mapping, ...]) -> tuple[PageRun, ..
     cache in a file mapping equal the file (a private mapping's page becomes
     anonymous when first written), so restore maps them from the file. A
     page mapped to the shared zero page reads as zeros and a fresh anonymous
-    mapping gives that. Shared anonymous memory is saved whole: its pages
-    live in a shmem object whose swapped pages the page tables do not show.
+    mapping gives that. Shared anonymous memory is not the process's: its
+    object is saved once for the tree (runtime/mm/shmem.py).
     The kernel's own mappings ([vdso], [vvar], [vvar_vclock], [vsyscall]) are
     not the process's data: reading [vvar] pages could even fault.
     """
     runs: list[PageRun] = []
     offset = 0
     for m in mappings:
-        if m.name == maps.VSYSCALL or m.vma().kind in KERNEL_MAPPING_KINDS:
+        if m.name == maps.VSYSCALL or m.shared_anon or m.vma().kind in KERNEL_MAPPING_KINDS:
             continue
         for start, end in _saved_ranges(pid, m):
             if not m.prot & mmap.PROT_READ:
@@ -41,8 +41,6 @@ def plan_page_runs(pid: int, mappings: tuple[Mapping, ...]) -> tuple[PageRun, ..
 
 
 def _saved_ranges(pid: int, m: Mapping) -> list[tuple[int, int]]:
-    if m.shared_anon:
-        return [(m.start, m.end)]
     skip = pagemap.PAGE_IS_FILE if m.file_backed else pagemap.PAGE_IS_PFNZERO
     merged: list[tuple[int, int]] = []
     for r in pagemap.scan(pid, m.start, m.end):

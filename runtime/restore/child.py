@@ -32,16 +32,14 @@ import ctypes
 import errno
 import os
 import resource
-import signal
 import stat
-import struct
 from dataclasses import dataclass
 
 from runtime import faults
 from runtime.arch import x86_64 as arch
 from runtime.errors import RestoreError, shorten
 from runtime.files import by_path, table
-from runtime.images.model import Creds, Process, RLimit
+from runtime.images.model import Creds, FileEntry, Process, RLimit
 from runtime.kernel.libc import libc as _libc
 from runtime.restore.restorer_args import Area, HelperFds
 from runtime.task import controls as task_controls
@@ -62,13 +60,15 @@ _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 
 @dataclass(frozen=True)
 class ChildPlan:
-    """Everything the child needs, computed by the parent before the fork."""
+    """Everything the child needs to become its process, computed by the runtime before the first fork."""
 
     process: Process
     pages_fd: int  # the pages file the loader opened and checked, inherited by the child
     fds: HelperFds
     area: Area
     rlimits: tuple[RLimit, ...]  # the dumped ones, hard limits capped at what this process may set
+    shmem_fds: tuple[tuple[int, int], ...] = ()  # (SharedMemory.id, the runtime's fd of the object), inherited
+    shared_files: tuple[FileEntry, ...] = ()  # the tree's shared entries (its fds may point at them)
 
 
 def _check(ret: int, what: str) -> int:
@@ -78,33 +78,37 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
-def run(plan: ChildPlan, go_fd: int, err_fd: int) -> None:
-    """The child's whole life: never returns (the restorer takes over, or os._exit)."""
+def run(plan: ChildPlan, err_fd: int, rseq_len: int) -> None:
+    """From a member of the tree in place (runtime/restore/spawn.py) into the restorer: never returns.
+
+    err_fd: the write end of the error pipe it inherited; rseq_len: the length
+    the runtime's glibc registered its rseq area with.
+    """
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        rseq_len = _wait_for_go(go_fd)
         place_helper_fds(plan, err_fd)
         close_other_fds(plan)
         with acting_as(plan.process.creds):
             open_mapped_files(plan)
-            reopen_target_fds(plan.process)
+            reopen_target_fds(plan)
             set_fs_context(plan.process)
         map_restorer_area(plan.area)
         set_rlimits(plan.rlimits)
         set_identity(plan.process)
         task_controls.set_in_child(plan.process.pid, plan.process.controls)
-        set_session(plan.process)
         faults.point("restore.child")
         unregister_glibc_rseq(rseq_len)
         enter_restorer(plan.area)
     except Exception as exc:
-        fd = plan.fds.err if _is_open(plan.fds.err) else err_fd
-        # The parent's RestoreError names our PID already.
-        own = isinstance(exc, RestoreError) and exc.pid == os.getpid()
-        message = (exc.reason if own else _describe(exc)).encode(errors="replace")
-        os.write(fd, (CHILD_ERROR_TAG + message)[:CHILD_ERROR_MAX])
+        report_failure(exc, plan.fds.err if _is_open(plan.fds.err) else err_fd)
     finally:
         os._exit(1)
+
+
+def report_failure(exc: Exception, fd: int) -> None:
+    """One line for the runtime's RestoreError, which names our PID already."""
+    own = isinstance(exc, RestoreError) and exc.pid == os.getpid()
+    message = (exc.reason if own else _describe(exc)).encode(errors="replace")
+    os.write(fd, (CHILD_ERROR_TAG + message)[:CHILD_ERROR_MAX])
 
 
 def _describe(exc: Exception) -> str:
@@ -122,21 +126,15 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-def _wait_for_go(go_fd: int) -> int:
-    """The parent seizes us first, then sends the length our glibc registered its rseq area with."""
-    data = os.read(go_fd, 4)
-    if len(data) != 4:
-        raise RestoreError(os.getpid(), "the parent went away before the restore started")
-    os.close(go_fd)
-    return struct.unpack("<I", data)[0]
-
-
 def place_helper_fds(plan: ChildPlan, err_fd: int) -> None:
-    """The error pipe, the pages file and the exe at their planned numbers."""
+    """The error pipe, the pages file, the shared memory objects and the exe at their planned numbers."""
     fds = plan.fds
     os.dup2(err_fd, fds.err, inheritable=False)
     os.close(err_fd)
     os.dup2(plan.pages_fd, fds.pages, inheritable=False)
+    sources = dict(plan.shmem_fds)
+    for shmem_id, fd in fds.shmem:
+        os.dup2(sources[shmem_id], fd, inheritable=False)
     # With the runtime's credentials: a binary may be execute-only (0711), which exec maps
     # without read permission. The descriptor only names the exe for PR_SET_MM_MAP (which
     # checks exec permission) and is closed before the process runs.
@@ -201,27 +199,21 @@ def open_mapped_files(plan: ChildPlan) -> None:
 
 
 def close_other_fds(plan: ChildPlan) -> None:
-    """Everything below the helper numbers goes, except the caller's descriptors a shell job inherits."""
-    keep = sorted(table.inherited_fds(plan.process))
+    """Everything but the helpers goes, except the caller's descriptors a shell job inherits."""
+    keep = sorted(set(table.inherited_fds(plan.process)) | set(plan.fds.all))
     low = 0
-    for fd in keep + [min(plan.fds.all)]:
+    for fd in keep:
         # Never an empty range: Python turns closerange(0, 0) into close_range(0, ~0),
         # which would close every descriptor, the helpers and the error pipe with them.
         if low < fd:
             os.closerange(low, fd)
         low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
-def reopen_target_fds(process: Process) -> None:
+def reopen_target_fds(plan: ChildPlan) -> None:
     """The process's fd table, each open file by its kind (runtime/files/), shared ones dup'ed."""
-    table.restore_table(process)
-
-
-def set_session(process: Process) -> None:
-    """Its own session and group again; a shell job joins the restoring caller's (the dump refused others)."""
-    if process.shell_job:
-        return
-    os.setsid()
+    table.restore_table(plan.process, dict(plan.fds.shared), plan.shared_files)
 
 
 def set_fs_context(process: Process) -> None:

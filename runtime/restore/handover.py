@@ -57,8 +57,8 @@ class ErrorChannel:
         return bytes(self._data)
 
 
-def _failure(child: int, stop: ptrace.Stop, errors) -> RestoreError:
-    """What the child or the restorer said before it exited, as a RestoreError."""
+def failure(child: int, errors, how: str) -> RestoreError:
+    """What the child or the restorer said before it exited, as a RestoreError; how: how it ended, else."""
     data = errors.read()
     if data.startswith(CHILD_ERROR_TAG):
         text = data[len(CHILD_ERROR_TAG):].decode(errors="replace")
@@ -73,7 +73,7 @@ def _failure(child: int, stop: ptrace.Stop, errors) -> RestoreError:
             else f"detail {record.detail:#x}"
         return RestoreError(child, f"restorer step {step} failed: {errno.errorcode.get(err, err)} "
                                    f"({os.strerror(err)}), {detail}")
-    return RestoreError(child, f"the restoring process {stop.describe()} without saying why")
+    return RestoreError(child, f"the restoring process {how} without saying why")
 
 
 def wait_for_restorer_trap(child: int, errors) -> None:
@@ -83,7 +83,7 @@ def wait_for_restorer_trap(child: int, errors) -> None:
         if ptrace_stop.exited or ptrace_stop.is_exit_stop:
             if ptrace_stop.is_exit_stop:
                 ptrace.cont(child)
-            raise _failure(child, ptrace_stop, errors)
+            raise failure(child, errors, ptrace_stop.describe())
         if ptrace_stop.is_signal_delivery and ptrace_stop.signal == signal.SIGTRAP:
             return
         ptrace.cont(child, ptrace_stop.signal if ptrace_stop.is_signal_delivery else 0)
@@ -118,7 +118,7 @@ def follow_to_own_context(child: int, errors, exits: bool = False) -> None:
         if stop.is_exit_stop:
             ptrace.cont(child)  # let it close its error pipe on the way out
         if stop.exited or stop.is_exit_stop:
-            raise _failure(child, stop, errors)
+            raise failure(child, errors, stop.describe())
         if not stop.is_syscall_stop:
             raise RestoreError(child, f"the restorer {stop.describe()} after its trap, before rt_sigreturn")
         if not entering:

@@ -83,18 +83,28 @@ class MappedFile:
 
 @dataclass(frozen=True)
 class HelperFds:
-    """Descriptor numbers the child opens for the restorer, above every number in use."""
+    """Descriptor numbers the child holds for the restorer and for its own fd table, above every number in use.
+
+    shared: the tree's shared open files this process holds, at the numbers
+    their opener gave them (the same in every process, inherited); shmem: the
+    shared memory objects it maps, moved to its own numbers.
+    """
 
     err: int
     pages: int
     exe: int
     files: tuple[MappedFile, ...] = ()
+    shmem: tuple[tuple[int, int], ...] = ()  # (SharedMemory.id, fd)
+    shared: tuple[tuple[int, int], ...] = ()  # (FileEntry.id, fd)
 
     @property
     def all(self) -> tuple[int, ...]:
-        return (self.err, self.pages, self.exe) + tuple(f.fd for f in self.files)
+        return (self.err, self.pages, self.exe) + tuple(f.fd for f in self.files) + \
+            tuple(fd for _, fd in self.shmem) + tuple(fd for _, fd in self.shared)
 
     def fd_for(self, vma: Vma) -> int:
+        if vma.shmem is not None:
+            return dict(self.shmem)[vma.shmem]
         wanted = _file_flags(vma)
         return next(f.fd for f in self.files if f.path == vma.path and f.flags == wanted)
 
@@ -117,16 +127,29 @@ def _file_flags(vma: Vma) -> int:
     return O_RDWR if vma.shared and vma.prot & mmap.PROT_WRITE else O_RDONLY
 
 
-def plan_fds(process: Process, inherited: list[int]) -> HelperFds:
-    """Helper descriptor numbers above every target fd and every fd this process has open now."""
-    first = max([fd.fd for fd in process.fds] + inherited + [2]) + 1
+def fd_base(processes: list[Process], inherited: list[int]) -> int:
+    """The lowest descriptor number above every target fd of the tree and every fd the runtime has open."""
+    return max([fd.fd for process in processes for fd in process.fds] + inherited + [2]) + 1
+
+
+def plan_fds(process: Process, first: int, shared: dict[int, int] | None = None) -> HelperFds:
+    """Helper descriptor numbers from first on (fd_base's, above the tree's shared slots).
+
+    shared: the slot of each of the tree's shared open files (file_id -> fd);
+    the process keeps those its fds point at.
+    """
     files: list[MappedFile] = []
     seen: set[tuple[str, int]] = set()
     for vma in process.vmas:
         if vma.kind is VmaKind.FILE and (vma.path, _file_flags(vma)) not in seen:
             seen.add((vma.path, _file_flags(vma)))
             files.append(MappedFile(vma.path, _file_flags(vma), first + 3 + len(files)))
-    helpers = HelperFds(err=first, pages=first + 1, exe=first + 2, files=tuple(files))
+    objects = sorted({vma.shmem for vma in process.vmas if vma.shmem is not None})
+    next_fd = first + 3 + len(files)
+    held = sorted({slot.file_id for slot in process.fds} & set(shared or {}))
+    helpers = HelperFds(err=first, pages=first + 1, exe=first + 2, files=tuple(files),
+                        shmem=tuple((shmem_id, next_fd + i) for i, shmem_id in enumerate(objects)),
+                        shared=tuple((file_id, shared[file_id]) for file_id in held))
     # The child opens every number with the runtime's RLIMIT_NOFILE (it sets the image's later):
     # dup2 to a number at or above it fails, so such an image is refused before the fork.
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -267,7 +290,7 @@ def _fill_vmas(arena: Arena, args, process: Process, fds: HelperFds) -> None:
     for slot, v in zip(slots, vmas):
         slot.start, slot.end, slot.prot = v.start, v.end, v.prot
         slot.flags = (arch.MAP_SHARED if v.shared else arch.MAP_PRIVATE) | (arch.MAP_GROWSDOWN if v.growsdown else 0)
-        if v.kind is VmaKind.FILE:
+        if v.kind is VmaKind.FILE or v.shmem is not None:
             slot.fd, slot.offset = fds.fd_for(v), v.offset
         else:
             slot.fd, slot.offset = -1, 0
@@ -312,7 +335,7 @@ def _fill_vdso_proxy(arena: Arena, args, vdso: VdsoPlan) -> None:
 
 
 def _fill_close_fds(arena: Arena, args, fds: HelperFds) -> None:
-    """The helper descriptors close_fds closes last (err_fd among them)."""
+    """The helper descriptors close_fds closes last (err_fd among them, and the shared files' slots)."""
     slots, args.close_fds = arena.add(ctypes.c_int32, len(fds.all))
     args.nr_close_fds = len(fds.all)
     slots[:] = list(fds.all)

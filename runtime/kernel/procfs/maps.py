@@ -90,6 +90,10 @@ class Mapping:
             return Vma(self.start, self.end, self.prot, self.shared, VmaKind.FILE, growsdown,
                        path=self.name, offset=self.offset, name=self.name, advice=self.advice)
         kind = SPECIAL_KINDS.get(self.name, VmaKind.ANON)
+        if self.shared_anon:
+            # Its pages are its object's (runtime/mm/shmem.py): the inode names it, the offset is into it.
+            return Vma(self.start, self.end, self.prot, True, kind, growsdown, offset=self.offset, name=self.name,
+                       advice=self.advice, shmem=self.inode)
         # The kernel sets its own flags on its mappings again ([vvar] always carries `dd`).
         advice = () if kind in KERNEL_MAPPING_KINDS else self.advice
         return Vma(self.start, self.end, self.prot, self.shared, kind, growsdown, name=self.name, advice=advice)

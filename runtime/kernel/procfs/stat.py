@@ -17,6 +17,7 @@ _STATE, _PPID, _PGRP, _SESSION, _FLAGS = 3, 4, 5, 6, 9
 _START_CODE, _END_CODE, _START_STACK = 26, 27, 28
 _START_DATA, _END_DATA, _START_BRK = 45, 46, 47
 _ARG_START, _ARG_END, _ENV_START, _ENV_END = 48, 49, 50, 51
+_EXIT_CODE = 52
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Stat:
     arg_end: int
     env_start: int
     env_end: int
+    exit_code: int  # the wait status of a task that has exited (a zombie's), as waitpid would report it
 
 
 def parse_stat(pid: int, text: str) -> Stat:
@@ -45,8 +47,8 @@ def parse_stat(pid: int, text: str) -> Stat:
         raise ProcfsError(pid, f"/proc/{pid}/stat: no (comm) field in {text[:60]!r}")
     # rest[0] is field 3 (state).
     rest = text[close_paren + 1:].split()
-    if len(rest) < _ENV_END - 2:
-        raise ProcfsError(pid, f"/proc/{pid}/stat: {len(rest) + 2} fields, expected at least {_ENV_END}")
+    if len(rest) < _EXIT_CODE - 2:
+        raise ProcfsError(pid, f"/proc/{pid}/stat: {len(rest) + 2} fields, expected at least {_EXIT_CODE}")
 
     def field(number: int) -> int:
         return int(rest[number - 3])
@@ -58,7 +60,7 @@ def parse_stat(pid: int, text: str) -> Stat:
         start_code=field(_START_CODE), end_code=field(_END_CODE), start_stack=field(_START_STACK),
         start_data=field(_START_DATA), end_data=field(_END_DATA), start_brk=field(_START_BRK),
         arg_start=field(_ARG_START), arg_end=field(_ARG_END),
-        env_start=field(_ENV_START), env_end=field(_ENV_END),
+        env_start=field(_ENV_START), env_end=field(_ENV_END), exit_code=field(_EXIT_CODE),
     )
 
 

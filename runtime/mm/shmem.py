@@ -1,0 +1,120 @@
+"""Shared anonymous memory: one object however many mappings and processes map it, its data saved once.
+
+Why an object of its own and not pages of each mapping: MAP_SHARED|MAP_ANONYMOUS
+memory lives in an unlinked shmem file the kernel makes at mmap time
+(/dev/zero (deleted) in maps, its inode in the inode column); a fork gives
+the child the same file, so a write by either is seen by both. Saved as the
+pages of each process it would come back as one private copy each. And the
+page tables of one process do not show every page of the object: a page
+only the other process touched, or one swapped out, is in the file and in
+no page table; so the dump reads the file itself (/proc/PID/map_files/,
+which root may open), only its parts that hold data (SEEK_DATA/SEEK_HOLE),
+straight into shmem-ID.img with sendfile.
+
+The restore makes the object the way the kernel does for mmap: an anonymous
+shared mapping of the runtime's own, whose file it opens through its own
+map_files entry before unmapping it; it writes the saved extents into that
+file, and every restored process maps the file at its addresses. The kernel
+then shows the same /dev/zero (deleted) mapping as before the dump.
+"""
+
+import ctypes
+import errno
+import io
+import mmap
+import os
+
+from runtime.arch import x86_64 as arch
+from runtime.errors import DumpError, RestoreError
+from runtime.images.model import Extent, SharedMemory, Vma
+from runtime.kernel.libc import libc as _libc
+
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+
+SEEK_DATA, SEEK_HOLE = os.SEEK_DATA, os.SEEK_HOLE
+
+
+def map_files_path(pid: int, start: int, end: int) -> str:
+    """The kernel's name for the file behind one mapping of pid."""
+    return f"/proc/{pid}/map_files/{start:x}-{end:x}"
+
+
+def objects(vmas: dict[int, tuple[Vma, ...]]) -> dict[int, tuple[int, Vma]]:
+    """Each shared anonymous object the processes map (by its id), with one (pid, mapping) to read it through."""
+    found: dict[int, tuple[int, Vma]] = {}
+    for pid, mapped in vmas.items():
+        for vma in mapped:
+            if vma.shmem is not None and vma.shmem not in found:
+                found[vma.shmem] = (pid, vma)
+    return found
+
+
+def save(pid: int, vma: Vma, out: io.FileIO) -> SharedMemory:
+    """The object vma of pid maps, its data extents written to out (from its start): its record."""
+    try:
+        fd = os.open(map_files_path(pid, vma.start, vma.end), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DumpError(pid, f"shared memory {vma.start:#x}-{vma.end:#x}: cannot open it through "
+                             f"/proc/{pid}/map_files: {exc.strerror}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        extents = []
+        offset = 0
+        for start, end in _data_ranges(fd, size):
+            _send(out.fileno(), fd, start, end - start)
+            extents.append(Extent(start, end - start, offset))
+            offset += end - start
+    finally:
+        os.close(fd)
+    return SharedMemory(vma.shmem, size, tuple(extents))
+
+
+def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """[start, end) of each part of the file that holds data, page-aligned (a hole reads as zeros)."""
+    ranges = []
+    position = 0
+    while position < size:
+        try:
+            start = os.lseek(fd, position, SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after position
+                break
+            raise
+        end = min(os.lseek(fd, start, SEEK_HOLE), size)
+        start -= start % mmap.PAGESIZE
+        end = min(end + -end % mmap.PAGESIZE, size)
+        ranges.append((start, end))
+        position = end
+    return ranges
+
+
+def _send(out: int, src: int, offset: int, length: int) -> None:
+    """length bytes of src at offset appended to out, kernel to kernel."""
+    while length:
+        sent = os.sendfile(out, src, offset, length)
+        if sent == 0:
+            raise OSError(errno.EIO, f"the shared memory file ended {length} bytes early")
+        offset += sent
+        length -= sent
+
+
+def create(obj: SharedMemory, data: io.FileIO) -> int:
+    """A new shared anonymous object of obj's size holding its extents (read from data): an O_RDWR fd of it."""
+    address = _libc.mmap(None, obj.size, mmap.PROT_READ | mmap.PROT_WRITE, arch.MAP_SHARED | arch.MAP_ANONYMOUS, -1, 0)
+    if address is None or address == ctypes.c_void_p(-1).value:
+        raise RestoreError(os.getpid(), f"shared memory object {obj.id}: cannot map {obj.size} bytes: "
+                                        f"{os.strerror(ctypes.get_errno())}")
+    try:
+        fd = os.open(map_files_path(os.getpid(), address, address + obj.size), os.O_RDWR | os.O_CLOEXEC)
+    finally:
+        _libc.munmap(address, obj.size)
+    try:
+        for extent in obj.extents:
+            os.lseek(fd, extent.start, os.SEEK_SET)
+            _send(fd, data.fileno(), extent.offset, extent.length)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

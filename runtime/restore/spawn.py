@@ -1,0 +1,156 @@
+"""The tree put back in place: each member forks its children with their PIDs, in their sessions and groups.
+
+Why the members fork each other and not the runtime: a process's parent is
+whoever forked it, so each restoring child (a copy of the runtime, like the
+root) forks its own children with clone3 and set_tid, and each of those
+goes on from this same code. The order is the kernel's: a session is made
+by its leader (setsid) before it forks the members that inherit it, and a
+group leader makes its group (setpgid) before it forks; the tree's shared
+open files are opened by the nearest common ancestor of their holders
+before it forks them, so each holder inherits the one open file.
+
+Then every member reports CREATED on the report pipe and waits on its own
+go pipe. The runtime has seized each (with PTRACE_O_EXITKILL) by the time
+it lets them all go on: only when every process exists can each join its
+group (setpgid needs the group's leader). A zombie then reports PARKED and
+waits again, until the runtime has seen every other member to its
+restorer's trap; then it exits with its dumped status, which its parent
+finds as it had left it. The others become their processes
+(restore/child.py) and enter the restorer.
+
+The pipes carry no data a member could misread: a go is one byte (the
+root's first, the length of the runtime's rseq registration); EOF means the
+runtime is gone, and the member exits. Every failure is written as one line
+to the member's own error pipe.
+"""
+
+import os
+import resource
+import signal
+import struct
+from dataclasses import dataclass
+
+from runtime.files import table
+from runtime.images.model import Creds, FileEntry, TreeProcess
+from runtime.kernel.clone import clone_with_pid
+from runtime.restore import child as restore_child
+
+REPORT = struct.Struct("<iI")  # (pid, stage): far below PIPE_BUF, so every write is whole
+CREATED, PARKED = 1, 2
+ROOT_GO = struct.Struct("<I")  # the length of the runtime's glibc rseq registration
+GO = b"g"
+
+
+@dataclass(frozen=True)
+class SharedOpen:
+    """A shared open file a member opens before it forks its holders, with the first holder's file identity."""
+
+    entry: FileEntry
+    fd: int  # its slot, the same in every process of the tree
+    creds: Creds  # whose permissions it is opened with
+    holder: int  # that holder's pid, for messages
+
+
+@dataclass(frozen=True)
+class Member:
+    """One process of the tree as the restore creates it."""
+
+    node: TreeProcess
+    plan: restore_child.ChildPlan | None  # None for a zombie
+    children: tuple[int, ...]  # the pids it forks, in order
+    go_fd: int  # the read end of its go pipe
+    err_fd: int  # the write end of its error pipe
+    opens: tuple[SharedOpen, ...]  # the shared open files it opens before forking
+    pgid: int  # the group it joins (the caller's for a shell job's outside group)
+    new_session: bool  # it makes its session (setsid) before it forks
+
+
+@dataclass(frozen=True)
+class TreePlan:
+    """Every member, in creation order (the root first), and the fds the runtime keeps to itself."""
+
+    members: dict[int, Member]
+    report_fd: int  # the write end of the report pipe
+    runtime_fds: tuple[int, ...]  # the go pipes' write ends, the error pipes' and the report pipe's read ends
+
+    @property
+    def root(self) -> Member:
+        return next(iter(self.members.values()))
+
+    def subtree(self, pid: int) -> list[int]:
+        """pid and its descendants."""
+        found, pending = [], [pid]
+        while pending:
+            found.append(pending.pop())
+            pending.extend(self.members[found[-1]].children)
+        return found
+
+
+def run(tree: TreePlan, pid: int, rseq_len: int | None = None) -> None:
+    """A member's whole life up to the restorer: never returns (restore/child.py takes over, or os._exit).
+
+    rseq_len: None for the root, which reads it from its first go; the others inherit it.
+    """
+    member = tree.members[pid]
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        if rseq_len is None:
+            for fd in tree.runtime_fds:
+                os.close(fd)
+            rseq_len = ROOT_GO.unpack(_read_go(member, ROOT_GO.size))[0]
+        if member.new_session:
+            os.setsid()
+        elif member.pgid == pid:
+            os.setpgid(0, 0)
+        for shared in member.opens:
+            with restore_child.acting_as(shared.creds):
+                table.open_shared(shared.entry, shared.fd, shared.holder)
+        for child_pid in member.children:
+            if clone_with_pid(child_pid) == 0:
+                run(tree, child_pid, rseq_len)
+        _close_others(tree, pid)
+        _report(tree, pid, CREATED)
+        _read_go(member, len(GO))
+        if os.getpgid(0) != member.pgid:
+            os.setpgid(0, member.pgid)
+        if member.plan is None:
+            _report(tree, pid, PARKED)
+            os.close(tree.report_fd)
+            _read_go(member, len(GO))
+            die(member.node.zombie_status)
+        os.close(tree.report_fd)
+        os.close(member.go_fd)
+    except Exception as exc:
+        restore_child.report_failure(exc, member.err_fd)
+        os._exit(1)
+    restore_child.run(member.plan, member.err_fd, rseq_len)
+
+
+def _read_go(member: Member, size: int) -> bytes:
+    data = os.read(member.go_fd, size)
+    if len(data) != size:
+        os._exit(1)  # the runtime is gone: the half-restored tree goes with it
+    return data
+
+
+def _report(tree: TreePlan, pid: int, stage: int) -> None:
+    os.write(tree.report_fd, REPORT.pack(pid, stage))
+
+
+def _close_others(tree: TreePlan, pid: int) -> None:
+    """The other members' pipe ends, once this one's children (which needed their own) exist."""
+    for other, member in tree.members.items():
+        if other != pid:
+            for fd in (member.go_fd, member.err_fd):
+                os.close(fd)
+
+
+def die(status: int) -> None:
+    """End with a wait status: an exit code, or death by a signal (no core dump: a restore makes no core file)."""
+    number = status & 0x7F
+    if number:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {number})
+        os.kill(os.getpid(), number)
+    os._exit(status >> 8 & 0xFF)

@@ -107,8 +107,13 @@ def test_dump_records_special_mappings_and_shared_memory(pages_target, tmp_path)
     assert image.vma_at(none).prot == 0 and not image.saved_pages(none, none + 4 * PAGE)
     assert image.vma_at(gd).growsdown and image.saved_pages(gd, gd + 4 * PAGE) == {gd + 3 * PAGE}
     assert image.page(gd + 3 * PAGE)[-1] == 0x6D
-    assert image.vma_at(shanon).shared
-    assert image.page(shanon)[0] == 0x51 and image.page(shanon + PAGE)[0] == 0x52
+    # Shared anonymous memory is its object's, saved once in shmem-ID.img, not among the process's pages.
+    vma = image.vma_at(shanon)
+    assert vma.shared and vma.shmem is not None and not image.saved_pages(vma.start, vma.end)
+    (obj,) = image.checkpoint.tree.shared_memory
+    data = (tmp_path / "img" / f"shmem-{obj.id}.img").read_bytes()
+    assert obj.id == vma.shmem and obj.size == vma.size and obj.extents[0].start == 0
+    assert data[0] == 0x51 and data[PAGE] == 0x52
     kinds = {v.kind for v in image.process.vmas}
     assert {VmaKind.HEAP, VmaKind.STACK, VmaKind.VDSO, VmaKind.VVAR} <= kinds
     assert all(v.end <= TASK_SIZE for v in image.process.vmas)  # no [vsyscall]

@@ -71,7 +71,7 @@ def test_image_of_a_live_process_loads_back_equal(image):
     assert checkpoint.inventory.xstate_size == len(snap.xstate)
     assert checkpoint.inventory.kernel_release == os.uname().release
     assert set(checkpoint.inventory.files) == {f"process-{pid}.json", f"pages-{pid}.img",
-                                               f"xstate-{pid}.img", f"vdso-{pid}.img"}
+                                               f"xstate-{pid}.img", f"vdso-{pid}.img", "tree.json"}
     assert checkpoint.root.xstate_paths[pid].read_bytes() == snap.xstate
     assert checkpoint.root.vdso_path.read_bytes() == snap.vdso_image
     assert checkpoint.root.pages_path.stat().st_size == sum(r.size for r in snap.process.page_runs)

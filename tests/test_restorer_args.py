@@ -11,7 +11,7 @@ from runtime.images.model import PAGE_SIZE
 from runtime.infect import blobs
 from runtime.mm.vdso import VdsoMode
 from runtime.restore import plan_vdso
-from runtime.restore.restorer_args import Arena, build_area, plan_fds
+from runtime.restore.restorer_args import Arena, build_area, fd_base, plan_fds
 
 
 def read(area, ctype, address, count=1):
@@ -32,7 +32,7 @@ def test_build_area_puts_the_task_part_and_one_thread_part_in_the_area(tmp_path)
         image = checkpoint.root
         process = image.process
         vdso = plan_vdso(process, image.vdso_image, VdsoMode.AUTO)
-        area = build_area(process, image.xstates, plan_fds(process, []), vdso)
+        area = build_area(process, image.xstates, plan_fds(process, fd_base([process], [])), vdso)
     thread = process.threads[0]
     (args,) = read(area, proto.RestorerArgs, area.args)
     assert (args.mode, args.pid, args.nr_threads) == (proto.RESTORER_MODE_RESTORE, process.pid, 1)
@@ -65,5 +65,5 @@ def test_build_area_puts_the_task_part_and_one_thread_part_in_the_area(tmp_path)
     ordered = sorted(parts)
     assert all(a + size <= b for (a, size), (b, _) in zip(ordered, ordered[1:]))
     assert ordered[-1][0] + ordered[-1][1] <= area.base + area.size
-    assert list(read(area, ctypes.c_int32, args.close_fds, args.nr_close_fds)) == list(plan_fds(process, []).all)
+    assert list(read(area, ctypes.c_int32, args.close_fds, args.nr_close_fds)) == list(plan_fds(process, fd_base([process], [])).all)
     assert area.size % PAGE_SIZE == 0

@@ -24,7 +24,7 @@ from runtime.errors import ReviveError
 ENV = "REVIVE_FAULT"
 
 DUMP_STEPS = (
-    "dump.seize",  # every thread stopped
+    "dump.seize",  # every thread of every process of the tree stopped
     "dump.snapshot",  # /proc and ptrace read, refusals checked
     "dump.infect",  # the parasite is in and answers
     "dump.misc",  # parasite GET_MISC
@@ -32,7 +32,8 @@ DUMP_STEPS = (
     "dump.thread",  # parasite DUMP_THREAD
     "dump.pages",  # page transfer started
     "dump.cure",  # the parasite is gone again
-    "dump.write",  # images written, inventory not yet
+    "dump.write",  # a process's images written, inventory not yet (@N: the Nth process of the tree)
+    "dump.shmem",  # the tree's shared memory objects saved, inventory not yet
     "dump.kill",  # the inventory is written; the target is about to be killed (or released)
 )
 
@@ -63,8 +64,8 @@ THREAD_STEPS = (
 RESTORE_STEPS = (
     "restore.validate",  # the image is loaded and checked
     "restore.clone",  # the processes are about to be created
-    "restore.child",  # the restoring child reopened the files, before the restorer
-    "restore.handover",  # the restorer trapped; the task is followed into its own context
+    "restore.child",  # a restoring child reopened the files, before the restorer (in every process of the tree)
+    "restore.handover",  # every restorer trapped; the tasks are about to be followed into their own context
 )
 
 RESTORER_PREFIX = "restore.restorer."

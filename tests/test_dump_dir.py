@@ -48,7 +48,8 @@ def plant(directory: Path, names: list[str]) -> None:
 
 
 def image_names(pid: int) -> list[str]:
-    return ["inventory.json", f"pages-{pid}.img", f"process-{pid}.json", f"xstate-{pid}.img", f"vdso-{pid}.img"]
+    return ["inventory.json", "tree.json", f"pages-{pid}.img", f"process-{pid}.json", f"xstate-{pid}.img",
+            f"vdso-{pid}.img"]
 
 
 def refused(sleeper, directory: Path, *words: str, extra: tuple[str, ...] = ()) -> None:

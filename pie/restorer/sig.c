@@ -65,6 +65,24 @@ long restore_itimers(const struct restorer_args *args, u64 *detail)
 	return 0;
 }
 
+/*
+ * What became pending during the restore is not the process's: above all the
+ * SIGCHLD of a child that died to become its zombie again (the dumped one, if
+ * it was still pending, is among the dumped signals). Every signal is blocked
+ * here, so each is dequeued, from the process's queue and this thread's.
+ */
+static long discard_pending(void)
+{
+	struct kernel_timespec now = { 0, 0 };
+	u64 all = ~0UL;
+	long ret;
+
+	do
+		ret = sys_call4(__NR_rt_sigtimedwait, &all, NULL, &now, KERNEL_SIGSET_SIZE);
+	while (ret > 0);
+	return ret == -EAGAIN ? 0 : ret;
+}
+
 long queue_process_signals(const struct restorer_args *args, u64 *detail)
 {
 	/*
@@ -74,10 +92,12 @@ long queue_process_signals(const struct restorer_args *args, u64 *detail)
 	 */
 	const struct restorer_siginfo *p = (const struct restorer_siginfo *)args->pending;
 	u64 i;
+	long ret = discard_pending();
 
+	if (ret)
+		return ret;
 	for (i = 0; i < args->nr_pending; i++) {
-		long ret = sys_call3(__NR_rt_sigqueueinfo, args->pid, p[i].signo, p[i].info);
-
+		ret = sys_call3(__NR_rt_sigqueueinfo, args->pid, p[i].signo, p[i].info);
 		if (ret) {
 			*detail = p[i].signo;
 			return ret;

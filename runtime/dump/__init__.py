@@ -106,7 +106,7 @@ class Snapshot:
 
 def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOptions()) -> Process:
     """Checkpoint the tree rooted at pid into directory (see the module docstring); the root's record."""
-    log.info("dumping the tree of pid %d into %s", pid, directory)
+    log.info("dumping pid %d and its descendants into %s", pid, directory)
     frozen = freeze_tree(pid)
     directory = Path(directory)
     writer = None

@@ -80,9 +80,17 @@ def children_of(seized: Seized) -> list[int]:
     return sorted({int(c) for tid in seized.tids for c in read_text(seized.worker, f"task/{tid}/children").split()})
 
 
+def _children(pid: int, tid: int) -> list[int]:
+    """A thread's children, none if the thread has exited meanwhile (the process is not stopped yet)."""
+    try:
+        return [int(c) for c in read_text(pid, f"task/{tid}/children").split()]
+    except NoSuchProcess:
+        return []
+
+
 def check_not_vfork(pid: int) -> None:
     """Refuse a process that shares its memory with a child or its parent (vfork, CLONE_VM)."""
-    children = sorted({int(c) for tid in list_tids(pid) for c in read_text(pid, f"task/{tid}/children").split()})
+    children = sorted({child for tid in list_tids(pid) for child in _children(pid, tid)})
     for other in children + [read_status(pid).ppid]:
         try:
             shared = other > 0 and kcmp.same_vm(pid, other)

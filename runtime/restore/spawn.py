@@ -34,6 +34,7 @@ from runtime.files import table
 from runtime.images.model import Creds, FileEntry, TreeProcess
 from runtime.kernel.clone import clone_with_pid
 from runtime.restore import child as restore_child
+from runtime.task import controls as task_controls
 
 REPORT = struct.Struct("<iI")  # (pid, stage): far below PIPE_BUF, so every write is whole
 CREATED, PARKED = 1, 2
@@ -117,7 +118,7 @@ def run(tree: TreePlan, pid: int, rseq_len: int | None = None) -> None:
             _report(tree, pid, PARKED)
             os.close(tree.report_fd)
             _read_go(member, len(GO))
-            die(member.node.zombie_status)
+            die(member.node)
         os.close(tree.report_fd)
         os.close(member.go_fd)
     except Exception as exc:
@@ -145,8 +146,10 @@ def _close_others(tree: TreePlan, pid: int) -> None:
                 os.close(fd)
 
 
-def die(status: int) -> None:
-    """End with a wait status: an exit code, or death by a signal (no core dump: a restore makes no core file)."""
+def die(node: TreeProcess) -> None:
+    """End as the zombie did: its name, and its wait status (an exit code, or death by a signal; no core file)."""
+    task_controls.set_own_name(node.pid, node.comm)
+    status = node.zombie_status
     number = status & 0x7F
     if number:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -27,6 +27,7 @@ from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs.files import read_text
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_TSC = 26
 PR_SET_TIMERSLACK = 29
 PR_MCE_KILL = 33
@@ -158,6 +159,13 @@ def thread_differences(leader: Scheduling, tid: int) -> tuple[SchedAttr | None, 
 def _prctl(pid: int, what: str, *args: int) -> None:
     if _libc.prctl(*(ctypes.c_ulong(a) for a in args), *([ctypes.c_ulong(0)] * (5 - len(args)))) != 0:
         raise RestoreError(pid, f"prctl {what}: {os.strerror(ctypes.get_errno())}")
+
+
+def set_own_name(pid: int, comm: str) -> None:
+    """The calling thread's name (what a zombie still shows of itself); the kernel keeps 15 bytes."""
+    name = ctypes.create_string_buffer(os.fsencode(comm)[:15], 16)
+    if _libc.prctl(PR_SET_NAME, name, 0, 0, 0) != 0:
+        raise RestoreError(pid, f"prctl PR_SET_NAME: {os.strerror(ctypes.get_errno())}")
 
 
 def set_in_child(pid: int, controls: TaskControls) -> None:

@@ -6,7 +6,8 @@
  * (a pipe at fds 3 and 4), "posix_timer" (timer_create), "flock" (a lock on
  * a file "locked" in the working directory, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
- * "child" (a child process that sleeps, killed when its parent dies). Prints "ready" and sleeps.
+ * "child" (a child process holding an eventfd, killed when its parent dies: the tree
+ * is refused for what the child holds). Prints "ready" and sleeps.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -95,6 +96,7 @@ int main(int argc, char **argv) {
 		if (child == 0) {
 			/* Dies with its parent: the test reaps only the parent. */
 			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (eventfd(0, 0) < 0) return 1;
 			for (;;) pause();
 		}
 	} else {

@@ -9,9 +9,9 @@ from runtime.dump import DumpOptions, dump
 from runtime.images.loader import load
 from runtime.images.model import PAGE_SIZE
 from runtime.infect import blobs
-from runtime.mm.vdso import VdsoMode
+from runtime.mm.vdso import VdsoMode, read_running_vdso
 from runtime.restore import plan_vdso
-from runtime.restore.restorer_args import Arena, build_area, fd_base, plan_fds
+from runtime.restore.restorer_args import Arena, build_area, fd_base, own_layout, plan_fds
 
 
 def read(area, ctype, address, count=1):
@@ -31,8 +31,8 @@ def test_build_area_puts_the_task_part_and_one_thread_part_in_the_area(tmp_path)
     with load(tmp_path / "img") as checkpoint:
         image = checkpoint.root
         process = image.process
-        vdso = plan_vdso(process, image.vdso_image, VdsoMode.AUTO)
-        area = build_area(process, image.xstates, plan_fds(process, fd_base([process], [])), vdso)
+        vdso = plan_vdso(process, image.vdso_image, VdsoMode.AUTO, read_running_vdso())
+        area = build_area(process, image.xstates, plan_fds(process, fd_base([process], [])), vdso, own_layout())
     thread = process.threads[0]
     (args,) = read(area, proto.RestorerArgs, area.args)
     assert (args.mode, args.pid, args.nr_threads) == (proto.RESTORER_MODE_RESTORE, process.pid, 1)

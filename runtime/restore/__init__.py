@@ -30,9 +30,9 @@ from runtime.images import loader, names
 from runtime.images.model import Process, RLimit
 from runtime.kernel.procfs.holders import describe_holder
 from runtime.mm import shmem
-from runtime.mm.vdso import VdsoMode, VdsoPlan, plan_restore
+from runtime.mm.vdso import RunningVdso, VdsoMode, VdsoPlan, plan_restore, read_running_vdso
 from runtime.restore import child as restore_child, conductor, spawn
-from runtime.restore.restorer_args import build_area, created_threads, fd_base, plan_fds, target_ranges
+from runtime.restore.restorer_args import build_area, created_threads, fd_base, own_layout, plan_fds, target_ranges
 from runtime.task import rseq
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ def plan_tree(checkpoint: loader.Checkpoint, shmem_fds: dict[int, int], pipes: c
     for node in tree.processes[1:]:
         children[node.ppid].append(node.pid)
     openers = _openers(checkpoint, shared_slots)
+    running_vdso = read_running_vdso()
+    own = own_layout()
     root = tree.processes[0]
     caller_group = os.getpgid(0)
     members = {}
@@ -96,7 +98,8 @@ def plan_tree(checkpoint: loader.Checkpoint, shmem_fds: dict[int, int], pipes: c
             image = images[node.pid]
             process = image.process
             fds = plan_fds(process, first, shared_slots)
-            area = build_area(process, image.xstates, fds, plan_vdso(process, image.vdso_image, vdso_mode))
+            vdso = plan_vdso(process, image.vdso_image, vdso_mode, running_vdso)
+            area = build_area(process, image.xstates, fds, vdso, own)
             plan = restore_child.ChildPlan(process, image.pages.fileno(), fds, area, capped_rlimits(process),
                                            tuple(shmem_fds.items()), tree.files)
         shell_job = images[root.pid].process.shell_job
@@ -133,11 +136,11 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, 
     return openers
 
 
-def plan_vdso(process: Process, vdso_image: bytes | None, mode: VdsoMode) -> VdsoPlan | None:
+def plan_vdso(process: Process, vdso_image: bytes | None, mode: VdsoMode, running: RunningVdso) -> VdsoPlan | None:
     """Remap the running vDSO or proxy the dumped one (runtime/vdso.py decides)."""
     if process.vdso is None:
         return None
-    plan = plan_restore(process, vdso_image, mode, [(r.start, r.end) for r in target_ranges(process)])
+    plan = plan_restore(process, vdso_image, mode, [(r.start, r.end) for r in target_ranges(process)], running)
     log.info("pid %d: vdso %s: %s", process.pid, plan.decision.path.value, plan.decision.reason)
     return plan
 

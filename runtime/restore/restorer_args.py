@@ -201,7 +201,8 @@ def _find_area(pid: int, taken: list[Range], size: int) -> Range:
     return Range(holes[0][0], holes[0][0] + size)
 
 
-def _own_layout() -> list[Range]:
+def own_layout() -> list[Range]:
+    """The runtime's own mappings, which every member (a copy of it) has too until its restorer unmaps them."""
     return [Range(m.start, m.end) for m in read_mappings(os.getpid())]
 
 
@@ -216,11 +217,12 @@ def target_ranges(process: Process) -> list[Range]:
     return target
 
 
-def build_area(process: Process, xstates: dict[int, bytes], fds: HelperFds, vdso: VdsoPlan | None,
+def build_area(process: Process, xstates: dict[int, bytes], fds: HelperFds, vdso: VdsoPlan | None, own: list[Range],
                log_fd: int = -1) -> Area:
     """Choose the restorer area's address and fill it: blob, restorer_args, the arrays it points to, threads.
 
-    xstates: each thread's xsave area, by tid.
+    xstates: each thread's xsave area, by tid; own: the layout of the restoring
+    child before it maps the area (own_layout(), read once for a whole tree).
     """
     blob = blobs.load("restorer")
     target = target_ranges(process)
@@ -235,7 +237,6 @@ def build_area(process: Process, xstates: dict[int, bytes], fds: HelperFds, vdso
     image_size = arch.align_up(measured.end, PAGE_SIZE)
     size = image_size + len(created_threads(process)) * blobs.protocol().RESTORER_THREAD_STACK_SIZE
 
-    own = _own_layout()
     area = _find_area(process.pid, target + own, size)
     keep = sorted([area] + running, key=lambda r: r.start)
     temp = _find_area(process.pid, target + own + [area], sum(r.size for r in running))

@@ -9,6 +9,7 @@ segment there, so an address is start + st_value - that segment's p_vaddr.
 """
 
 import hashlib
+import functools
 import io
 from dataclasses import dataclass
 
@@ -29,8 +30,12 @@ class Vdso:
     symbols: tuple[VdsoSymbol, ...]  # defined functions and objects, sorted by name
 
 
+@functools.lru_cache(maxsize=4)
 def parse_symbols(image: bytes) -> tuple[VdsoSymbol, ...]:
-    """The defined dynamic symbols of a vDSO image, offsets relative to its first byte."""
+    """The defined dynamic symbols of a vDSO image, offsets relative to its first byte.
+
+    Cached by the image's bytes: every process of a tree maps the one vDSO of the kernel.
+    """
     elf = ELFFile(io.BytesIO(image))
     base = min(seg["p_vaddr"] for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
     dynsym = elf.get_section_by_name(".dynsym")

@@ -16,6 +16,7 @@ import functools
 import os
 
 from runtime.errors import DumpError
+from runtime.images import sessions
 from runtime.images.model import KERNEL_MAPPING_KINDS, TreeProcess
 from runtime.kernel.procfs.fds import OpenFile
 from runtime.kernel.procfs.files import proc_path, read_text, translated
@@ -72,35 +73,24 @@ def check_process(pid: int, view: int, tids: list[int], status: Status, stat: St
 
 
 def check_tree(nodes: tuple[TreeProcess, ...], shell_job: bool) -> None:
-    """Sessions and process groups a restore can make again: led from inside the tree, or a shell job's.
+    """Sessions and process groups a restore can make again (images/sessions.py has the rule).
 
-    A restore creates each process as a child of its parent, so a session is
-    either made by its own leader (setsid) or inherited from the parent; a
-    group needs its leader, in the member's session, to join it. Only the
-    root's own session and group may be outside the tree, for a shell job,
-    which joins the restoring caller's. A group or session whose leader has
-    exited would need a stand-in process with its id: not done yet.
+    The root's own session or group led by a live process outside the dump
+    is the restoring caller's only for a shell job; one whose leader is gone
+    is made again by a stand-in, as are gone leaders inside the tree.
     """
     root = nodes[0]
     if not shell_job and not root.sid == root.pgid == root.pid:
         which = f"session {root.sid}" if root.sid != root.pid else f"process group {root.pgid}"
         leader = root.sid if root.sid != root.pid else root.pgid
-        raise DumpError(root.pid, f"its {which} is led by pid {leader}, outside the dump: dump with --shell-job (-j) "
-                                  "to restore it into the restoring caller's session and group, or start it with "
-                                  "setsid")
-    by_pid = {node.pid: node for node in nodes}
-    for node in nodes[1:]:
-        parent = by_pid[node.ppid]
-        if node.sid not in (node.pid, parent.sid):
-            raise DumpError(node.pid, f"its session {node.sid} is neither its own nor its parent {parent.pid}'s "
-                                      f"({parent.sid}; it was reparented, or its session's leader exited): "
-                                      "not supported yet")
-        if node.pgid == root.pgid and shell_job:
-            continue  # the root's group: the caller's at restore
-        leader = by_pid.get(node.pgid)
-        if leader is None:
-            raise DumpError(node.pid, f"its process group {node.pgid} has no leader in the tree (the leader exited, "
-                                      "or is outside the dump): recreating such a group is not supported yet")
+        if os.path.exists(proc_path(leader, "stat")):
+            raise DumpError(root.pid, f"its {which} is led by pid {leader}, outside the dump: dump with --shell-job "
+                                      "(-j) to restore it into the restoring caller's session and group, or start "
+                                      "it with setsid")
+    try:
+        sessions.stand_ins(nodes, shell_job)
+    except sessions.ShapeError as exc:
+        raise DumpError(exc.pid, exc.reason) from None
 
 
 def check_namespaces(pid: int, view: int) -> None:

@@ -13,7 +13,7 @@ an inventory, so a dump never produces an image its restore would refuse.
 from collections.abc import Iterable, Mapping
 
 from runtime.errors import ImageError, shorten
-from runtime.images import names as layout
+from runtime.images import names as layout, sessions
 from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE,
                                   FileEntry, Inventory, Process, RseqCase, SharedMemory, ThreadCore, Tree, VdsoInfo,
                                   Vma, VmaAdvice, VmaKind)
@@ -399,7 +399,7 @@ def check_tree(tree: Tree, processes: Mapping[int, Process], inventory: Inventor
             raise ImageError(file, f"{field}.ppid", f"{node.ppid} is no live process listed before {node.pid}")
         nodes[node.pid] = node
         _check_tree_process(node, processes.get(node.pid), file, field)
-    _check_sessions(tree, nodes, processes[root.pid].shell_job, file)
+    _check_sessions(tree, processes[root.pid].shell_job, file)
     for pid in processes:
         if pid not in nodes:
             raise ImageError(layout.process_file(pid), "pid", f"process {pid} is not in {file}")
@@ -431,28 +431,13 @@ def _check_tree_process(node, process: Process | None, file: str, field: str) ->
         raise ImageError(file, f"{field}.zombie_status", f"{status:#x} is not the wait status of a dead process")
 
 
-def _check_sessions(tree: Tree, nodes: Mapping, shell_job: bool, file: str) -> None:
-    """Each session made by its leader or inherited from the parent; each group led from within its session.
-
-    The root's own session and group may be outside the tree only for a shell
-    job, which joins the restoring caller's.
-    """
-    root = tree.processes[0]
-    outside_session = {root.sid} - {root.pid} if shell_job else set()
-    outside_group = {root.pgid} - {root.pid} if shell_job else set()
-    for index, node in enumerate(tree.processes):
-        field = f"processes[{index}]"
-        parent = nodes.get(node.ppid) if index else None
-        inherited = node.sid in outside_session if parent is None else parent.sid == node.sid
-        if node.sid != node.pid and not inherited:
-            raise ImageError(file, f"{field}.sid", f"session {node.sid} of process {node.pid} is neither its own "
-                                                   "nor its parent's in the tree")
-        if node.pgid in outside_group:
-            continue
-        leader = nodes.get(node.pgid)
-        if leader is None or leader.sid != node.sid:
-            raise ImageError(file, f"{field}.pgid", f"process group {node.pgid} of process {node.pid} has no "
-                                                    "leader in the tree in its session")
+def _check_sessions(tree: Tree, shell_job: bool, file: str) -> None:
+    """The sessions and groups a restore can make again (images/sessions.py), with stand-ins where leaders are gone."""
+    try:
+        sessions.stand_ins(tree.processes, shell_job)
+    except sessions.ShapeError as exc:
+        index = next(i for i, node in enumerate(tree.processes) if node.pid == exc.pid)
+        raise ImageError(file, f"processes[{index}]", exc.reason) from None
 
 
 def _check_shared_memory(objects: tuple[SharedMemory, ...], processes: Mapping[int, Process],

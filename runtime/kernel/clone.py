@@ -22,6 +22,7 @@ from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs.holders import describe_holder
 
 NR_CLONE3 = 435
+CLONE_PARENT = 0x00008000
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
@@ -46,10 +47,15 @@ class CloneArgs(ctypes.Structure):
 
 
 
-def clone_with_pid(pid: int) -> int:
-    """Fork this process as PID pid: returns pid in the parent and 0 in the child."""
+def clone_with_pid(pid: int, same_parent: bool = False) -> int:
+    """Fork this process as PID pid: returns pid in the parent and 0 in the child.
+
+    same_parent: the child's parent is ours (CLONE_PARENT), not us; clone3 then takes no exit
+    signal, the child gets ours (SIGCHLD: we are a fork's child too).
+    """
     tids = (ctypes.c_int32 * 1)(pid)
-    args = CloneArgs(exit_signal=signal.SIGCHLD, set_tid=ctypes.addressof(tids), set_tid_size=1)
+    args = CloneArgs(flags=CLONE_PARENT if same_parent else 0, exit_signal=0 if same_parent else signal.SIGCHLD,
+                     set_tid=ctypes.addressof(tids), set_tid_size=1)
     got = _libc.syscall(ctypes.c_long(NR_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
     if got >= 0:
         return got

@@ -26,8 +26,8 @@ import signal
 from runtime import faults
 from runtime.errors import RestoreError
 from runtime.files import table
-from runtime.images import loader, names
-from runtime.images.model import Process, RLimit
+from runtime.images import loader, names, sessions
+from runtime.images.model import Process, RLimit, TreeProcess
 from runtime.kernel.procfs.holders import describe_holder
 from runtime.mm import shmem
 from runtime.mm.vdso import RunningVdso, VdsoMode, VdsoPlan, plan_restore, read_running_vdso
@@ -36,6 +36,8 @@ from runtime.restore.restorer_args import build_area, created_threads, fd_base, 
 from runtime.task import rseq
 
 log = logging.getLogger(__name__)
+
+STAND_IN_NAME = "revive-stand-in"  # what a stand-in for a gone session or group leader calls itself
 
 
 
@@ -51,15 +53,17 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
     _raise_nofile_limit()
     # The image files stay open only until the members have inherited them.
     with loader.load(directory) as checkpoint, contextlib.ExitStack() as opened:
-        check_restorable(checkpoint, shell_job, detach)
+        # The loader checked that the tree's sessions and groups can be made.
+        stand_ins = sessions.stand_ins(checkpoint.tree.processes, checkpoint.root.process.shell_job)
+        check_restorable(checkpoint, stand_ins, shell_job, detach)
         faults.point("restore.validate")
         shmem_fds = {}
         for obj in checkpoint.tree.shared_memory:
             shmem_fds[obj.id] = shmem.create(obj, checkpoint.shmem[obj.id])
             opened.callback(os.close, shmem_fds[obj.id])
-        pipes = conductor.Pipes.open([node.pid for node in checkpoint.tree.processes])
+        pipes = conductor.Pipes.open([node.pid for node in checkpoint.tree.processes] + [s.pid for s in stand_ins])
         opened.callback(pipes.close)
-        tree = plan_tree(checkpoint, shmem_fds, pipes, vdso_mode)
+        tree = plan_tree(checkpoint, stand_ins, shmem_fds, pipes, vdso_mode)
         faults.point("restore.clone")
         root = conductor.Conductor(tree, pipes).restore(leave_traced)
     log.info("the tree of pid %d restored from %s", root, directory)
@@ -75,24 +79,43 @@ def _raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def plan_tree(checkpoint: loader.Checkpoint, shmem_fds: dict[int, int], pipes: conductor.Pipes,
-              vdso_mode: VdsoMode) -> spawn.TreePlan:
-    """Every member's plan, fd numbers for the whole tree, and who opens each shared file."""
+def plan_tree(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.StandIn, ...], shmem_fds: dict[int, int],
+              pipes: conductor.Pipes, vdso_mode: VdsoMode) -> spawn.TreePlan:
+    """Every member's plan (the stand-ins' too), fd numbers for the whole tree, who opens each shared file."""
     tree = checkpoint.tree
     images = {image.process.pid: image for image in checkpoint.processes}
     base = fd_base([image.process for image in checkpoint.processes], _open_fds())
     shared_slots = {entry.id: base + index for index, entry in enumerate(tree.files)}
     first = base + len(tree.files)
-    children: dict[int, list[int]] = {node.pid: [] for node in tree.processes}
-    for node in tree.processes[1:]:
-        children[node.ppid].append(node.pid)
+    adopted = {pid: stand_in.pid for stand_in in stand_ins for pid in stand_in.adopts}
+    # Each creator forks its stand-ins first: a group or session exists before its members join it.
+    children: dict[int, list[int]] = {sessions.RUNTIME: []}
+    children.update({node.pid: [] for node in tree.processes})
+    children.update({stand_in.pid: [] for stand_in in stand_ins})
+    for stand_in in stand_ins:
+        children[stand_in.creator].append(stand_in.pid)
+    for node in tree.processes:
+        children[adopted.get(node.pid, sessions.RUNTIME if node is tree.processes[0] else node.ppid)].append(node.pid)
     openers = _openers(checkpoint, shared_slots)
     running_vdso = read_running_vdso()
     own = own_layout()
     root = tree.processes[0]
+    shell_job = images[root.pid].process.shell_job
     caller_group = os.getpgid(0)
     members = {}
-    for node in tree.processes:
+    made = {stand_in.pid: stand_in for stand_in in stand_ins}
+    sids = {node.pid: node.sid for node in tree.processes}
+    for pid in _creation_order(children):
+        reaps = tuple(child for child in children[pid] if child in made)
+        if pid in made:
+            stand_in = made[pid]
+            sid = pid if stand_in.session else sids.get(stand_in.creator, os.getsid(0))
+            node = TreeProcess(pid, stand_in.creator or os.getpid(), pid, sid, STAND_IN_NAME)
+            members[pid] = spawn.Member(
+                node=node, plan=None, children=tuple(children[pid]), go_fd=pipes.go[pid][0], err_fd=pipes.err[pid][1],
+                opens=(), pgid=pid, new_session=stand_in.session, stand_in=True, reaps=reaps)
+            continue
+        node = next(node for node in tree.processes if node.pid == pid)
         plan = None
         if node.zombie_status is None:
             image = images[node.pid]
@@ -102,14 +125,22 @@ def plan_tree(checkpoint: loader.Checkpoint, shmem_fds: dict[int, int], pipes: c
             area = build_area(process, image.xstates, fds, vdso, own)
             plan = restore_child.ChildPlan(process, image.pages.fileno(), fds, area, capped_rlimits(process),
                                            tuple(shmem_fds.items()), tree.files)
-        shell_job = images[root.pid].process.shell_job
         outside_group = shell_job and node.pgid == root.pgid != root.pid
-        members[node.pid] = spawn.Member(
-            node=node, plan=plan, children=tuple(children[node.pid]), go_fd=pipes.go[node.pid][0],
-            err_fd=pipes.err[node.pid][1], opens=tuple(openers.get(node.pid, ())),
-            pgid=caller_group if outside_group else node.pgid,
-            new_session=node.sid == node.pid and not (node is root and shell_job))
-    return spawn.TreePlan(members, pipes.report[1], pipes.runtime_ends)
+        members[pid] = spawn.Member(
+            node=node, plan=plan, children=tuple(children[pid]), go_fd=pipes.go[pid][0], err_fd=pipes.err[pid][1],
+            opens=tuple(openers.get(pid, ())), pgid=caller_group if outside_group else node.pgid,
+            new_session=node.sid == node.pid and not (node is root and shell_job), adopted=pid in adopted,
+            reaps=reaps)
+    return spawn.TreePlan(members, root.pid, pipes.report[1], pipes.runtime_ends)
+
+
+def _creation_order(children: dict[int, list[int]]) -> list[int]:
+    """Every member, each after its creator: the one the runtime forks first."""
+    order, pending = [], list(children[sessions.RUNTIME])
+    while pending:
+        order.append(pending.pop(0))
+        pending.extend(children[order[-1]])
+    return order
 
 
 def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, list[spawn.SharedOpen]]:
@@ -145,7 +176,8 @@ def plan_vdso(process: Process, vdso_image: bytes | None, mode: VdsoMode, runnin
     return plan
 
 
-def check_restorable(checkpoint: loader.Checkpoint, shell_job: bool, detach: bool) -> None:
+def check_restorable(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.StandIn, ...], shell_job: bool,
+                     detach: bool) -> None:
     """What would make the restore fail half-way, refused before anything is created."""
     tree = checkpoint.tree
     for image in checkpoint.processes:
@@ -157,9 +189,9 @@ def check_restorable(checkpoint: loader.Checkpoint, shell_job: bool, detach: boo
         name = signal.Signals(number).name if number in set(signal.Signals) else f"signal {number}"
         raise RestoreError(root.pid, f"has a parent-death signal ({name}): this command becomes its parent, "
                                      "so -d would deliver it at once; restore without -d")
-    for node in tree.processes:
-        if os.path.exists(f"/proc/{node.pid}"):
-            raise RestoreError(node.pid, f"pid is in use: {describe_holder(node.pid)}")
+    for pid in [node.pid for node in tree.processes] + [stand_in.pid for stand_in in stand_ins]:
+        if os.path.exists(f"/proc/{pid}"):
+            raise RestoreError(pid, f"pid is in use: {describe_holder(pid)}")
     for image in checkpoint.processes:
         process = image.process
         for thread in created_threads(process):

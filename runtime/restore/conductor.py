@@ -93,35 +93,40 @@ class Conductor:
         self.running: dict[int, list[int]] = {}  # pid -> its tasks in their own context, stopped under our ptrace
 
     def restore(self, leave_traced: bool) -> int:
-        """Fork the root and see the whole tree into its own context; the root's pid."""
-        root = self.tree.root.node.pid
-        child = clone_with_pid(root)
+        """Fork the tree and see it whole into its own context; the root's pid."""
+        first = self.tree.first.node.pid
+        child = clone_with_pid(first)
         if child == 0:
-            spawn.run(self.tree, root)
+            spawn.run(self.tree, first)
         for fd in self.pipes.member_ends:
             os.close(fd)
         # The error pipes' read ends are the channels' from now on, the rest stay the pipes'.
         self.errors = {pid: ErrorChannel(r) for pid, (r, _) in self.pipes.err.items()}
         self.pipes.err.clear()
+        members = self.tree.members
         try:
-            self._watch(root)
-            ptrace.seize(root, SEIZE_OPTIONS)
-            self.seized.append(root)
-            self._go(root, spawn.ROOT_GO.pack(_glibc_rseq_length(root)))
-            self._await(spawn.CREATED, set(self.tree.members), self._created)
-            for pid in self.tree.members:
+            self._watch(first)
+            ptrace.seize(first, SEIZE_OPTIONS)
+            self.seized.append(first)
+            self._go(first, spawn.ROOT_GO.pack(_glibc_rseq_length(first)))
+            self._await(spawn.CREATED, set(members), self._created)
+            for pid in members:
                 self._go(pid, spawn.GO)
-            zombies = [pid for pid, member in self.tree.members.items() if member.plan is None]
-            self._await(spawn.PARKED, set(zombies))
-            live = [pid for pid, member in self.tree.members.items() if member.plan is not None]
-            total = sum(run.size for pid in live for run in self.tree.members[pid].plan.process.page_runs)
+            self._await(spawn.JOINED, {pid for pid, member in members.items() if not member.stand_in})
+            for pid in [pid for pid, member in members.items() if member.stand_in]:
+                self._go(pid, spawn.GO)  # its creator reaps it
+                os.close(self.pidfds.pop(pid))
+            if members[first].stand_in:
+                _wait_gone(first)  # ours: the root's session's stand-in
+            live = [pid for pid, member in members.items() if member.plan is not None]
+            total = sum(run.size for pid in live for run in members[pid].plan.process.page_runs)
             with progress.watch("restore", total, lambda: sum(_bytes_read(pid) for pid in live)):
                 for pid in live:
                     wait_for_restorer_trap(pid, self.errors[pid])
                     # From here its exit is a restorer failure the tracer must tell from a slow thread.
                     ptrace.set_options(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_TRACEEXIT)
             faults.point("restore.handover")
-            for pid in zombies:
+            for pid in [pid for pid, member in members.items() if member.zombie]:
                 self._let_die(pid)
             for pid in live:
                 self._hand_over(pid)
@@ -134,7 +139,7 @@ class Conductor:
             for fd in self.pidfds.values():
                 os.close(fd)
             self.pidfds.clear()
-        return root
+        return self.tree.root
 
     # -- the members' reports, and their deaths --------------------------------------------------------------
 
@@ -160,7 +165,7 @@ class Conductor:
                     raise failure(pid, self.errors[pid], "exited")
                 data = os.read(report, 1 << 12)
                 if not data:
-                    raise RestoreError(self.tree.root.node.pid, "every process of the tree went away")
+                    raise RestoreError(self.tree.root, "every process of the tree went away")
                 pending += data
                 while len(pending) >= spawn.REPORT.size:
                     pid, got = spawn.REPORT.unpack_from(pending)
@@ -186,6 +191,7 @@ class Conductor:
         """A zombie's last go: it exits with its dumped status, and stays its parent's to reap."""
         self._go(pid, spawn.GO)
         select.select([self.pidfds[pid]], [], [])
+        os.close(self.pidfds.pop(pid))
         status = read_stat(pid).exit_code
         wanted = self.tree.members[pid].node.zombie_status
         if status != wanted:
@@ -234,10 +240,9 @@ class Conductor:
                 os.kill(pid, signal.SIGSTOP)
             for tid in self.running[pid]:
                 ptrace.detach(tid)
-        root = self.tree.root
-        if root.plan.process.controls.stopped:
+        if self.tree.members[self.tree.root].plan.process.controls.stopped:
             # Return once it is stopped (or already continued): as it was when dumped.
-            os.waitpid(root.node.pid, os.WUNTRACED | os.WCONTINUED)
+            os.waitpid(self.tree.root, os.WUNTRACED | os.WCONTINUED)
 
     # -- failure ----------------------------------------------------------------------------------------------
 

@@ -12,10 +12,12 @@ before it forks them, so each holder inherits the one open file.
 Then every member reports CREATED on the report pipe and waits on its own
 go pipe. The runtime has seized each (with PTRACE_O_EXITKILL) by the time
 it lets them all go on: only when every process exists can each join its
-group (setpgid needs the group's leader). A zombie then reports PARKED and
-waits again, until the runtime has seen every other member to its
-restorer's trap; then it exits with its dumped status, which its parent
-finds as it had left it. The others become their processes
+group (setpgid needs the group's leader), and report JOINED. A stand-in
+for a gone session or group leader (images/sessions.py) waits for its
+last go, sent once every member has joined, and exits; its creator reaps
+it. A zombie waits too, until the runtime has seen every other member to
+its restorer's trap; then it exits with its dumped status, which its
+parent finds as it had left it. The others become their processes
 (restore/child.py) and enter the restorer.
 
 The pipes carry no data a member could misread: a go is one byte (the
@@ -37,7 +39,7 @@ from runtime.restore import child as restore_child
 from runtime.task import controls as task_controls
 
 REPORT = struct.Struct("<iI")  # (pid, stage): far below PIPE_BUF, so every write is whole
-CREATED, PARKED = 1, 2
+CREATED, JOINED = 1, 2
 ROOT_GO = struct.Struct("<I")  # the length of the runtime's glibc rseq registration
 GO = b"g"
 
@@ -54,16 +56,23 @@ class SharedOpen:
 
 @dataclass(frozen=True)
 class Member:
-    """One process of the tree as the restore creates it."""
+    """One process of the tree as the restore creates it, or a stand-in for a gone session or group leader."""
 
     node: TreeProcess
-    plan: restore_child.ChildPlan | None  # None for a zombie
-    children: tuple[int, ...]  # the pids it forks, in order
+    plan: restore_child.ChildPlan | None  # None for a zombie or a stand-in
+    children: tuple[int, ...]  # the pids it forks, in order (stand-ins first)
     go_fd: int  # the read end of its go pipe
     err_fd: int  # the write end of its error pipe
     opens: tuple[SharedOpen, ...]  # the shared open files it opens before forking
     pgid: int  # the group it joins (the caller's for a shell job's outside group)
     new_session: bool  # it makes its session (setsid) before it forks
+    stand_in: bool = False  # images/sessions.py: it exits once every member has joined its group
+    adopted: bool = False  # forked by a session's stand-in with CLONE_PARENT: its parent is the stand-in's
+    reaps: tuple[int, ...] = ()  # the stand-ins it forked, which it reaps once they have exited
+
+    @property
+    def zombie(self) -> bool:
+        return self.plan is None and not self.stand_in
 
 
 @dataclass(frozen=True)
@@ -71,11 +80,13 @@ class TreePlan:
     """Every member, in creation order (the root first), and the fds the runtime keeps to itself."""
 
     members: dict[int, Member]
+    root: int  # the tree's root (a member forked by a stand-in, if its session's leader is gone)
     report_fd: int  # the write end of the report pipe
     runtime_fds: tuple[int, ...]  # the go pipes' write ends, the error pipes' and the report pipe's read ends
 
     @property
-    def root(self) -> Member:
+    def first(self) -> Member:
+        """The member the runtime forks: the root, or the stand-in that makes the root's session."""
         return next(iter(self.members.values()))
 
     def subtree(self, pid: int) -> list[int]:
@@ -90,7 +101,7 @@ class TreePlan:
 def run(tree: TreePlan, pid: int, rseq_len: int | None = None) -> None:
     """A member's whole life up to the restorer: never returns (restore/child.py takes over, or os._exit).
 
-    rseq_len: None for the root, which reads it from its first go; the others inherit it.
+    rseq_len: None for the first member, which reads it from its first go; the others inherit it.
     """
     member = tree.members[pid]
     try:
@@ -107,19 +118,26 @@ def run(tree: TreePlan, pid: int, rseq_len: int | None = None) -> None:
             with restore_child.acting_as(shared.creds):
                 table.open_shared(shared.entry, shared.fd, shared.holder)
         for child_pid in member.children:
-            if clone_with_pid(child_pid) == 0:
+            if clone_with_pid(child_pid, same_parent=tree.members[child_pid].adopted) == 0:
                 run(tree, child_pid, rseq_len)
         _close_others(tree, pid)
         _report(tree, pid, CREATED)
         _read_go(member, len(GO))
-        if os.getpgid(0) != member.pgid:
-            os.setpgid(0, member.pgid)
-        if member.plan is None:
-            _report(tree, pid, PARKED)
+        if member.stand_in:
+            # Its session or group is made: it waits until every member has joined, then goes.
+            task_controls.set_own_name(pid, member.node.comm)
             os.close(tree.report_fd)
             _read_go(member, len(GO))
-            die(member.node)
+            _reap(member)
+            os._exit(0)
+        if os.getpgid(0) != member.pgid:
+            os.setpgid(0, member.pgid)
+        _report(tree, pid, JOINED)
         os.close(tree.report_fd)
+        _reap(member)
+        if member.zombie:
+            _read_go(member, len(GO))
+            die(member.node)
         os.close(member.go_fd)
     except Exception as exc:
         restore_child.report_failure(exc, member.err_fd)
@@ -132,6 +150,12 @@ def _read_go(member: Member, size: int) -> bytes:
     if len(data) != size:
         os._exit(1)  # the runtime is gone: the half-restored tree goes with it
     return data
+
+
+def _reap(member: Member) -> None:
+    """The stand-ins this member forked: gone once every member has joined its group."""
+    for pid in member.reaps:
+        os.waitpid(pid, 0)
 
 
 def _report(tree: TreePlan, pid: int, stage: int) -> None:

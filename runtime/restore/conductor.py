@@ -117,7 +117,7 @@ class Conductor:
                 self._go(pid, spawn.GO)  # its creator reaps it
                 os.close(self.pidfds.pop(pid))
             if members[first].stand_in:
-                _wait_gone(first)  # ours: the root's session's stand-in
+                os.waitpid(first, 0)  # ours (and traced by us): the root's session's stand-in
             live = [pid for pid, member in members.items() if member.plan is not None]
             total = sum(run.size for pid in live for run in members[pid].plan.process.page_runs)
             with progress.watch("restore", total, lambda: sum(_bytes_read(pid) for pid in live)):
@@ -255,39 +255,37 @@ class Conductor:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            for pid in reversed(pids):
-                _reap(pid, self.traced.get(pid, []))
+            _reap([tid for pid in pids for tid in self.traced.get(pid, [])] + pids)
         finally:
             set_subreaper(was_subreaper)
 
 
-def _reap(pid: int, traced: list[int]) -> None:
-    """Wait for a killed member until it is gone: its traced threads first, or the leader is never reported.
+def _reap(tids: list[int]) -> None:
+    """Collect killed tasks until none is left, in whatever order the kernel lets go of them.
 
     A tracer's wait hands a member that is not its child on to the member's
-    parent; once that parent is dead too, the zombie is the subreaper's.
+    parent; once that parent is dead too, the zombie is the subreaper's. A
+    parent stopped at its exit (PTRACE_O_TRACEEXIT) hands its children on
+    only when continued, so no task is waited for alone.
     """
-    for tid in traced:
-        _wait_gone(tid)
     deadline = time.monotonic() + REAP_SECONDS
-    while os.path.exists(f"/proc/{pid}"):
-        if not _wait_gone(pid) and time.monotonic() > deadline:
-            log.warning("pid %d of the failed restore is not ours to reap: left to its parent", pid)
+    left = list(tids)
+    while left:
+        for tid in list(left):
+            try:
+                got, status = os.waitpid(tid, os.WNOHANG | ptrace.__WALL)
+            except ChildProcessError:
+                got = 0  # not ours (yet): its parent is still exiting
+            if got and not (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+                with contextlib.suppress(PtraceError):
+                    ptrace.cont(tid)  # an exit event stop: go on to the end
+            if not os.path.exists(f"/proc/{tid}"):
+                left.remove(tid)
+        if left and time.monotonic() > deadline:
+            log.warning("tasks %s of the failed restore are not ours to reap: left to their parents", left)
             return
-        time.sleep(0.001)
-
-
-def _wait_gone(tid: int) -> bool:
-    """Collect one task's end, as its tracer or its parent; False if it is not ours to wait for (yet)."""
-    while True:
-        try:
-            _, status = os.waitpid(tid, ptrace.__WALL)
-        except ChildProcessError:
-            return False
-        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-            return True
-        with contextlib.suppress(PtraceError):
-            ptrace.cont(tid)  # an exit event stop (PTRACE_O_TRACEEXIT): go on to the end
+        if left:
+            time.sleep(0.001)
 
 
 def _bytes_read(pid: int) -> int:

@@ -24,7 +24,7 @@ from rich.tree import Tree as RichTree
 
 from runtime.errors import ReviveError
 from runtime.files import registry, table
-from runtime.images import codec, names
+from runtime.images import codec, names, sessions
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
 from runtime.images.loader import Checkpoint, ProcessImage, load
 from runtime.images.model import PAGE_SIZE, FileEntry, ThreadCore, Vma, VmaKind
@@ -84,6 +84,10 @@ def _render_tree(checkpoint: Checkpoint, console: Console) -> None:
             branches[node.pid] = branches[node.ppid].add(label)
     console.rule(f"[bold]process tree: {len(tree.processes)} processes")
     console.print(drawn)
+    root = checkpoint.root.process
+    for stand_in in sessions.stand_ins(tree.processes, root.shell_job):
+        console.print(f"{'session' if stand_in.session else 'process group'} {stand_in.pid}: its leader is gone; "
+                      "a stand-in with its id makes it again at restore")
     for obj in tree.shared_memory:
         mappers = [f"{pid} at {vma.start:#x}" for pid, process in processes.items() for vma in process.vmas
                    if vma.shmem == obj.id]

@@ -139,29 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     parasite.add_argument("value", nargs="?", type=_int, metavar="VALUE", help="the value for echo")
     parasite.set_defaults(run=_parasite)
 
-    dump_parser = commands.add_parser("dump", help="checkpoint a process into an image directory",
-                                      description="Checkpoint process PID into DIR; it is killed afterwards "
-                                                  "unless --leave-running is given.")
+    dump_parser = commands.add_parser("dump", help="checkpoint a process tree into an image directory",
+                                      description="Checkpoint process PID and all its descendants into DIR; they "
+                                                  "are killed afterwards unless --leave-running is given.")
     dump_parser.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
-                             help="the process to dump")
+                             help="the root of the tree to dump")
     dump_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="where to write the images")
-    dump_parser.add_argument("--leave-running", action="store_true", help="let the process run on after the dump")
+    dump_parser.add_argument("--leave-running", action="store_true", help="let the tree run on after the dump")
     dump_parser.add_argument("--force-dir", action="store_true",
                              help="accept an image directory of your own that group or others may write "
                                   "(the dump makes it 0700)")
     dump_parser.add_argument("-j", "--shell-job", action="store_true",
-                             help="the process's stdio terminal or pipes belong to the caller's shell")
+                             help="the tree's stdio terminal or pipes, and the root's session and group, "
+                                  "belong to the caller's shell")
     _add_logging_options(dump_parser)
     dump_parser.set_defaults(run=_dump)
 
-    restore_parser = commands.add_parser("restore", help="restore a process from an image directory",
-                                         description="Restore the process dumped in DIR with its original PID; "
-                                                     "wait for it and exit with its status unless -d is given.")
+    restore_parser = commands.add_parser("restore", help="restore a process tree from an image directory",
+                                         description="Restore the tree dumped in DIR with its original PIDs; wait "
+                                                     "for its root and exit with its status unless -d is given.")
     restore_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="the image directory")
     restore_parser.add_argument("-d", "--restore-detached", action="store_true",
-                                help="return once the process runs instead of waiting for it")
+                                help="return once the tree runs instead of waiting for its root")
     restore_parser.add_argument("-j", "--shell-job", action="store_true",
-                                help="reattach the process's stdio to this caller's terminal or pipes")
+                                help="reattach the tree's stdio to this caller's terminal or pipes")
     restore_parser.add_argument("--vdso", choices=[m.value for m in VdsoMode], default=VdsoMode.AUTO.value,
                                 help="remap the running vDSO to the dumped place (needs the same vDSO), "
                                      "proxy the dumped one, or auto: remap when they match (docs/vdso.md)")

@@ -404,8 +404,14 @@ def check_tree(tree: Tree, processes: Mapping[int, Process], inventory: Inventor
         if pid not in nodes:
             raise ImageError(layout.process_file(pid), "pid", f"process {pid} is not in {file}")
     _check_shared_memory(tree.shared_memory, processes, sizes, file)
-    own = frozenset(entry.id for process in processes.values() for entry in process.files)
-    _check_file_entries(tree.files, file, own)
+    owners: dict[int, int] = {}  # file id -> the process whose record holds that entry
+    for pid, process in processes.items():
+        for index, entry in enumerate(process.files):
+            if owners.setdefault(entry.id, pid) != pid:
+                raise ImageError(layout.process_file(pid), f"files[{index}].id",
+                                 f"file {entry.id} is also {layout.process_file(owners[entry.id])}'s: ids are unique "
+                                 "in the image (an open file several processes hold is the tree's)")
+    _check_file_entries(tree.files, file, frozenset(owners))
     used = {slot.file_id for process in processes.values() for slot in process.fds}
     for index, entry in enumerate(tree.files):
         if entry.id not in used:

@@ -41,6 +41,7 @@ from runtime.task import rseq, controls as task_controls
 log = logging.getLogger(__name__)
 
 SEIZE_OPTIONS = ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL
+WCOREFLAG = 0x80  # the core-dump bit of a wait status
 # How long the reaping of a failed restore waits for a killed member to become ours to reap.
 REAP_SECONDS = 5.0
 
@@ -193,7 +194,7 @@ class Conductor:
         select.select([self.pidfds[pid]], [], [])
         os.close(self.pidfds.pop(pid))
         status = read_stat(pid).exit_code
-        wanted = self.tree.members[pid].node.zombie_status
+        wanted = self.tree.members[pid].node.zombie_status & ~WCOREFLAG  # a restore dumps no core (spawn.die)
         if status != wanted:
             raise RestoreError(pid, f"the zombie ended with wait status {status:#x}, not {wanted:#x}")
 

@@ -27,7 +27,6 @@ to the member's own error pipe.
 """
 
 import os
-import resource
 import signal
 import struct
 from dataclasses import dataclass
@@ -171,12 +170,17 @@ def _close_others(tree: TreePlan, pid: int) -> None:
 
 
 def die(node: TreeProcess) -> None:
-    """End as the zombie did: its name, and its wait status (an exit code, or death by a signal; no core file)."""
+    """End as the zombie did: its name, and its wait status (an exit code, or death by a signal).
+
+    Never with a core dump: not dumpable, the kernel writes no core file and
+    runs no core_pattern helper, so a status that had the core bit comes
+    back without it.
+    """
     task_controls.set_own_name(node.pid, node.comm)
     status = node.zombie_status
     number = status & 0x7F
     if number:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        task_controls.set_dumpable(node.pid, False)
         signal.signal(number, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {number})
         os.kill(os.getpid(), number)

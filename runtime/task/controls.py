@@ -27,6 +27,7 @@ from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs.files import read_text
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_SET_TSC = 26
 PR_SET_TIMERSLACK = 29
@@ -166,6 +167,10 @@ def set_own_name(pid: int, comm: str) -> None:
     name = ctypes.create_string_buffer(os.fsencode(comm)[:15], 16)
     if _libc.prctl(PR_SET_NAME, name, 0, 0, 0) != 0:
         raise RestoreError(pid, f"prctl PR_SET_NAME: {os.strerror(ctypes.get_errno())}")
+
+
+def set_dumpable(pid: int, dumpable: bool) -> None:
+    _prctl(pid, "PR_SET_DUMPABLE", PR_SET_DUMPABLE, int(dumpable))
 
 
 def set_in_child(pid: int, controls: TaskControls) -> None:

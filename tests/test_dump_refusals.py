@@ -115,6 +115,20 @@ def test_dump_refuses_a_tree_for_what_a_child_holds_naming_the_child(refused_tar
     assert not (tmp_path / "img").exists()
 
 
+@pytest.mark.parametrize("refused_target", ["vfork"], indirect=True)
+def test_dump_refuses_a_parent_waiting_in_vfork_and_its_child_without_hanging(refused_target, tmp_path):
+    """A vfork parent never reaches the stop a seize asks for: the shared memory is seen first and refused."""
+    child, parent = int(refused_target.info["child"]), int(refused_target.info["parent"])
+    assert parent == refused_target.pid
+    with pytest.raises(DumpError, match=rf"^pid {parent}: shares its memory with its child {child} \(vfork"):
+        dump(parent, tmp_path / "img")
+    with pytest.raises(DumpError, match=rf"^pid {child}: shares its memory with its parent {parent} \(vfork"):
+        dump(child, tmp_path / "img")
+    assert read_status(parent).tracer_pid == read_status(child).tracer_pid == 0
+    assert not (tmp_path / "img").exists()
+    os.kill(child, signal.SIGKILL)  # the parent's vfork returns, and it exits
+
+
 def test_dump_refuses_a_shell_waiting_for_its_job_and_both_keep_running(tmp_path):
     """A refused tree is left as it was: bash, stopped in its wait while its child was seized too, waits on."""
     shell = subprocess.Popen(["bash", "-c", "sleep 1000 & echo $!; wait"], stdin=subprocess.DEVNULL,

@@ -22,7 +22,7 @@ again either.
 import logging
 from dataclasses import dataclass, field
 
-from runtime.errors import DumpError, NoSuchProcess, ReviveError, ZombieProcess
+from runtime.errors import AccessDenied, DumpError, NoSuchProcess, ReviveError, ZombieProcess
 from runtime.infect.seize import Seized, list_tids, seize
 from runtime.kernel import kcmp
 from runtime.kernel.procfs.files import read_text
@@ -88,13 +88,19 @@ def _children(pid: int, tid: int) -> list[int]:
         return []
 
 
+def _has_memory(pid: int) -> bool:
+    """Whether the task still has an address space (statm reads all zeros once it has let go of it)."""
+    return read_text(pid, "statm").split()[0] != "0"
+
+
 def check_not_vfork(pid: int) -> None:
     """Refuse a process that shares its memory with a child or its parent (vfork, CLONE_VM)."""
     children = sorted({child for tid in list_tids(pid) for child in _children(pid, tid)})
     for other in children + [read_status(pid).ppid]:
         try:
-            shared = other > 0 and kcmp.same_vm(pid, other)
-        except DumpError:
+            # Two tasks that have both let go of their memory on their way out compare equal too.
+            shared = other > 0 and kcmp.same_vm(pid, other) and _has_memory(pid) and _has_memory(other)
+        except (DumpError, NoSuchProcess):
             continue  # gone meanwhile, or the root's parent, which may be anyone's
         if shared:
             what = "its child" if other in children else "its parent"
@@ -128,19 +134,21 @@ def _freeze_one(tree: FrozenTree, pid: int) -> list[int]:
     if pid in tree.seized or pid in tree.zombies:
         return []
     try:
-        try:
-            check_not_vfork(pid)
-            seized = seize(pid)
-        except ZombieProcess:
-            if pid == tree.root:
-                raise
-            stat = read_stat(pid)
-            tree.zombies[pid] = Zombie(stat, stat.exit_code)
-            return []
-    except NoSuchProcess:
+        check_not_vfork(pid)
+        seized = seize(pid)
+    except (ZombieProcess, NoSuchProcess, AccessDenied):
         if pid == tree.root:
             raise
-        tree.parents.pop(pid, None)  # exited and reaped before it could be seized (its parent ignores SIGCHLD)
+        # A child that exited meanwhile is a zombie of its stopped parent (or gone, if the parent ignores
+        # SIGCHLD): ptrace refuses it, and the parent's wait must find it after the restore as before.
+        try:
+            stat = read_stat(pid)
+        except NoSuchProcess:
+            tree.parents.pop(pid, None)
+            return []
+        if stat.state != "Z":
+            raise
+        tree.zombies[pid] = Zombie(stat, stat.exit_code)
         return []
     tree.seized[pid] = seized
     children = children_of(seized)

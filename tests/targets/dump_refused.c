@@ -7,7 +7,9 @@
  * a file "locked" in the working directory, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
  * "child" (a child process holding an eventfd, killed when its parent dies: the tree
- * is refused for what the child holds). Prints "ready" and sleeps.
+ * is refused for what the child holds), "vfork" (a vfork child that neither execs nor
+ * exits: the parent waits in vfork; the child prints the ready line). Prints "ready"
+ * and sleeps.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -99,6 +101,17 @@ int main(int argc, char **argv) {
 			if (eventfd(0, 0) < 0) return 1;
 			for (;;) pause();
 		}
+	} else if (!strcmp(argv[1], "vfork")) {
+		/* The child runs on the parent's memory and stack until it execs or exits: neither comes. */
+		if (vfork() == 0) {
+			char line[64];
+			int n = snprintf(line, sizeof(line), "ready child=%d parent=%d\n", (int)getpid(), (int)getppid());
+
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (write(1, line, n) != n) _exit(1);
+			for (;;) pause();
+		}
+		return 1;
 	} else {
 		return 2;
 	}

@@ -94,6 +94,12 @@ def _render_tree(checkpoint: Checkpoint, console: Console) -> None:
         stored = sum(extent.length for extent in obj.extents)
         console.print(f"shared memory {obj.id}: {_size(obj.size)}, {stored:,} bytes stored in "
                       f"{names.shmem_file(obj.id)}; mapped by {', '.join(mappers)}")
+    for made in tree.pipes:
+        ends = [f"{pid} fd {slot.fd} ({'read' if entry.flags & 3 == 0 else 'write'})"
+                for pid, process in processes.items() for slot in process.fds
+                for entry in process.files + tree.files if entry.id == slot.file_id and entry.pipe == made.id]
+        console.print(f"pipe {made.id}: capacity {_size(made.size)}, {len(made.data):,} bytes in flight; "
+                      f"ends: {', '.join(ends)}")
     for entry in tree.files:
         holders = [str(pid) for pid, process in processes.items() if any(s.file_id == entry.id for s in process.fds)]
         what, _ = registry.describe(entry)

@@ -22,9 +22,6 @@ SYS_TGKILL = 234
 SYS_READ, SYS_FUTEX, SYS_CLOCK_NANOSLEEP = 0, 202, 230
 WORKERS = range(8)
 TICKING = (0, 1, 2, 3, 5)  # restore_threads' workers 4, 6 and 7 wait (wake, deadline, feed) before they tick
-# Worker 7 of restore_threads reads a pipe of its own; "nopipe" has it wait on a futex word instead, so the
-# tests of everything else do not wait for pipes (issue 14), which the dump refuses for now.
-PIPES_REFUSED = pytest.mark.xfail(raises=DumpError, strict=True, reason="pipes are not dumped yet (issue 14)")
 PYTHON = "/usr/bin/python3"  # the system interpreter, whatever the venv's layout
 
 PYTHON_COUNTERS = """
@@ -199,7 +196,7 @@ def numbers(path) -> list[int]:
     return [int(n) for n in path.read_text().split()] if path.exists() else []
 
 
-@pytest.mark.parametrize("reader", [pytest.param("pipe", marks=PIPES_REFUSED), "nopipe"])
+@pytest.mark.parametrize("reader", ["pipe", "nopipe"])
 def test_restore_continues_every_thread_with_its_own_state_and_wait(start, reader):
     proc = restore_threads(start, "4", reader)
     tids = worker_tids(proc)
@@ -276,9 +273,9 @@ def test_restore_brings_back_a_process_whose_leader_exited(start):
 
 
 def test_a_refusal_in_a_process_whose_leader_exited_names_the_process(start):
-    proc = start(str(target_path("leader_exit")), "pipe")
+    proc = start(str(target_path("leader_exit")), "eventfd")
     wait_for(lambda: status_field(proc.pid, "State") == "Z (zombie)", what="the leader to exit")
-    with pytest.raises(DumpError, match=rf"^pid {proc.pid}: fd 3 \(pipe pipe:\[\d+\]\): not supported yet"):
+    with pytest.raises(DumpError, match=rf"^pid {proc.pid}: fd 3 \(anonymous inode \[eventfd\]\): not supported yet"):
         proc.dump()
     wait_ticks(proc, range(3), 2)  # left running as it was
 

@@ -14,15 +14,11 @@ import pytest
 
 from dump_support import target_path
 from restore_support import lines, run_cli, wait_for
-from runtime.errors import DumpError, RestoreError
+from runtime.errors import RestoreError
 from runtime.kernel.kcmp import same_file
 from tree_support import (assert_counts_on, describe, descendants, exists, links, occupy, proc_stat, reap,
                           start_tree, state, subreaper, ticks, wait_reaped, wait_ticks)
 
-# A pool's workers take their tasks and give their results through pipes (issue 14), under a lock that is a POSIX
-# semaphore: with "fork", a /dev/shm file deleted at once and mapped shared by all. The dump refuses both for now.
-POOL_REFUSED = pytest.mark.xfail(raises=DumpError, strict=True,
-                                 reason="pipes (issue 14) and deleted /dev/shm files are not dumped yet")
 PYTHON = "/usr/bin/python3"  # the system interpreter, whatever the venv's layout
 SYS_WAIT4 = 61
 
@@ -227,9 +223,9 @@ def test_restore_keeps_a_file_offset_shared_by_parent_and_child(start):
     assert shared.read_text() == "C 0\nR 0\nC 1\nR 1\n"
 
 
-@POOL_REFUSED
 def test_a_restored_multiprocessing_pool_finishes_its_map_with_the_right_result(start):
-    """Pool(4) dumped mid-map (pipes, a shared semaphore): restored, it returns the sum of all 40 results."""
+    """Pool(4) dumped mid-map: its pipes with tasks and results in flight, its semaphores (deleted /dev/shm files
+    mapped shared by all five processes) and its parent's handler threads come back; it returns the sum of all 40."""
     tree = start(PYTHON, "-c", PYTHON_POOL)
     wait_for(lambda: len(lines(tree.out, "done")) >= 8, what="the first results")
     tree.pids = descendants(tree.root)

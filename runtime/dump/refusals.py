@@ -162,8 +162,9 @@ def check_mappings(pid: int, mappings: tuple[Mapping, ...]) -> None:
         if m.name == VSYSCALL:
             continue
         where = f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'}"
-        if m.deleted:
-            raise DumpError(pid, f"{where}: a deleted file (or memfd/SysV shm) cannot be reopened: not supported yet")
+        if m.deleted and not m.shared:
+            raise DumpError(pid, f"{where}: a private mapping of a deleted file (or memfd/SysV shm) cannot be "
+                                 "reopened: not supported yet")
         if m.inode and not m.file_backed and not m.shared_anon:
             raise DumpError(pid, f"{where}: mappings of this kind of file are not supported yet")
         if ({"io", "pf"} & m.vmflags) and m.vma().kind not in KERNEL_MAPPING_KINDS:

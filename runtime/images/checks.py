@@ -10,6 +10,7 @@ file and the field path. The writer runs the same checks before it writes
 an inventory, so a dump never produces an image its restore would refuse.
 """
 
+import stat
 from collections.abc import Iterable, Mapping
 
 from runtime.errors import ImageError, shorten
@@ -46,6 +47,7 @@ O_KEPT = (0o3  # O_ACCMODE
 # no CPU's user area is near 64 KiB (AMX, the largest, makes it about 11 KiB).
 XSTATE_MIN = 576
 XSTATE_MAX = 64 * 1024
+PIPE_SIZE_MAX = 1 << 31  # the kernel's ceiling for a pipe's capacity (F_SETPIPE_SZ takes an int)
 
 
 def check_inventory(inventory: Inventory) -> None:
@@ -156,7 +158,7 @@ def _check_vmas(vmas: tuple[Vma, ...], file: str, mmap_min_addr: int) -> None:
             raise ImageError(file, f"{field}.prot", f"{vma.prot:#x} has bits beyond PROT_READ|WRITE|EXEC")
         if vma.kind is VmaKind.FILE and not (vma.path or "").startswith("/"):
             raise ImageError(file, f"{field}.path", "a file mapping needs an absolute path")
-        if vma.shmem is not None and not (vma.kind is VmaKind.ANON and vma.shared):
+        if vma.shmem is not None and not (vma.kind in (VmaKind.ANON, VmaKind.FILE) and vma.shared):
             raise ImageError(file, f"{field}.shmem", f"a {vma.kind.value} mapping maps no shared memory object")
         _check_advice(vma, file, field)
         previous_end = vma.end
@@ -416,6 +418,33 @@ def check_tree(tree: Tree, processes: Mapping[int, Process], inventory: Inventor
     for index, entry in enumerate(tree.files):
         if entry.id not in used:
             raise ImageError(file, f"files[{index}].id", f"file {entry.id} is held by no descriptor")
+    _check_pipes(tree, processes, file)
+
+
+def _check_pipes(tree: Tree, processes: Mapping[int, Process], file: str) -> None:
+    """Each pipe once, its bytes within its capacity, and every pipe end naming one of them."""
+    previous = 0
+    for index, pipe in enumerate(tree.pipes):
+        field = f"pipes[{index}]"
+        if pipe.id <= previous:
+            raise ImageError(file, f"{field}.id", f"{pipe.id} is not above the previous id")
+        if not PAGE_SIZE <= pipe.size <= PIPE_SIZE_MAX or pipe.size % PAGE_SIZE:
+            raise ImageError(file, f"{field}.size", f"{pipe.size} is not a pipe's capacity (whole pages up to "
+                                                    f"{PIPE_SIZE_MAX})")
+        if len(pipe.data) > pipe.size:
+            raise ImageError(file, f"{field}.data", f"{len(pipe.data)} bytes do not fit its {pipe.size}")
+        previous = pipe.id
+    ids = {pipe.id for pipe in tree.pipes}
+    ends = [(name, index, entry) for name, entries in
+            [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]
+            for index, entry in enumerate(entries)]
+    for name, index, entry in ends:
+        if entry.pipe is not None and entry.pipe not in ids:
+            raise ImageError(name, f"files[{index}].pipe", f"{entry.pipe} is no pipe of {file}")
+    held = {entry.pipe for _, _, entry in ends}
+    for index, pipe in enumerate(tree.pipes):
+        if pipe.id not in held:
+            raise ImageError(file, f"pipes[{index}].id", f"pipe {pipe.id} has no end in the tree")
 
 
 def _check_tree_process(node, process: Process | None, file: str, field: str) -> None:
@@ -453,16 +482,21 @@ def _check_shared_memory(objects: tuple[SharedMemory, ...], processes: Mapping[i
         field = f"shared_memory[{index}]"
         if known and obj.id <= max(known):
             raise ImageError(file, f"{field}.id", f"{obj.id} is not above the previous id")
-        if obj.size == 0 or obj.size % PAGE_SIZE or obj.size > OFF_MAX:
-            raise ImageError(file, f"{field}.size", f"{obj.size} is not a positive number of pages")
+        # An anonymous object is whole pages; a deleted file has the size it was given (a semaphore's 32 bytes).
+        if obj.size == 0 or obj.size > OFF_MAX or (obj.path is None and obj.size % PAGE_SIZE):
+            raise ImageError(file, f"{field}.size", f"{obj.size} is not the size of a shared memory object")
+        if obj.path is not None and (not obj.path.startswith("/") or not stat.S_ISREG(obj.mode)):
+            raise ImageError(file, f"{field}.path", "a deleted file's object needs an absolute path and a regular "
+                                                    "file's mode")
         data = layout.shmem_file(obj.id)
         if data not in sizes:
             raise ImageError(layout.INVENTORY, "files", f"{data} (the data of {file} {field}) is not listed")
         offset = previous_end = 0
         for number, extent in enumerate(obj.extents):
             where = f"{field}.extents[{number}]"
-            if extent.start % PAGE_SIZE or extent.length % PAGE_SIZE or not extent.length:
-                raise ImageError(file, where, "not a run of whole pages")
+            ends_object = extent.start + extent.length == obj.size
+            if extent.start % PAGE_SIZE or (extent.length % PAGE_SIZE and not ends_object) or not extent.length:
+                raise ImageError(file, where, "not a run of whole pages (or up to the object's end)")
             if extent.start < previous_end or extent.start + extent.length > obj.size:
                 raise ImageError(file, where, f"{extent.start:#x}+{extent.length:#x} overlaps the previous extent "
                                               f"or ends beyond the object ({obj.size:#x} bytes)")
@@ -482,7 +516,7 @@ def _check_shared_memory(objects: tuple[SharedMemory, ...], processes: Mapping[i
             if obj is None:
                 raise ImageError(layout.process_file(pid), f"vmas[{index}].shmem",
                                  f"{vma.shmem} is no shared memory object of {file}")
-            if vma.offset + vma.size > obj.size:
+            if obj.path is None and vma.offset + vma.size > obj.size:  # a file's mapping may reach past its end
                 raise ImageError(layout.process_file(pid), f"vmas[{index}].offset",
                                  f"the mapping ends at byte {vma.offset + vma.size} of object {obj.id}, "
                                  f"beyond its {obj.size} bytes")

@@ -62,6 +62,7 @@ class FdKind(enum.Enum):
     FILE = "file"  # reopened by path with flags and offset
     CHR = "chr"  # a character device reopened by path (/dev/null-like)
     INHERIT = "inherit"  # --shell-job stdio: the restoring caller's own fd of that number
+    PIPE = "pipe"  # one end of a pipe (pipe(2)): the pipe, its size and its data are the tree's (Tree.pipes)
 
 
 class RseqCase(enum.Enum):
@@ -84,7 +85,7 @@ class Vma:
     offset: int = 0  # file offset in bytes
     name: str = ""  # the pathname column of /proc/PID/maps, as the kernel printed it
     advice: tuple[VmaAdvice, ...] = ()  # madvise advice to apply again, in VmaAdvice declaration order
-    shmem: int | None = None  # SharedMemory.id of a shared anonymous mapping: the object it maps at offset
+    shmem: int | None = None  # SharedMemory.id of a shared anonymous or deleted-file mapping: it maps that object
 
     @property
     def size(self) -> int:
@@ -287,7 +288,8 @@ class FileEntry:
     kind: FdKind
     flags: int = 0  # open flags as /proc/PID/fdinfo reports them (octal there)
     pos: int = 0
-    node: FileNode | None = None  # FILE and CHR: the path reopened; INHERIT: none
+    node: FileNode | None = None  # FILE and CHR: the path reopened; INHERIT, PIPE: none
+    pipe: int | None = None  # PIPE: the Pipe.id it is an end of (its read end if opened O_RDONLY, else its write end)
 
 
 @dataclass(frozen=True)
@@ -377,16 +379,29 @@ class Extent:
 
 @dataclass(frozen=True)
 class SharedMemory:
-    """A shared anonymous memory object (MAP_SHARED|MAP_ANONYMOUS): one object however many mappings map it.
+    """Shared memory no file holds: one object however many mappings map it.
 
-    A fork gives the child the parent's object, so the pages of both are one;
-    a restore creates the object once and maps it into every process at
-    every address a Vma with its id names.
+    MAP_SHARED|MAP_ANONYMOUS memory, or a file mapped shared and then deleted
+    (sem_open + sem_unlink, shm_open + shm_unlink). A fork gives the child the
+    parent's object, so the pages of both are one; a restore creates the
+    object once (a deleted file: created at its name and unlinked again) and
+    maps it into every process at every address a Vma with its id names.
     """
 
     id: int  # the object's inode number at dump (the maps inode column), unique in the image
     size: int  # bytes
     extents: tuple[Extent, ...]  # the parts holding data, ascending start, back to back in shmem-ID.img
+    path: str | None = None  # a deleted file mapped shared (a POSIX semaphore, shm_open): its name; None: anonymous
+    mode: int = 0  # that file's st_mode
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """A pipe of the tree: made once at restore, each of its ends (FileEntry) an open file of it."""
+
+    id: int  # its inode number at dump (pipe:[ID]), unique in the image
+    size: int  # its capacity (F_GETPIPE_SZ), bytes
+    data: bytes = b""  # what was written and not yet read at dump, oldest first
 
 
 @dataclass(frozen=True)
@@ -413,6 +428,7 @@ class Tree:
     processes: tuple[TreeProcess, ...]  # the root first; every parent before its children
     shared_memory: tuple[SharedMemory, ...] = ()  # ascending ids
     files: tuple[FileEntry, ...] = ()  # open files held by more than one process, ascending ids
+    pipes: tuple[Pipe, ...] = ()  # every pipe an fd of the tree is an end of, ascending ids
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Shared anonymous memory: one object however many mappings and processes map it, its data saved once.
+"""Shared memory no file holds: one object however many mappings and processes map it, its data saved once.
 
 Why an object of its own and not pages of each mapping: MAP_SHARED|MAP_ANONYMOUS
 memory lives in an unlinked shmem file the kernel makes at mmap time
@@ -11,23 +11,34 @@ no page table; so the dump reads the file itself (/proc/PID/map_files/,
 which root may open), only its parts that hold data (SEEK_DATA/SEEK_HOLE),
 straight into shmem-ID.img with sendfile.
 
-The restore makes the object the way the kernel does for mmap: an anonymous
-shared mapping of the runtime's own, whose file it opens through its own
-map_files entry before unmapping it; it writes the saved extents into that
-file, and every restored process maps the file at its addresses. The kernel
-then shows the same /dev/zero (deleted) mapping as before the dump.
+A file mapped shared and then deleted (a POSIX semaphore or shm_open
+segment, unlinked once every process has it mapped) is the same: memory
+only its mappings reach, saved the same way. The restore creates it again
+at its name (with its mode, as its first mapper) and unlinks it at once, so
+maps shows it deleted as before.
+
+An anonymous object is made again the way the kernel makes one for mmap:
+a shared anonymous mapping of the runtime's own, whose file it opens through
+its own map_files entry before unmapping it. The saved extents are written
+into the object's file, and every restored process maps the file at its
+addresses; the kernel then shows the same mapping as before the dump.
 """
 
 import ctypes
 import errno
 import io
+import logging
 import mmap
 import os
+import stat
 
 from runtime.arch import x86_64 as arch
 from runtime.errors import DumpError, RestoreError
-from runtime.images.model import Extent, SharedMemory, Vma
+from runtime.images.model import Extent, SharedMemory, Vma, VmaKind
 from runtime.kernel.libc import libc as _libc
+from runtime.kernel.procfs.maps import DELETED_SUFFIX
+
+log = logging.getLogger(__name__)
 
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
@@ -42,12 +53,17 @@ def map_files_path(pid: int, start: int, end: int) -> str:
 
 
 def objects(vmas: dict[int, tuple[Vma, ...]]) -> dict[int, tuple[int, Vma]]:
-    """Each shared anonymous object the processes map (by its id), with one (pid, mapping) to read it through."""
+    """Each shared memory object the processes map (by its id), with one (pid, mapping) to read it through."""
     found: dict[int, tuple[int, Vma]] = {}
     for pid, mapped in vmas.items():
         for vma in mapped:
-            if vma.shmem is not None and vma.shmem not in found:
-                found[vma.shmem] = (pid, vma)
+            if vma.shmem is None:
+                continue
+            seen = found.setdefault(vma.shmem, (pid, vma))[1]
+            if seen.name != vma.name:
+                # Inode numbers are unique per file system only: two objects of one number cannot be told apart.
+                raise DumpError(pid, f"mapping {vma.start:#x}-{vma.end:#x} {vma.name}: its inode {vma.shmem} is "
+                                     f"also that of {seen.name}: not supported")
     return found
 
 
@@ -59,7 +75,8 @@ def save(pid: int, vma: Vma, out: io.FileIO) -> SharedMemory:
         raise DumpError(pid, f"shared memory {vma.start:#x}-{vma.end:#x}: cannot open it through "
                              f"/proc/{pid}/map_files: {exc.strerror}") from exc
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size, mode = st.st_size, st.st_mode
         extents = []
         offset = 0
         for start, end in _data_ranges(fd, size):
@@ -68,7 +85,8 @@ def save(pid: int, vma: Vma, out: io.FileIO) -> SharedMemory:
             offset += end - start
     finally:
         os.close(fd)
-    return SharedMemory(vma.shmem, size, tuple(extents))
+    path = vma.path.removesuffix(DELETED_SUFFIX) if vma.kind is VmaKind.FILE else None
+    return SharedMemory(vma.shmem, size, tuple(extents), path, mode)
 
 
 def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
@@ -101,15 +119,8 @@ def _send(out: int, src: int, offset: int, length: int) -> None:
 
 
 def create(obj: SharedMemory, data: io.FileIO) -> int:
-    """A new shared anonymous object of obj's size holding its extents (read from data): an O_RDWR fd of it."""
-    address = _libc.mmap(None, obj.size, mmap.PROT_READ | mmap.PROT_WRITE, arch.MAP_SHARED | arch.MAP_ANONYMOUS, -1, 0)
-    if address is None or address == ctypes.c_void_p(-1).value:
-        raise RestoreError(os.getpid(), f"shared memory object {obj.id}: cannot map {obj.size} bytes: "
-                                        f"{os.strerror(ctypes.get_errno())}")
-    try:
-        fd = os.open(map_files_path(os.getpid(), address, address + obj.size), os.O_RDWR | os.O_CLOEXEC)
-    finally:
-        _libc.munmap(address, obj.size)
+    """A new object like obj holding its extents (read from data): an O_RDWR fd of it."""
+    fd = _create_deleted_file(obj) if obj.path is not None else _create_anonymous(obj)
     try:
         for extent in obj.extents:
             os.lseek(fd, extent.start, os.SEEK_SET)
@@ -118,3 +129,38 @@ def create(obj: SharedMemory, data: io.FileIO) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _create_deleted_file(obj: SharedMemory) -> int:
+    """The file again, at its name if that is free (maps then shows it as before), unlinked at once."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    name = obj.path
+    try:
+        fd = os.open(name, flags, stat.S_IMODE(obj.mode))
+    except FileExistsError:
+        name = f"{obj.path}.revive-{obj.id}"
+        log.warning("%s exists again: shared memory object %d is made as %s (deleted)", obj.path, obj.id, name)
+        fd = os.open(name, flags, stat.S_IMODE(obj.mode))
+    except OSError as exc:
+        raise RestoreError(os.getpid(), f"shared memory object {obj.id}: cannot make the deleted file "
+                                        f"{obj.path} again: {exc.strerror}") from exc
+    try:
+        os.unlink(name)
+        os.fchmod(fd, stat.S_IMODE(obj.mode))  # the umask may have cut it
+        os.ftruncate(fd, obj.size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _create_anonymous(obj: SharedMemory) -> int:
+    """A shared anonymous object of obj's size, as mmap makes one."""
+    address = _libc.mmap(None, obj.size, mmap.PROT_READ | mmap.PROT_WRITE, arch.MAP_SHARED | arch.MAP_ANONYMOUS, -1, 0)
+    if address is None or address == ctypes.c_void_p(-1).value:
+        raise RestoreError(os.getpid(), f"shared memory object {obj.id}: cannot map {obj.size} bytes: "
+                                        f"{os.strerror(ctypes.get_errno())}")
+    try:
+        return os.open(map_files_path(os.getpid(), address, address + obj.size), os.O_RDWR | os.O_CLOEXEC)
+    finally:
+        _libc.munmap(address, obj.size)

@@ -27,7 +27,7 @@ from runtime import faults
 from runtime.errors import RestoreError
 from runtime.files import table
 from runtime.images import loader, names, sessions
-from runtime.images.model import Process, RLimit, TreeProcess
+from runtime.images.model import FdKind, FileEntry, Process, RLimit, SharedMemory, TreeProcess
 from runtime.kernel.procfs.holders import describe_holder
 from runtime.mm import shmem
 from runtime.mm.vdso import RunningVdso, VdsoMode, VdsoPlan, plan_restore, read_running_vdso
@@ -59,7 +59,7 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
         faults.point("restore.validate")
         shmem_fds = {}
         for obj in checkpoint.tree.shared_memory:
-            shmem_fds[obj.id] = shmem.create(obj, checkpoint.shmem[obj.id])
+            shmem_fds[obj.id] = _make_shared_memory(checkpoint, obj)
             opened.callback(os.close, shmem_fds[obj.id])
         pipes = conductor.Pipes.open([node.pid for node in checkpoint.tree.processes] + [s.pid for s in stand_ins])
         opened.callback(pipes.close)
@@ -70,6 +70,15 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
     if detach or leave_traced:
         return 0
     return wait_relaying_signals(root)
+
+
+def _make_shared_memory(checkpoint: loader.Checkpoint, obj: SharedMemory) -> int:
+    """The object made once for every process that maps it; a deleted file with its first mapper's fs identity."""
+    if obj.path is None:
+        return shmem.create(obj, checkpoint.shmem[obj.id])
+    mapper = next(image.process for image in checkpoint.processes if any(v.shmem == obj.id for v in image.process.vmas))
+    with restore_child.acting_as(mapper.creds):
+        return shmem.create(obj, checkpoint.shmem[obj.id])
 
 
 def _raise_nofile_limit() -> None:
@@ -85,8 +94,11 @@ def plan_tree(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.StandIn, 
     tree = checkpoint.tree
     images = {image.process.pid: image for image in checkpoint.processes}
     base = fd_base([image.process for image in checkpoint.processes], _open_fds())
-    shared_slots = {entry.id: base + index for index, entry in enumerate(tree.files)}
-    first = base + len(tree.files)
+    # Every file another process makes for it has a slot: the tree's shared files, and every pipe end.
+    slotted = tree.files + tuple(entry for image in checkpoint.processes for entry in image.process.files
+                                 if entry.kind is FdKind.PIPE)
+    shared_slots = {entry.id: base + index for index, entry in enumerate(slotted)}
+    first = base + len(slotted)
     adopted = {pid: stand_in.pid for stand_in in stand_ins for pid in stand_in.adopts}
     # Each creator forks its stand-ins first: a group or session exists before its members join it.
     children: dict[int, list[int]] = {sessions.RUNTIME: []}
@@ -143,8 +155,12 @@ def _creation_order(children: dict[int, list[int]]) -> list[int]:
     return order
 
 
-def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, list[spawn.SharedOpen]]:
-    """Who opens each shared file: the nearest common ancestor of its holders, as the first holder would."""
+def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, list[spawn.SharedOpen | spawn.PipeOpen]]:
+    """Who makes each file with a slot: the nearest common ancestor of its holders, before it forks them.
+
+    A shared file is opened as its first holder would; a pipe is made once
+    with every end of it, whoever holds them.
+    """
     tree = checkpoint.tree
     parents = {node.pid: node.ppid for node in tree.processes[1:]}
 
@@ -154,16 +170,28 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, 
             chain.append(parents[chain[-1]])
         return chain
 
-    openers: dict[int, list[spawn.SharedOpen]] = {}
-    for entry in tree.files:
+    def common_ancestor(ids: set[int]) -> tuple[int, Process]:
         holders = [image.process for image in checkpoint.processes
-                   if any(slot.file_id == entry.id for slot in image.process.fds)]
+                   if any(slot.file_id in ids for slot in image.process.fds)]
         common = ancestry(holders[0].pid)
         for holder in holders[1:]:
             chain = set(ancestry(holder.pid))
             common = [pid for pid in common if pid in chain]
-        openers.setdefault(common[0], []).append(
-            spawn.SharedOpen(entry, slots[entry.id], holders[0].creds, holders[0].pid))
+        return common[0], holders[0]
+
+    openers: dict[int, list[spawn.SharedOpen | spawn.PipeOpen]] = {}
+    for entry in tree.files:
+        if entry.kind is not FdKind.PIPE:
+            opener, first = common_ancestor({entry.id})
+            openers.setdefault(opener, []).append(spawn.SharedOpen(entry, slots[entry.id], first.creds, first.pid))
+    ends: dict[int, list[FileEntry]] = {}
+    for entry in tree.files + tuple(e for image in checkpoint.processes for e in image.process.files):
+        if entry.kind is FdKind.PIPE:
+            ends.setdefault(entry.pipe, []).append(entry)
+    for made in tree.pipes:
+        opener, first = common_ancestor({entry.id for entry in ends[made.id]})
+        openers.setdefault(opener, []).append(
+            spawn.PipeOpen(made, tuple((entry, slots[entry.id]) for entry in ends[made.id]), first.pid))
     return openers
 
 

@@ -141,7 +141,7 @@ def plan_fds(process: Process, first: int, shared: dict[int, int] | None = None)
     files: list[MappedFile] = []
     seen: set[tuple[str, int]] = set()
     for vma in process.vmas:
-        if vma.kind is VmaKind.FILE and (vma.path, _file_flags(vma)) not in seen:
+        if vma.kind is VmaKind.FILE and vma.shmem is None and (vma.path, _file_flags(vma)) not in seen:
             seen.add((vma.path, _file_flags(vma)))
             files.append(MappedFile(vma.path, _file_flags(vma), first + 3 + len(files)))
     objects = sorted({vma.shmem for vma in process.vmas if vma.shmem is not None})

@@ -31,8 +31,8 @@ import signal
 import struct
 from dataclasses import dataclass
 
-from runtime.files import table
-from runtime.images.model import Creds, FileEntry, TreeProcess
+from runtime.files import pipe as pipe_kind, table
+from runtime.images.model import Creds, FileEntry, Pipe, TreeProcess
 from runtime.kernel.clone import clone_with_pid
 from runtime.restore import child as restore_child
 from runtime.task import controls as task_controls
@@ -52,6 +52,22 @@ class SharedOpen:
     creds: Creds  # whose permissions it is opened with
     holder: int  # that holder's pid, for messages
 
+    def make(self) -> None:
+        with restore_child.acting_as(self.creds):
+            table.open_shared(self.entry, self.fd, self.holder)
+
+
+@dataclass(frozen=True)
+class PipeOpen:
+    """A pipe a member makes before it forks the holders of its ends: each end at its slot."""
+
+    pipe: Pipe
+    ends: tuple[tuple[FileEntry, int], ...]  # (entry, slot)
+    holder: int  # the first holder's pid, for messages
+
+    def make(self) -> None:
+        pipe_kind.make(self.pipe, list(self.ends), self.holder)
+
 
 @dataclass(frozen=True)
 class Member:
@@ -62,7 +78,7 @@ class Member:
     children: tuple[int, ...]  # the pids it forks, in order (stand-ins first)
     go_fd: int  # the read end of its go pipe
     err_fd: int  # the write end of its error pipe
-    opens: tuple[SharedOpen, ...]  # the shared open files it opens before forking
+    opens: tuple[SharedOpen | PipeOpen, ...]  # the files it makes for its holders before forking
     pgid: int  # the group it joins (the caller's for a shell job's outside group)
     new_session: bool  # it makes its session (setsid) before it forks
     stand_in: bool = False  # images/sessions.py: it exits once every member has joined its group
@@ -114,8 +130,7 @@ def run(tree: TreePlan, pid: int, rseq_len: int | None = None) -> None:
         elif member.pgid == pid:
             os.setpgid(0, 0)
         for shared in member.opens:
-            with restore_child.acting_as(shared.creds):
-                table.open_shared(shared.entry, shared.fd, shared.holder)
+            shared.make()
         for child_pid in member.children:
             if clone_with_pid(child_pid, same_parent=tree.members[child_pid].adopted) == 0:
                 run(tree, child_pid, rseq_len)

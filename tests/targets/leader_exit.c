@@ -2,8 +2,8 @@
  * Restore target whose thread-group leader has exited: main starts three
  * threads, prints "ready pid=P" and calls pthread_exit while they run on.
  *
- * usage: leader_exit [pipe]
- * With "pipe", a pipe is open at fds 3 and 4 (which the dump refuses).
+ * usage: leader_exit [eventfd]
+ * With "eventfd", an eventfd is open at fd 3 (which the dump refuses).
  * Thread I (0..2) prints "tick I N" and writes "N\n" to counter-I.txt every
  * 20 ms (nanosleep), N from 0 without gaps.
  *
@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -54,10 +55,9 @@ int main(int argc, char **argv)
 {
 	struct timespec one_ms = { 0, 1000000 };
 	pthread_t thread;
-	int pipe_fds[2];
 	long i;
 
-	if (argc > 1 && (strcmp(argv[1], "pipe") || pipe(pipe_fds)))
+	if (argc > 1 && (strcmp(argv[1], "eventfd") || eventfd(0, 0) != 3))
 		return 2;
 
 	for (i = 0; i < THREADS; i++)

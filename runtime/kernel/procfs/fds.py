@@ -106,3 +106,26 @@ def list_fds(pid: int) -> tuple[int, ...]:
 def read_open_files(pid: int) -> tuple[OpenFile, ...]:
     """Every open fd; the process must be stopped, or an fd may close between listing and reading."""
     return tuple(read_open_file(pid, fd) for fd in list_fds(pid))
+
+
+def find_holders(pipe_ids: set[int], exclude: set[int]) -> dict[int, list[int]]:
+    """The processes (but those in exclude) holding an fd of each of these pipes: every /proc/PID/fd looked at."""
+    if not pipe_ids:
+        return {}
+    wanted = {f"pipe:[{pipe_id}]": pipe_id for pipe_id in pipe_ids}
+    found: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in exclude:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue  # gone, or a kernel thread's
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{name}/fd/{fd}")
+            except OSError:
+                continue
+            if link in wanted and int(name) not in found.setdefault(wanted[link], []):
+                found[wanted[link]].append(int(name))
+    return {pipe_id: pids for pipe_id, pids in found.items() if pids}

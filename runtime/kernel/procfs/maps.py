@@ -87,8 +87,10 @@ class Mapping:
             raise ValueError("[vsyscall] is the kernel's, not a VMA of the process")
         growsdown = "gd" in self.vmflags
         if self.file_backed:
+            # A deleted file mapped shared is an object of the tree's, as shared anonymous memory is.
+            shmem = self.inode if self.deleted and self.shared else None
             return Vma(self.start, self.end, self.prot, self.shared, VmaKind.FILE, growsdown,
-                       path=self.name, offset=self.offset, name=self.name, advice=self.advice)
+                       path=self.name, offset=self.offset, name=self.name, advice=self.advice, shmem=shmem)
         kind = SPECIAL_KINDS.get(self.name, VmaKind.ANON)
         if self.shared_anon:
             # Its pages are its object's (runtime/mm/shmem.py): the inode names it, the offset is into it.

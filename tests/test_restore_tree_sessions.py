@@ -30,33 +30,22 @@ def forever():
         time.sleep(1)
 """
 
-# A group whose leader exited: leader forks a member of its group, then exits.
-GONE_GROUP = PRELUDE + """
+# A leader that makes its group (setpgid) or session (setsid), forks one member of it, and exits: a shell
+# pipeline's first command that ended, or a daemon's double fork.
+LEADER_EXITS = """
 leader = os.fork()
 if leader == 0:
-    os.setpgid(0, 0)
+    {make}
     if os.fork() == 0:
         forever()
     os._exit(0)
 os.waitpid(leader, 0)
 time.sleep(0.1)
-os.write(1, f"ready leader={leader}\\n".encode())
+os.write(1, f"ready leader={{leader}}\\n".encode())
 forever()
 """
-
-# A session whose leader exited: the leader forks one member (a daemon's double fork), then exits.
-GONE_SESSION = PRELUDE + """
-leader = os.fork()
-if leader == 0:
-    os.setsid()
-    if os.fork() == 0:
-        forever()
-    os._exit(0)
-os.waitpid(leader, 0)
-time.sleep(0.1)
-os.write(1, f"ready leader={leader}\\n".encode())
-forever()
-"""
+GONE_GROUP = PRELUDE + LEADER_EXITS.format(make="os.setpgid(0, 0)")
+GONE_SESSION = PRELUDE + LEADER_EXITS.format(make="os.setsid()")
 
 # Two members of a gone session with different parents: the first orphaned while its grandparent P is
 # no subreaper yet (it goes to the root), the second once P is one (it goes to P); then the leader exits.

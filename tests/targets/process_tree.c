@@ -69,6 +69,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "say.h"
 
 #define MAX_PROCS 8
 
@@ -86,21 +87,6 @@ static int setup_pipe[2];
 static struct record tree[MAX_PROCS];
 static unsigned long own;
 static volatile sig_atomic_t got_usr1, got_usr2;
-
-static void say(const char *fmt, ...)
-{
-	char line[512];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (n >= (int)sizeof(line))
-		n = sizeof(line) - 1;
-	if (n > 0 && write(STDOUT_FILENO, line, n) != n)
-		_exit(1);
-}
 
 static void die(const char *what)
 {

@@ -60,6 +60,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "say.h"
 
 #define WORKERS 8
 #define SPINS 2000000L
@@ -82,21 +83,6 @@ static struct {
 	int sig, tid;
 } ring[RING_SIZE];
 static unsigned ring_head, ring_tail;
-
-static void say(const char *fmt, ...)
-{
-	char line[256];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (n >= (int)sizeof(line))
-		n = sizeof(line) - 1;
-	if (n > 0 && write(STDOUT_FILENO, line, n) != n)
-		_exit(1);
-}
 
 static uint64_t pattern(uint64_t i)
 {

@@ -60,7 +60,7 @@ def share_across(tables: dict[int, FdTable], views: dict[int, int]) -> tuple[dic
         for entry in entries:
             if entry.kind is FdKind.INHERIT:
                 continue
-            group = candidates.setdefault((entry.kind, entry.flags, entry.pos, entry.node), [])
+            group = candidates.setdefault((entry.kind, entry.flags, entry.pos, entry.node, entry.pipe), [])
             match = next((held for holder, held in group if holder != pid and kcmp.same_file(
                 views[pid], first_fd[pid][entry.id], first_fd[holder][held.id], pid2=views[holder])), None)
             if match is None:

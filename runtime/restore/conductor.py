@@ -89,7 +89,6 @@ class Conductor:
         self.pipes = pipes
         self.errors: dict[int, ErrorChannel] = {}
         self.pidfds: dict[int, int] = {}  # members being watched for an early death
-        self.seized: list[int] = []  # members under our ptrace
         self.traced: dict[int, list[int]] = {}  # pid -> the created threads under our ptrace
         self.running: dict[int, list[int]] = {}  # pid -> its tasks in their own context, stopped under our ptrace
 
@@ -108,7 +107,6 @@ class Conductor:
         try:
             self._watch(first)
             ptrace.seize(first, SEIZE_OPTIONS)
-            self.seized.append(first)
             self._go(first, spawn.ROOT_GO.pack(_glibc_rseq_length(first)))
             self._await(spawn.CREATED, set(members), self._created)
             for pid in members:
@@ -186,7 +184,6 @@ class Conductor:
                     ptrace.seize(child, SEIZE_OPTIONS)
                 except PtraceError as exc:
                     raise RestoreError(child, f"cannot seize the restoring process: {exc}") from exc
-                self.seized.append(child)
 
     def _let_die(self, pid: int) -> None:
         """A zombie's last go: it exits with its dumped status, and stays its parent's to reap."""

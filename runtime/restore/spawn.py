@@ -104,14 +104,6 @@ class TreePlan:
         """The member the runtime forks: the root, or the stand-in that makes the root's session."""
         return next(iter(self.members.values()))
 
-    def subtree(self, pid: int) -> list[int]:
-        """pid and its descendants."""
-        found, pending = [], [pid]
-        while pending:
-            found.append(pending.pop())
-            pending.extend(self.members[found[-1]].children)
-        return found
-
 
 def run(tree: TreePlan, pid: int, rseq_len: int | None = None) -> None:
     """A member's whole life up to the restorer: never returns (restore/child.py takes over, or os._exit).

@@ -44,3 +44,46 @@ def test_a_pipeline_restored_with_data_in_its_pipes_loses_and_repeats_nothing(tm
         finally:
             tree.pids = sorted(set(tree.pids) | set(descendants(tree.root)))
             tree.stop()
+
+
+FIFO_PROGRAM = """
+import os, sys, time
+path = sys.argv[1]
+os.mkfifo(path)
+reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+writer = os.open(path, os.O_WRONLY)
+os.write(writer, b"in flight at the dump\\n")
+child = os.fork()
+if child == 0:
+    os.close(writer)
+    os.set_blocking(reader, True)
+    while not os.path.exists("go"):
+        time.sleep(0.01)
+    os.write(1, b"child read " + os.read(reader, 100))
+    os._exit(0)
+os.write(1, f"ready child={child}\\n".encode())
+os.waitpid(child, 0)
+os.write(1, b"done\\n")
+time.sleep(1000)
+"""
+
+
+def test_a_fifo_held_by_parent_and_child_comes_back_by_path_with_its_bytes(tmp_path):
+    """The FIFO is reopened by its path (each open its own file), and what was written before the dump is read after."""
+    fifo = tmp_path / "the.fifo"
+    with subreaper():
+        tree = start_tree([PYTHON, "-c", FIFO_PROGRAM, str(fifo)], tmp_path)
+        try:
+            child = int(tree.info["child"])
+            tree.pids = [tree.root, child]
+            tree.dump()
+            with loader.load(tree.images) as checkpoint:
+                (made,) = checkpoint.tree.pipes
+            assert (made.path, made.data) == (str(fifo), b"in flight at the dump\n")
+            tree.restore()
+            assert os.readlink(f"/proc/{child}/fd/3") == str(fifo)
+            (tmp_path / "go").touch()
+            wait_for(lambda: "done" in tree.out.read_text(), what="the child to read and exit")
+            assert "child read in flight at the dump" in tree.out.read_text()
+        finally:
+            tree.stop()

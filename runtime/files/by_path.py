@@ -29,6 +29,16 @@ def open_at(path: str, flags: int, kind: int, number: int, inheritable: bool) ->
     image has it) and O_NOCTTY: a serial line's open waits for its carrier, and a
     terminal's would become the child's controlling terminal.
     """
+    fd = open_checked(path, flags, kind)
+    if fd != number:
+        os.dup2(fd, number, inheritable=inheritable)
+        os.close(fd)
+    else:
+        os.set_inheritable(fd, inheritable)
+
+
+def open_checked(path: str, flags: int, kind: int) -> int:
+    """open_at's open and checks, at the lowest free number (close-on-exec)."""
     path_fd, st = fileopen.look(path)
     try:
         if stat.S_IFMT(st.st_mode) != kind:
@@ -41,11 +51,7 @@ def open_at(path: str, flags: int, kind: int, number: int, inheritable: bool) ->
         os.close(path_fd)
     if not flags & os.O_NONBLOCK:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    if fd != number:
-        os.dup2(fd, number, inheritable=inheritable)
-        os.close(fd)
-    else:
-        os.set_inheritable(fd, inheritable)
+    return fd
 
 
 def reopen_entry(entry: FileEntry, number: int, inheritable: bool, pid: int, seek: bool) -> int:

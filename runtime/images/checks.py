@@ -433,6 +433,8 @@ def _check_pipes(tree: Tree, processes: Mapping[int, Process], file: str) -> Non
                                                     f"{PIPE_SIZE_MAX})")
         if len(pipe.data) > pipe.size:
             raise ImageError(file, f"{field}.data", f"{len(pipe.data)} bytes do not fit its {pipe.size}")
+        if pipe.path is not None and not pipe.path.startswith("/"):
+            raise ImageError(file, f"{field}.path", "a FIFO's path is absolute")
         previous = pipe.id
     ids = {pipe.id for pipe in tree.pipes}
     ends = [(name, index, entry) for name, entries in

@@ -63,6 +63,7 @@ class FdKind(enum.Enum):
     CHR = "chr"  # a character device reopened by path (/dev/null-like)
     INHERIT = "inherit"  # --shell-job stdio: the restoring caller's own fd of that number
     PIPE = "pipe"  # one end of a pipe (pipe(2)): the pipe, its size and its data are the tree's (Tree.pipes)
+    FIFO = "fifo"  # an open file of a FIFO (mkfifo), reopened by path: its pipe's data is the tree's too
 
 
 class RseqCase(enum.Enum):
@@ -288,8 +289,8 @@ class FileEntry:
     kind: FdKind
     flags: int = 0  # open flags as /proc/PID/fdinfo reports them (octal there)
     pos: int = 0
-    node: FileNode | None = None  # FILE and CHR: the path reopened; INHERIT, PIPE: none
-    pipe: int | None = None  # PIPE: the Pipe.id it is an end of (its read end if opened O_RDONLY, else its write end)
+    node: FileNode | None = None  # FILE, CHR and FIFO: the path reopened; INHERIT, PIPE: none
+    pipe: int | None = None  # PIPE, FIFO: the Pipe.id it is an end of (read end if opened O_RDONLY, else write end)
 
 
 @dataclass(frozen=True)
@@ -399,9 +400,10 @@ class SharedMemory:
 class Pipe:
     """A pipe of the tree: made once at restore, each of its ends (FileEntry) an open file of it."""
 
-    id: int  # its inode number at dump (pipe:[ID]), unique in the image
+    id: int  # its inode number at dump (pipe:[ID], or the FIFO's), unique in the image
     size: int  # its capacity (F_GETPIPE_SZ), bytes
     data: bytes = b""  # what was written and not yet read at dump, oldest first
+    path: str | None = None  # a FIFO's path; None: a pipe
 
 
 @dataclass(frozen=True)

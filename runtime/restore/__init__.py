@@ -25,9 +25,9 @@ import signal
 
 from runtime import faults
 from runtime.errors import RestoreError
-from runtime.files import table
+from runtime.files import pipe as pipe_kind, table
 from runtime.images import loader, names, sessions
-from runtime.images.model import FdKind, FileEntry, Process, RLimit, SharedMemory, TreeProcess
+from runtime.images.model import FileEntry, Process, RLimit, SharedMemory, TreeProcess
 from runtime.kernel.procfs.holders import describe_holder
 from runtime.mm import shmem
 from runtime.mm.vdso import RunningVdso, VdsoMode, VdsoPlan, plan_restore, read_running_vdso
@@ -96,7 +96,7 @@ def plan_tree(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.StandIn, 
     base = fd_base([image.process for image in checkpoint.processes], _open_fds())
     # Every file another process makes for it has a slot: the tree's shared files, and every pipe end.
     slotted = tree.files + tuple(entry for image in checkpoint.processes for entry in image.process.files
-                                 if entry.kind is FdKind.PIPE)
+                                 if entry.kind in pipe_kind.PIPE_KINDS)
     shared_slots = {entry.id: base + index for index, entry in enumerate(slotted)}
     first = base + len(slotted)
     adopted = {pid: stand_in.pid for stand_in in stand_ins for pid in stand_in.adopts}
@@ -155,7 +155,7 @@ def _creation_order(children: dict[int, list[int]]) -> list[int]:
     return order
 
 
-def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, list[spawn.SharedOpen | spawn.PipeOpen]]:
+def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, list[spawn.Made]]:
     """Who makes each file with a slot: the nearest common ancestor of its holders, before it forks them.
 
     A shared file is opened as its first holder would; a pipe is made once
@@ -179,19 +179,19 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, 
             common = [pid for pid in common if pid in chain]
         return common[0], holders[0]
 
-    openers: dict[int, list[spawn.SharedOpen | spawn.PipeOpen]] = {}
+    openers: dict[int, list[spawn.Made]] = {}
     for entry in tree.files:
-        if entry.kind is not FdKind.PIPE:
+        if entry.kind not in pipe_kind.PIPE_KINDS:
             opener, first = common_ancestor({entry.id})
             openers.setdefault(opener, []).append(spawn.SharedOpen(entry, slots[entry.id], first.creds, first.pid))
     ends: dict[int, list[FileEntry]] = {}
     for entry in tree.files + tuple(e for image in checkpoint.processes for e in image.process.files):
-        if entry.kind is FdKind.PIPE:
+        if entry.kind in pipe_kind.PIPE_KINDS:
             ends.setdefault(entry.pipe, []).append(entry)
     for made in tree.pipes:
         opener, first = common_ancestor({entry.id for entry in ends[made.id]})
         openers.setdefault(opener, []).append(
-            spawn.PipeOpen(made, tuple((entry, slots[entry.id]) for entry in ends[made.id]), first.pid))
+            spawn.PipeOpen(made, tuple((entry, slots[entry.id]) for entry in ends[made.id]), first.creds, first.pid))
     return openers
 
 

@@ -63,10 +63,15 @@ class PipeOpen:
 
     pipe: Pipe
     ends: tuple[tuple[FileEntry, int], ...]  # (entry, slot)
+    creds: Creds  # a FIFO is reopened by path with the first holder's file identity
     holder: int  # the first holder's pid, for messages
 
     def make(self) -> None:
-        pipe_kind.make(self.pipe, list(self.ends), self.holder)
+        with restore_child.acting_as(self.creds):
+            pipe_kind.make(self.pipe, list(self.ends), self.holder)
+
+
+Made = SharedOpen | PipeOpen  # what a member makes for the processes it forks
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class Member:
     children: tuple[int, ...]  # the pids it forks, in order (stand-ins first)
     go_fd: int  # the read end of its go pipe
     err_fd: int  # the write end of its error pipe
-    opens: tuple[SharedOpen | PipeOpen, ...]  # the files it makes for its holders before forking
+    opens: tuple[Made, ...]  # the files it makes for its holders before forking
     pgid: int  # the group it joins (the caller's for a shell job's outside group)
     new_session: bool  # it makes its session (setsid) before it forks
     stand_in: bool = False  # images/sessions.py: it exits once every member has joined its group

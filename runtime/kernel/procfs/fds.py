@@ -44,6 +44,7 @@ class OpenFile:
     mode: int  # st_mode of the open file
     rdev: int  # device number for character and block devices
     nlink: int  # 0 for an unlinked file
+    inode: int  # st_ino: with the link, which pipe or FIFO this is
     locks: tuple[str, ...] = ()  # the fdinfo "lock:" lines: file locks this open file holds or waits for
 
     @property
@@ -95,7 +96,7 @@ def read_open_file(pid: int, fd: int) -> OpenFile:
     with translated(pid, f"fd/{fd}"):
         st = os.stat(proc_path(pid, f"fd/{fd}"))
     pos, flags, locks = parse_fdinfo(pid, fd, read_text(pid, f"fdinfo/{fd}"))
-    return OpenFile(fd, link, classify(link, st), flags, pos, st.st_mode, st.st_rdev, st.st_nlink, locks)
+    return OpenFile(fd, link, classify(link, st), flags, pos, st.st_mode, st.st_rdev, st.st_nlink, st.st_ino, locks)
 
 
 def list_fds(pid: int) -> tuple[int, ...]:
@@ -108,11 +109,13 @@ def read_open_files(pid: int) -> tuple[OpenFile, ...]:
     return tuple(read_open_file(pid, fd) for fd in list_fds(pid))
 
 
-def find_holders(pipe_ids: set[int], exclude: set[int]) -> dict[int, list[int]]:
-    """The processes (but those in exclude) holding an fd of each of these pipes: every /proc/PID/fd looked at."""
-    if not pipe_ids:
+def find_holders(wanted: dict[str, int], exclude: set[int]) -> dict[int, list[int]]:
+    """The processes (but those in exclude) holding an fd whose link is one of wanted's, by wanted's value.
+
+    Every /proc/PID/fd of the machine is looked at: what holds a pipe (`pipe:[N]`) or a FIFO (its path).
+    """
+    if not wanted:
         return {}
-    wanted = {f"pipe:[{pipe_id}]": pipe_id for pipe_id in pipe_ids}
     found: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in exclude:

@@ -202,15 +202,16 @@ class Tree:
             self.target.proc.wait(timeout=REAP_TIMEOUT)
 
 
-def start_tree(argv: list[str], workdir: Path, ready: bool = True, timeout: float = 10.0) -> Tree:
-    """Start argv as the root of a new session, stdin /dev/null, stdout and stderr a file.
+def start_tree(argv: list[str], workdir: Path, ready: bool = True, timeout: float = 10.0,
+               pass_fds: tuple[int, ...] = ()) -> Tree:
+    """Start argv as the root of a new session, stdin /dev/null, stdout and stderr a file (and pass_fds).
 
     With ready, wait for its "ready key=value ..." line; a tree that does not
     get ready is killed and reaped whole, with every descendant it had.
     """
     out = workdir / f"out-{len(list(workdir.glob('out-*')))}.txt"
     with open(out, "w") as stdout, open(os.devnull) as stdin:
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.STDOUT, cwd=workdir,
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.STDOUT, cwd=workdir, pass_fds=pass_fds,
                                 start_new_session=True)
     target = Target(proc, out)
     if not ready:

@@ -33,7 +33,7 @@ from pathlib import Path
 from runtime import faults, progress
 from runtime.arch import x86_64 as arch
 from runtime.dump import refusals
-from runtime.files import pipe, table
+from runtime.files import pipe, table, unix
 from runtime.errors import DumpError, ReviveError
 from runtime.kernel import ptrace
 from runtime.task import futex_links, rseq, controls as task_controls
@@ -122,6 +122,7 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
         views = {p: seized.worker for p, seized in frozen.seized.items()}
         tables, shared_files = table.share_across({p: (s.fds, s.files) for p, s in snapshots.items()}, views)
         pipes = pipe.save(pipe.ends_of(tables, shared_files, views), set(frozen.pids))
+        sockets = unix.save(unix.ends_of(tables, shared_files))
         faults.point("dump.snapshot")
         writer = ImageWriter(directory, force_dir=options.force_dir)
         processes = {}
@@ -129,7 +130,7 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
             snapshot = replace(snapshots[p], fds=tables[p][0], files=tables[p][1])
             processes[p] = _dump_with_parasite(p, seized, snapshot, writer, options)
         shared_memory = save_shared_memory(frozen, snapshots, writer)
-        writer.finish(Tree(nodes, shared_memory, shared_files, pipes))
+        writer.finish(Tree(nodes, shared_memory, shared_files, pipes, sockets))
         faults.point("dump.kill")
         writer.close()
     except BaseException as exc:

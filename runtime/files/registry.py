@@ -7,12 +7,12 @@ is one line here.
 """
 
 from runtime.errors import DumpError
-from runtime.files import chrdev, inherit, pipe, regular
+from runtime.files import chrdev, inherit, pipe, regular, unix
 from runtime.files.base import FileKindBase
 from runtime.images.model import FileEntry
 from runtime.kernel.procfs.fds import OpenFile
 
-KINDS: tuple[FileKindBase, ...] = (inherit.KIND, regular.KIND, chrdev.KIND, pipe.KIND, pipe.FIFO_KIND)
+KINDS: tuple[FileKindBase, ...] = (inherit.KIND, regular.KIND, chrdev.KIND, pipe.KIND, pipe.FIFO_KIND, unix.KIND)
 
 _BY_KIND = {k.kind: k for k in KINDS}
 

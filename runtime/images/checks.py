@@ -47,6 +47,7 @@ O_KEPT = (0o3  # O_ACCMODE
 # no CPU's user area is near 64 KiB (AMX, the largest, makes it about 11 KiB).
 XSTATE_MIN = 576
 XSTATE_MAX = 64 * 1024
+UNIX_SOCKET_TYPES = (1, 2, 5)  # SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
 PIPE_SIZE_MAX = 1 << 31  # the kernel's ceiling for a pipe's capacity (F_SETPIPE_SZ takes an int)
 
 
@@ -419,6 +420,37 @@ def check_tree(tree: Tree, processes: Mapping[int, Process], inventory: Inventor
         if entry.id not in used:
             raise ImageError(file, f"files[{index}].id", f"file {entry.id} is held by no descriptor")
     _check_pipes(tree, processes, file)
+    _check_sockets(tree, processes, file)
+
+
+def _check_sockets(tree: Tree, processes: Mapping[int, Process], file: str) -> None:
+    """Each socket once, of a type a restore makes, paired with a peer that names it back, and held."""
+    by_id = {}
+    for index, sock in enumerate(tree.sockets):
+        field = f"sockets[{index}]"
+        if by_id and sock.id <= max(by_id):
+            raise ImageError(file, f"{field}.id", f"{sock.id} is not above the previous id")
+        if sock.type not in UNIX_SOCKET_TYPES:
+            raise ImageError(file, f"{field}.type", f"{sock.type} is not SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET")
+        if sock.shutdown > 3:
+            raise ImageError(file, f"{field}.shutdown", f"{sock.shutdown} is not a shutdown mask (0..3)")
+        by_id[sock.id] = sock
+    for index, sock in enumerate(tree.sockets):
+        peer = by_id.get(sock.peer) if sock.peer else None
+        if sock.peer and (peer is None or peer.peer != sock.id or peer.type != sock.type):
+            raise ImageError(file, f"sockets[{index}].peer", f"{sock.peer} is no socket of the tree paired with it")
+        if sock.queue and peer is None:
+            raise ImageError(file, f"sockets[{index}].queue", "a queue without a peer to send it again")
+    entries = [(name, index, entry) for name, held in
+               [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]
+               for index, entry in enumerate(held)]
+    for name, index, entry in entries:
+        if entry.socket is not None and entry.socket not in by_id:
+            raise ImageError(name, f"files[{index}].socket", f"{entry.socket} is no socket of {file}")
+    held = {entry.socket for _, _, entry in entries}
+    for index, sock in enumerate(tree.sockets):
+        if sock.id not in held:
+            raise ImageError(file, f"sockets[{index}].id", f"socket {sock.id} is held by no descriptor")
 
 
 def _check_pipes(tree: Tree, processes: Mapping[int, Process], file: str) -> None:

@@ -64,6 +64,7 @@ class FdKind(enum.Enum):
     INHERIT = "inherit"  # --shell-job stdio: the restoring caller's own fd of that number
     PIPE = "pipe"  # one end of a pipe (pipe(2)): the pipe, its size and its data are the tree's (Tree.pipes)
     FIFO = "fifo"  # an open file of a FIFO (mkfifo), reopened by path: its pipe's data is the tree's too
+    UNIX = "unix"  # a unix socket: the socket itself (type, peer, queued data) is the tree's (Tree.sockets)
 
 
 class RseqCase(enum.Enum):
@@ -291,6 +292,7 @@ class FileEntry:
     pos: int = 0
     node: FileNode | None = None  # FILE, CHR and FIFO: the path reopened; INHERIT, PIPE: none
     pipe: int | None = None  # PIPE, FIFO: the Pipe.id it is an end of (read end if opened O_RDONLY, else write end)
+    socket: int | None = None  # UNIX: the UnixSocket.id it is an open file of
 
 
 @dataclass(frozen=True)
@@ -407,6 +409,20 @@ class Pipe:
 
 
 @dataclass(frozen=True)
+class UnixSocket:
+    """A unix socket of the tree, made once at restore: with its peer (socketpair) when it has one."""
+
+    id: int  # its inode number at dump (socket:[ID]), unique in the image
+    type: int  # SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5
+    peer: int = 0  # the UnixSocket.id it is connected to; 0: none
+    shutdown: int = 0  # what of it is shut down: 1 receiving, 2 sending (the kernel's sk_shutdown)
+    queue: tuple[bytes, ...] = ()  # what waits in its receive queue, oldest first: one message each (a stream: one)
+    rcvbuf: int = 0  # SO_RCVBUF as getsockopt reports it (the kernel doubles what setsockopt is given)
+    sndbuf: int = 0  # SO_SNDBUF, likewise
+    passcred: bool = False  # SO_PASSCRED
+
+
+@dataclass(frozen=True)
 class TreeProcess:
     """One process of the tree: its place (parent, group, session), and its exit status if it is a zombie."""
 
@@ -431,6 +447,7 @@ class Tree:
     shared_memory: tuple[SharedMemory, ...] = ()  # ascending ids
     files: tuple[FileEntry, ...] = ()  # open files held by more than one process, ascending ids
     pipes: tuple[Pipe, ...] = ()  # every pipe an fd of the tree is an end of, ascending ids
+    sockets: tuple[UnixSocket, ...] = ()  # every unix socket an fd of the tree is, ascending ids
 
 
 @dataclass(frozen=True)

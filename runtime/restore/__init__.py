@@ -27,7 +27,7 @@ from runtime import faults
 from runtime.errors import RestoreError
 from runtime.files import pipe as pipe_kind, table
 from runtime.images import loader, names, sessions
-from runtime.images.model import FileEntry, Process, RLimit, SharedMemory, TreeProcess
+from runtime.images.model import FdKind, FileEntry, Process, RLimit, SharedMemory, TreeProcess
 from runtime.kernel.procfs.holders import describe_holder
 from runtime.mm import shmem
 from runtime.mm.vdso import RunningVdso, VdsoMode, VdsoPlan, plan_restore, read_running_vdso
@@ -37,6 +37,8 @@ from runtime.task import rseq
 
 log = logging.getLogger(__name__)
 
+# The kinds whose open files a member makes for the processes it forks, at tree-wide numbers.
+MADE_KINDS = (FdKind.PIPE, FdKind.FIFO, FdKind.UNIX)
 STAND_IN_NAME = "revive-stand-in"  # what a stand-in for a gone session or group leader calls itself
 
 
@@ -96,7 +98,7 @@ def plan_tree(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.StandIn, 
     base = fd_base([image.process for image in checkpoint.processes], _open_fds())
     # Every file another process makes for it has a slot: the tree's shared files, and every pipe end.
     slotted = tree.files + tuple(entry for image in checkpoint.processes for entry in image.process.files
-                                 if entry.kind in pipe_kind.PIPE_KINDS)
+                                 if entry.kind in MADE_KINDS)
     shared_slots = {entry.id: base + index for index, entry in enumerate(slotted)}
     first = base + len(slotted)
     adopted = {pid: stand_in.pid for stand_in in stand_ins for pid in stand_in.adopts}
@@ -181,7 +183,7 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, 
 
     openers: dict[int, list[spawn.Made]] = {}
     for entry in tree.files:
-        if entry.kind not in pipe_kind.PIPE_KINDS:
+        if entry.kind not in MADE_KINDS:
             opener, first = common_ancestor({entry.id})
             openers.setdefault(opener, []).append(spawn.SharedOpen(entry, slots[entry.id], first.creds, first.pid))
     ends: dict[int, list[FileEntry]] = {}
@@ -192,6 +194,19 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, 
         opener, first = common_ancestor({entry.id for entry in ends[made.id]})
         openers.setdefault(opener, []).append(
             spawn.PipeOpen(made, tuple((entry, slots[entry.id]) for entry in ends[made.id]), first.creds, first.pid))
+    held: dict[int, list[FileEntry]] = {}
+    for entry in tree.files + tuple(e for image in checkpoint.processes for e in image.process.files):
+        if entry.kind is FdKind.UNIX:
+            held.setdefault(entry.socket, []).append(entry)
+    sockets = {sock.id: sock for sock in tree.sockets}
+    for sock in tree.sockets:
+        if sock.peer and sock.peer < sock.id:
+            continue  # made with its peer
+        pair = [sock] + ([sockets[sock.peer]] if sock.peer else [])
+        entries = [entry for member in pair for entry in held[member.id]]
+        opener, first = common_ancestor({entry.id for entry in entries})
+        openers.setdefault(opener, []).append(
+            spawn.SocketOpen(tuple(pair), tuple((entry, slots[entry.id]) for entry in entries), first.pid))
     return openers
 
 

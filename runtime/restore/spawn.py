@@ -31,8 +31,8 @@ import signal
 import struct
 from dataclasses import dataclass
 
-from runtime.files import pipe as pipe_kind, table
-from runtime.images.model import Creds, FileEntry, Pipe, TreeProcess
+from runtime.files import pipe as pipe_kind, table, unix
+from runtime.images.model import Creds, FileEntry, Pipe, TreeProcess, UnixSocket
 from runtime.kernel.clone import clone_with_pid
 from runtime.restore import child as restore_child
 from runtime.task import controls as task_controls
@@ -71,7 +71,19 @@ class PipeOpen:
             pipe_kind.make(self.pipe, list(self.ends), self.holder)
 
 
-Made = SharedOpen | PipeOpen  # what a member makes for the processes it forks
+@dataclass(frozen=True)
+class SocketOpen:
+    """A unix socket, or a connected pair, a member makes before it forks their holders."""
+
+    sockets: tuple[UnixSocket, ...]
+    ends: tuple[tuple[FileEntry, int], ...]  # (entry, slot)
+    holder: int  # the first holder's pid, for messages
+
+    def make(self) -> None:
+        unix.make(list(self.sockets), list(self.ends), self.holder)
+
+
+Made = SharedOpen | PipeOpen | SocketOpen  # what a member makes for the processes it forks
 
 
 @dataclass(frozen=True)

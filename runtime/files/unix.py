@@ -1,0 +1,200 @@
+"""Unix sockets: each socket of the tree saved once (type, peer, what waits in its queue), made again once.
+
+Why the socket is the tree's, like a pipe: socketpair(2) makes two
+connected sockets that fork and dup spread over processes; a restore makes
+the pair once, in the nearest common ancestor of their holders, before it
+forks them (restore/spawn.py), and puts every open file of them at the
+number each holder finds it at.
+
+What waits in a receive queue is read without consuming it: the dump takes
+a descriptor of the socket with pidfd_getfd (the same open file, while the
+tree is stopped), sets SO_PEEK_OFF to 0 and peeks message after message
+(one each for datagrams and seqpackets, so their boundaries are kept),
+then sets the peek offset back. The restore sends each message again from
+the peer, before it applies the shutdowns. Peers, names and shutdowns come
+from sock_diag (kernel/sock_diag.py).
+
+Supported: sockets of a pair (stream, datagram, seqpacket) whose both ends
+are in the tree, and unconnected unnamed sockets. Refused, naming the fd:
+a socket bound to a name or listening, one connected to a socket outside the
+tree, and descriptors in flight in a queue (SCM_RIGHTS). A socket with
+SO_PASSCRED receives the credentials of the process that sends its queued
+messages again at restore, not the original sender's.
+"""
+
+import array
+import errno
+import fcntl
+import os
+import socket
+
+from runtime.errors import DumpError, ImageError, RestoreError
+from runtime.files.base import FileKindBase, refuse_payload
+from runtime.images.model import FdKind, FdSlot, FileEntry, UnixSocket
+from runtime.kernel import pidfd, sock_diag
+from runtime.kernel.procfs.fds import FileKind, OpenFile
+
+SO_PEEK_OFF = 42
+TYPES = (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET)
+RCV_SHUTDOWN, SEND_SHUTDOWN = 1, 2
+SETFL_FLAGS = os.O_NONBLOCK | 0o20000  # the F_SETFL flags a socket's open file keeps: O_NONBLOCK, FASYNC
+PEEK_MAX = 1 << 22  # larger than any message a socket queue holds (its SO_RCVBUF is capped far below)
+FDS_IN_FLIGHT_MAX = 253  # SCM_MAX_FD: the most descriptors one message carries
+
+
+def _unix_inodes() -> set[int]:
+    """The unix sockets of the runtime's network namespace (the dump refuses other namespaces)."""
+    with open("/proc/self/net/unix") as f:
+        return {int(line.split()[6]) for line in f.readlines()[1:] if len(line.split()) > 6}
+
+
+class UnixEnd(FileKindBase):
+    kind = FdKind.UNIX
+
+    def matches(self, open_file: OpenFile, shell_job: bool) -> bool:
+        return open_file.kind is FileKind.SOCKET and open_file.inode in _unix_inodes()
+
+    def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
+        return FileEntry(file_id, self.kind, flags=open_file.flags, socket=open_file.inode)
+
+    def check(self, entry: FileEntry, file: str, field: str) -> None:
+        refuse_payload(entry, file, field, expected=False)
+        if entry.socket is None:
+            raise ImageError(file, f"{field}.socket", "a unix socket's open file names its socket")
+
+    def open(self, entry: FileEntry, number: int, inheritable: bool, pid: int) -> int:
+        raise RestoreError(pid, f"fd {number}: unix socket {entry.socket} was not made with its peer")
+
+    def describe(self, entry: FileEntry) -> tuple[str, str]:
+        return f"socket:[{entry.socket}] (unix)", ""
+
+
+KIND = UnixEnd()
+
+
+# -- the dump ---------------------------------------------------------------------------------------------------
+
+def ends_of(tables: dict[int, tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]],
+            shared: tuple[FileEntry, ...]) -> dict[int, tuple[int, int]]:
+    """Each unix socket of the tree: one (pid, fd) holding it."""
+    tree_entries = {entry.id: entry for entry in shared}
+    found: dict[int, tuple[int, int]] = {}
+    for pid, (slots, entries) in tables.items():
+        own = {entry.id: entry for entry in entries}
+        for slot in slots:
+            entry = own.get(slot.file_id) or tree_entries[slot.file_id]
+            if entry.kind is FdKind.UNIX:
+                found.setdefault(entry.socket, (pid, slot.fd))
+    return found
+
+
+def save(held: dict[int, tuple[int, int]]) -> tuple[UnixSocket, ...]:
+    """Every unix socket of the tree with its peer, shutdowns, options and queue; DumpError for what is refused."""
+    if not held:
+        return ()
+    diag = sock_diag.unix_sockets()
+    saved = []
+    for inode, (pid, fd) in sorted(held.items()):
+        what = f"fd {fd} (socket:[{inode}])"
+        found = diag.get(inode)
+        if found is None or found.type not in TYPES:
+            raise DumpError(pid, f"{what}: a unix socket sock_diag does not report: not supported")
+        if found.name is not None or found.listening:
+            raise DumpError(pid, f"{what}: a unix socket bound to a name ({found.name}) or listening: "
+                                 "not supported yet")
+        mine = pidfd.get_fd(pid, fd)
+        try:
+            with socket.socket(fileno=mine) as sock:
+                connected = _connected(sock)
+                if connected and found.peer not in held:
+                    peer = f"socket {found.peer}" if found.peer else "a socket"
+                    raise DumpError(pid, f"{what}: connected to {peer} outside the tree: not supported yet")
+                saved.append(UnixSocket(
+                    id=inode, type=found.type, peer=found.peer if connected else 0, shutdown=found.shutdown,
+                    queue=_peek_queue(pid, what, sock),
+                    rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                    sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                    passcred=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED))))
+        except OSError as exc:
+            raise DumpError(pid, f"{what}: {exc.strerror}") from exc
+    return tuple(saved)
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return False
+        raise
+    return True
+
+
+def _peek_queue(pid: int, what: str, sock: socket.socket) -> tuple[bytes, ...]:
+    """Every message of the receive queue, oldest first, the queue left as it was (a stream's bytes: one)."""
+    before = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    messages = []
+    try:
+        while True:
+            try:
+                data, ancillary, flags, _ = sock.recvmsg(PEEK_MAX, socket.CMSG_SPACE(4 * FDS_IN_FLIGHT_MAX),
+                                                         socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                    for fd in fds:  # the peek installed them in our table
+                        os.close(fd)
+                    raise DumpError(pid, f"{what}: descriptors in flight in its queue (SCM_RIGHTS): "
+                                         "not supported yet")
+            if flags & socket.MSG_TRUNC:
+                raise DumpError(pid, f"{what}: a message of more than {PEEK_MAX} bytes in its queue")
+            if not data:
+                break  # a stream whose peer shut down: nothing more
+            messages.append(data)
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, before)
+    if sock.type == socket.SOCK_STREAM and messages:
+        return (b"".join(messages),)
+    return tuple(messages)
+
+
+# -- the restore ------------------------------------------------------------------------------------------------
+
+def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int) -> None:
+    """A socket, or a connected pair, made once: queues filled from the peer, shut down, each open file at its slot."""
+    if len(sockets) == 2:
+        made = dict(zip((s.id for s in sockets), socket.socketpair(socket.AF_UNIX, sockets[0].type)))
+    else:
+        made = {sockets[0].id: socket.socket(socket.AF_UNIX, sockets[0].type)}
+    try:
+        for record in sockets:
+            sock = made[record.id]
+            # getsockopt reports twice what setsockopt was given (the kernel's bookkeeping share).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, max(record.rcvbuf // 2, 1))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(record.sndbuf // 2, 1))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, int(record.passcred))
+        for record in sockets:
+            if record.queue:
+                sender = made.get(record.peer)
+                if sender is None:
+                    raise RestoreError(pid, f"unix socket {record.id}: {len(record.queue)} queued messages and no "
+                                            "peer to send them from")
+                for message in record.queue:
+                    sender.sendall(message) if record.type == socket.SOCK_STREAM else sender.send(message)
+        for record in sockets:
+            how = {RCV_SHUTDOWN: socket.SHUT_RD, SEND_SHUTDOWN: socket.SHUT_WR,
+                   RCV_SHUTDOWN | SEND_SHUTDOWN: socket.SHUT_RDWR}.get(record.shutdown)
+            if how is not None:
+                made[record.id].shutdown(how)
+        for entry, slot in ends:
+            os.dup2(made[entry.socket].fileno(), slot)
+            fcntl.fcntl(slot, fcntl.F_SETFL, entry.flags & SETFL_FLAGS)
+    except OSError as exc:
+        raise RestoreError(pid, f"unix socket {sockets[0].id}: {exc.strerror}") from exc
+    finally:
+        for sock in made.values():
+            sock.close()

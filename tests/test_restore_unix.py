@@ -1,0 +1,121 @@
+"""Unix socket pairs inside a tree: made once, queues (and message boundaries) and shutdowns kept, refusals named.
+
+A parent and its child talk over socketpairs of every type; what one sent
+before the dump and the other had not read yet is read after the restore,
+in order, each datagram and seqpacket whole. A socket the restore could not
+make as it was (bound to a name, listening, connected to a socket outside
+the tree, carrying descriptors in its queue) is refused naming the fd.
+"""
+
+import os
+import socket
+
+import pytest
+
+from restore_support import lines, wait_for
+from runtime.dump import DumpOptions, dump
+from runtime.errors import DumpError
+from runtime.images import loader
+from tree_support import exists, start_tree, subreaper
+
+PYTHON = "/usr/bin/python3"
+
+PAIRS = """
+import os, socket, sys, time
+pairs = {kind: socket.socketpair(socket.AF_UNIX, getattr(socket, kind))
+         for kind in ("SOCK_STREAM", "SOCK_DGRAM", "SOCK_SEQPACKET")}
+for kind, (parent_end, child_end) in pairs.items():
+    parent_end.send(f"{kind} one".encode())
+    parent_end.send(f"{kind} two".encode())
+    child_end.send(f"{kind} back".encode())
+pairs["SOCK_STREAM"][0].shutdown(socket.SHUT_WR)
+child = os.fork()
+if child == 0:
+    for parent_end, _ in pairs.values():
+        parent_end.close()
+    while not os.path.exists("go"):
+        time.sleep(0.01)
+    for kind, (_, end) in pairs.items():
+        if kind == "SOCK_STREAM":
+            got = [end.recv(100), end.recv(100)]  # all the bytes, then EOF: the parent shut its side
+        else:
+            got = [end.recv(100), end.recv(100)]
+        os.write(1, f"child {kind} {got!r}\\n".encode())
+    os._exit(0)
+for _, child_end in pairs.values():
+    child_end.close()
+os.write(1, f"ready child={child}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+for kind, (end, _) in pairs.items():
+    os.write(1, f"parent {kind} {end.recv(100)!r}\\n".encode())
+os.waitpid(child, 0)
+os.write(1, b"done\\n")
+time.sleep(1000)
+"""
+
+
+@pytest.fixture
+def reaper():
+    with subreaper():
+        yield
+
+
+def test_socketpairs_of_every_type_keep_their_queues_boundaries_and_shutdowns(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", PAIRS], tmp_path)
+    try:
+        tree.pids = [tree.root, int(tree.info["child"])]
+        tree.dump()
+        with loader.load(tree.images) as checkpoint:
+            sockets = checkpoint.tree.sockets
+        assert len(sockets) == 6 and sum(len(s.queue) for s in sockets) == 8  # a stream's queue is one
+        tree.restore()
+        (tmp_path / "go").touch()
+        wait_for(lambda: "done" in tree.out.read_text(), what="both to read")
+        said = {tuple(words[:2]): " ".join(words[2:]) for words in lines(tree.out, "child") + lines(tree.out, "parent")}
+        assert said[("child", "SOCK_STREAM")] == "[b'SOCK_STREAM oneSOCK_STREAM two', b'']"
+        for kind in ("SOCK_DGRAM", "SOCK_SEQPACKET"):
+            assert said[("child", kind)] == f"[b'{kind} one', b'{kind} two']"
+        for kind in ("SOCK_STREAM", "SOCK_DGRAM", "SOCK_SEQPACKET"):
+            assert said[("parent", kind)] == f"b'{kind} back'"
+    finally:
+        tree.stop()
+
+
+REFUSED = {
+    "bound": "s = socket.socket(socket.AF_UNIX); s.bind('sock'); s.listen(4)",
+    "in-flight": ("a, b = socket.socketpair(); import array; "
+                  "a.sendmsg([b'x'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [0]))])"),
+}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("bound", r"fd \d+ \(socket:\[\d+\]\): a unix socket bound to a name \(.*\) or listening: not supported yet"),
+    ("in-flight", r"fd \d+ \(socket:\[\d+\]\): descriptors in flight in its queue \(SCM_RIGHTS\): not supported yet"),
+])
+def test_unix_sockets_the_restore_cannot_make_are_refused_and_left_running(case, message, reaper, tmp_path):
+    program = f"import os, socket, time\n{REFUSED[case]}\nos.write(1, b'ready ok=1\\n')\ntime.sleep(1000)\n"
+    tree = start_tree([PYTHON, "-c", program], tmp_path)
+    try:
+        with pytest.raises(DumpError, match=rf"^pid {tree.root}: {message}"):
+            dump(tree.root, tmp_path / "img", DumpOptions())
+        assert exists(tree.root) and not (tmp_path / "img").exists()
+    finally:
+        tree.stop()
+
+
+def test_a_socket_connected_to_one_outside_the_tree_is_refused(reaper, tmp_path):
+    ours, theirs = socket.socketpair()
+    try:
+        program = "import os, socket, time\nos.write(1, b'ready ok=1\\n')\ntime.sleep(1000)\n"
+        tree = start_tree([PYTHON, "-c", program], tmp_path, pass_fds=(theirs.fileno(),))
+        try:
+            with pytest.raises(DumpError, match=rf"^pid {tree.root}: fd {theirs.fileno()} \(socket:\[\d+\]\): "
+                                                rf"connected to socket \d+ outside the tree: not supported yet"):
+                dump(tree.root, tmp_path / "img", DumpOptions())
+            assert exists(tree.root)
+        finally:
+            tree.stop()
+    finally:
+        ours.close()
+        theirs.close()

@@ -100,6 +100,14 @@ def _render_tree(checkpoint: Checkpoint, console: Console) -> None:
                 for entry in process.files + tree.files if entry.id == slot.file_id and entry.pipe == made.id]
         console.print(f"pipe {made.id}: capacity {_size(made.size)}, {len(made.data):,} bytes in flight; "
                       f"ends: {', '.join(ends)}")
+    for sock in tree.sockets:
+        holders = [str(pid) for pid, process in processes.items() for slot in process.fds
+                   for entry in process.files + tree.files if entry.id == slot.file_id and entry.socket == sock.id]
+        kind = {1: "stream", 2: "datagram", 5: "seqpacket"}.get(sock.type, str(sock.type))
+        peer = f"paired with {sock.peer}" if sock.peer else "unconnected"
+        console.print(f"unix {kind} socket {sock.id}, {peer}: {len(sock.queue)} message(s), "
+                      f"{sum(len(m) for m in sock.queue):,} bytes queued, shutdown {sock.shutdown}; "
+                      f"held by {', '.join(holders)}")
     for entry in tree.files:
         holders = [str(pid) for pid, process in processes.items() if any(s.file_id == entry.id for s in process.fds)]
         what, _ = registry.describe(entry)

@@ -7,7 +7,6 @@ make as it was (bound to a name, listening, connected to a socket outside
 the tree, carrying descriptors in its queue) is refused naming the fd.
 """
 
-import os
 import socket
 
 import pytest

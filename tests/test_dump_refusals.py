@@ -45,7 +45,7 @@ def piped_sleep():
     ("thread_slack", r"thread \d+ has its own timer_slack \(123456, the leader's is 50000\): not supported"),
     ("thread_seccomp", r"thread \d+ runs under seccomp \(filter mode\): restoring seccomp filters is not supported yet"),
     ("socket", r"fd 3 \(socket socket:\[\d+\]\): not supported yet"),
-    ("eventfd", r"fd 3 \(anonymous inode \[eventfd\]\): not supported yet"),
+    ("timerfd", r"fd 3 \(anonymous inode \[timerfd\]\): not supported yet"),
     ("posix_timer", r"has POSIX timers \(ids 0; timer_create\): not supported yet"),
     ("flock", r"fd 3 \(regular file .*/locked\) holds a file lock \(1: FLOCK  ADVISORY  WRITE .*\): "
               r"restoring file locks is not supported yet"),
@@ -64,7 +64,7 @@ def test_dump_refuses_what_is_not_supported_and_leaves_it_running(refused_target
 
 def test_dump_refuses_stdio_pipe_without_shell_job(piped_sleep, tmp_path):
     """The other end of its stdout is ours, outside the dump: a restored pipe could not be ours too."""
-    with pytest.raises(DumpError, match=rf"fd 1 \(pipe:\[\d+\]\): its pipe is also held by pid {os.getpid()}, "
+    with pytest.raises(DumpError, match=rf"fd 1 \(pipe:\[\d+\]\): it is also held by pid {os.getpid()}, "
                                         r"outside the dump: not supported yet \(dump that process's tree, or use "
                                         r"--shell-job for stdio\)"):
         dump(piped_sleep.pid, tmp_path / "img", LEAVE_RUNNING)
@@ -108,9 +108,9 @@ def test_dump_failing_after_infection_cures_and_leaves_no_inventory(tmp_path, ti
 
 @pytest.mark.parametrize("refused_target", ["child"], indirect=True)
 def test_dump_refuses_a_tree_for_what_a_child_holds_naming_the_child(refused_target, tmp_path):
-    """The whole tree is dumped or none of it: a child's eventfd refuses the dump, and both run on untouched."""
+    """The whole tree is dumped or none of it: a child's timerfd refuses the dump, and both run on untouched."""
     child = int(refused_target.info["child"])
-    with pytest.raises(DumpError, match=rf"^pid {child}: fd 3 \(anonymous inode \[eventfd\]\): not supported yet$"):
+    with pytest.raises(DumpError, match=rf"^pid {child}: fd 3 \(anonymous inode \[timerfd\]\): not supported yet$"):
         dump(refused_target.pid, tmp_path / "img")  # default mode: a dump that went on would kill both
     assert_left_as_before(refused_target.pid)
     assert_left_as_before(child)
@@ -139,7 +139,7 @@ def test_dump_refuses_a_shell_waiting_for_its_job_and_both_keep_running(tmp_path
         child = int(shell.stdout.readline())
         wait_for(lambda: read_status(shell.pid).state == "S", what="bash to wait")
         blocked = read_status(shell.pid).sig_blocked  # bash blocks SIGCHLD around its wait
-        with pytest.raises(DumpError, match=rf"^pid {shell.pid}: fd 1 \(pipe:\[\d+\]\): its pipe is also held by "
+        with pytest.raises(DumpError, match=rf"^pid {shell.pid}: fd 1 \(pipe:\[\d+\]\): it is also held by "
                                             rf"pid {os.getpid()}, outside the dump"):
             dump(shell.pid, tmp_path / "img")
         assert_left_as_before(shell.pid, blocked)

@@ -10,6 +10,7 @@ who calls each and when.
 from __future__ import annotations
 
 import abc
+import os
 import stat
 
 from runtime.errors import ImageError
@@ -21,6 +22,10 @@ class FileKindBase(abc.ABC):
     """One kind of open file description; a module defines one subclass and one instance of it."""
 
     kind: FdKind  # what the image records in FileEntry.kind
+    # Reopened only once every other fd of the process is in place (an epoll instance names them).
+    after_others: bool = False
+    # May be one open file of several processes (made by their common ancestor before their own fds exist).
+    shareable: bool = True
 
     @abc.abstractmethod
     def matches(self, open_file: OpenFile, shell_job: bool) -> bool:
@@ -48,6 +53,16 @@ class FileKindBase(abc.ABC):
     @abc.abstractmethod
     def describe(self, entry: FileEntry) -> tuple[str, str]:
         """(what, mode) for `show`: the path or what stands for it, and the file's mode or ""."""
+
+
+def place(fd: int, number: int, inheritable: bool) -> int:
+    """A freshly made descriptor moved to number (dup3 refuses to move one onto itself): number."""
+    if fd == number:
+        os.set_inheritable(fd, inheritable)
+    else:
+        os.dup2(fd, number, inheritable=inheritable)
+        os.close(fd)
+    return number
 
 
 def refuse_payload(entry: FileEntry, file: str, field: str, expected: bool) -> None:

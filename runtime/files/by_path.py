@@ -12,6 +12,7 @@ import os
 import stat
 
 from runtime.errors import RestoreError, shorten
+from runtime.files.base import place
 from runtime.images.model import FileEntry
 from runtime.kernel import fileopen
 from runtime.kernel.procfs.fds import MEM_MAJOR
@@ -29,12 +30,7 @@ def open_at(path: str, flags: int, kind: int, number: int, inheritable: bool) ->
     image has it) and O_NOCTTY: a serial line's open waits for its carrier, and a
     terminal's would become the child's controlling terminal.
     """
-    fd = open_checked(path, flags, kind)
-    if fd != number:
-        os.dup2(fd, number, inheritable=inheritable)
-        os.close(fd)
-    else:
-        os.set_inheritable(fd, inheritable)
+    place(open_checked(path, flags, kind), number, inheritable)
 
 
 def open_checked(path: str, flags: int, kind: int) -> int:

@@ -12,6 +12,7 @@ them, so that each inherits it (runtime/restore/spawn.py).
 
 import os
 
+from runtime.errors import DumpError
 from runtime.files import registry
 from dataclasses import replace
 
@@ -60,14 +61,20 @@ def share_across(tables: dict[int, FdTable], views: dict[int, int]) -> tuple[dic
         for entry in entries:
             if entry.kind is FdKind.INHERIT:
                 continue
-            group = candidates.setdefault((entry.kind, entry.flags, entry.pos, entry.node, entry.pipe), [])
-            match = next((held for holder, held in group if holder != pid and kcmp.same_file(
+            # An open file shared by two processes is one: its kind's payload is the same in both.
+            group = candidates.setdefault((entry.kind, entry.flags, entry.pos, entry.node, entry.pipe, entry.socket,
+                                           entry.eventfd, entry.epoll), [])
+            match = next(((holder, held) for holder, held in group if holder != pid and kcmp.same_file(
                 views[pid], first_fd[pid][entry.id], first_fd[holder][held.id], pid2=views[holder])), None)
             if match is None:
                 group.append((pid, entry))
-            else:
-                same_as[entry.id] = match.id
-                shared[match.id] = match
+                continue
+            holder, held = match
+            if not registry.kind_of(entry).shareable:
+                raise DumpError(pid, f"fd {first_fd[pid][entry.id]} ({entry.kind.value}): one open file with process "
+                                     f"{holder}'s fd {first_fd[holder][held.id]}: not supported yet")
+            same_as[entry.id] = held.id
+            shared[held.id] = held
     result = {}
     for pid, (slots, entries) in tables.items():
         slots = tuple(replace(slot, file_id=same_as.get(slot.file_id, slot.file_id)) for slot in slots)
@@ -97,10 +104,11 @@ def restore_table(process: Process, shared: dict[int, int], shared_entries: tupl
 
     shared: the descriptor each of the tree's shared entries this process
     holds was inherited at (file_id -> fd): it is dup'ed, never reopened.
+    A kind that names other fds (epoll) comes after all the others.
     """
     entries = entries_by_id(process, shared_entries)
     opened: dict[int, int] = dict(shared)  # file_id -> the fd it was opened at first
-    for slot in process.fds:
+    for slot in sorted(process.fds, key=lambda s: registry.kind_of(entries[s.file_id]).after_others):
         if slot.file_id in opened:
             # One open file description under two numbers: a dup shares its offset and flags.
             os.dup2(opened[slot.file_id], slot.fd, inheritable=not slot.cloexec)

@@ -65,6 +65,8 @@ class FdKind(enum.Enum):
     PIPE = "pipe"  # one end of a pipe (pipe(2)): the pipe, its size and its data are the tree's (Tree.pipes)
     FIFO = "fifo"  # an open file of a FIFO (mkfifo), reopened by path: its pipe's data is the tree's too
     UNIX = "unix"  # a unix socket: the socket itself (type, peer, queued data) is the tree's (Tree.sockets)
+    EVENTFD = "eventfd"  # eventfd(2): its counter and semaphore mode (FileEntry.eventfd)
+    EPOLL = "epoll"  # epoll(7): its interest list (FileEntry.epoll), registered again after the process's other fds
 
 
 class RseqCase(enum.Enum):
@@ -279,6 +281,23 @@ class FileNode:
 
 
 @dataclass(frozen=True)
+class Eventfd:
+    """An eventfd's state, from /proc/PID/fdinfo."""
+
+    count: int  # the counter, below 2**64 - 1
+    semaphore: bool  # EFD_SEMAPHORE: a read takes 1, not the whole count
+
+
+@dataclass(frozen=True)
+class EpollTarget:
+    """One file an epoll instance watches: the process's fd of it, what for, and the data it reports."""
+
+    fd: int  # its number in the process holding the epoll instance (fdinfo's tfd)
+    events: int  # the events mask with EPOLLET, EPOLLONESHOT, ... (fdinfo's events)
+    data: int  # the 64 bits epoll_wait reports with it
+
+
+@dataclass(frozen=True)
 class FileEntry:
     """One open file description: what the kernel shares between the fds of a dup, or a fork.
 
@@ -293,6 +312,8 @@ class FileEntry:
     node: FileNode | None = None  # FILE, CHR and FIFO: the path reopened; INHERIT, PIPE: none
     pipe: int | None = None  # PIPE, FIFO: the Pipe.id it is an end of (read end if opened O_RDONLY, else write end)
     socket: int | None = None  # UNIX: the UnixSocket.id it is an open file of
+    eventfd: Eventfd | None = None  # EVENTFD: its state
+    epoll: tuple[EpollTarget, ...] | None = None  # EPOLL: its interest list, in the order fdinfo lists it
 
 
 @dataclass(frozen=True)

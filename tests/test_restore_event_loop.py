@@ -1,0 +1,107 @@
+"""Event loops: eventfd counters and epoll interest lists come back, so asyncio programs run on.
+
+An asyncio program holds an epoll instance, a socketpair (its self-pipe)
+and whatever it waits on; after the restore its coroutines carry on where
+they were. An eventfd keeps its count and semaphore mode; an epoll
+instance watches the same fds with the same masks and data, and a file
+ready at the dump is reported ready again.
+"""
+
+import pytest
+
+from restore_support import lines, wait_for
+from runtime.dump import DumpOptions, dump
+from runtime.errors import DumpError
+from tree_support import descendants, exists, start_tree, subreaper
+
+PYTHON = "/usr/bin/python3"
+
+ASYNCIO = """
+import asyncio, os
+async def tick():
+    for n in range(100000):
+        os.write(1, f"tick {n}\\n".encode())
+        await asyncio.sleep(0.01)
+async def main():
+    task = asyncio.create_task(tick())
+    os.write(1, f"ready pid={os.getpid()}\\n".encode())
+    await task
+asyncio.run(main())
+"""
+
+EVENTS = """
+import os, select, time
+counter = os.eventfd(5, os.EFD_SEMAPHORE | os.EFD_NONBLOCK)
+r, w = os.pipe()
+os.write(w, b"ready to read")
+poll = select.epoll()
+poll.register(r, select.EPOLLIN)
+os.write(1, f"ready pid={os.getpid()} reader={r}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+takes = 0
+while True:
+    try:
+        takes += os.eventfd_read(counter)
+    except BlockingIOError:
+        break
+os.write(1, f"counter {takes}\\n".encode())
+os.write(1, f"ready-fds {poll.poll(0)}\\n".encode())
+time.sleep(1000)
+"""
+
+
+@pytest.fixture
+def reaper():
+    with subreaper():
+        yield
+
+
+def test_an_asyncio_program_restored_runs_its_coroutines_on(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", ASYNCIO], tmp_path)
+    try:
+        wait_for(lambda: len(lines(tree.out, "tick")) > 10, what="the ticks")
+        tree.dump()
+        at_dump = len(lines(tree.out, "tick"))
+        written = tree.out.stat().st_size
+        tree.restore()
+        wait_for(lambda: tree.out.stat().st_size > written + 400, what="the restored loop to tick on")
+        ticks = [int(words[1]) for words in lines(tree.out, "tick")]
+        assert len(ticks) > at_dump and ticks == list(range(len(ticks)))
+    finally:
+        tree.stop()
+
+
+def test_an_eventfd_keeps_its_count_and_an_epoll_instance_its_ready_files(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", EVENTS], tmp_path)
+    try:
+        tree.dump()
+        tree.restore()
+        (tmp_path / "go").touch()
+        wait_for(lambda: lines(tree.out, "ready-fds"), what="the counts")
+        assert lines(tree.out, "counter") == [["counter", "5"]]  # five takes of 1: a semaphore of 5
+        reader = tree.info["reader"]
+        assert " ".join(lines(tree.out, "ready-fds")[0][1:]) == f"[({reader}, 1)]"  # the pipe's read end: readable
+    finally:
+        tree.stop()
+
+
+SHARED_EPOLL = """
+import os, select, time
+poll = select.epoll()
+if os.fork() == 0:
+    time.sleep(1000)
+os.write(1, f"ready pid={os.getpid()}\\n".encode())
+time.sleep(1000)
+"""
+
+
+def test_an_epoll_instance_two_processes_share_is_refused_and_left_running(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", SHARED_EPOLL], tmp_path)
+    try:
+        with pytest.raises(DumpError, match=r"fd 3 \(epoll\): one open file with process \d+'s fd 3: not supported yet"):
+            dump(tree.root, tmp_path / "img", DumpOptions())
+        assert exists(tree.root)
+    finally:
+        tree.pids = descendants(tree.root)
+        tree.stop()

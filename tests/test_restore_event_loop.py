@@ -7,6 +7,10 @@ instance watches the same fds with the same masks and data, and a file
 ready at the dump is reported ready again.
 """
 
+import os
+import signal
+import time
+
 import pytest
 
 from restore_support import lines, wait_for
@@ -104,4 +108,43 @@ def test_an_epoll_instance_two_processes_share_is_refused_and_left_running(reape
         assert exists(tree.root)
     finally:
         tree.pids = descendants(tree.root)
+        tree.stop()
+
+
+TIMERS = """
+import ctypes, os, signal, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+class Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+class Itimerspec(ctypes.Structure):
+    _fields_ = [("interval", Timespec), ("value", Timespec)]
+timer = libc.timerfd_create(time.CLOCK_MONOTONIC, os.O_NONBLOCK)
+libc.timerfd_settime(timer, 0, ctypes.byref(Itimerspec(Timespec(0, 20_000_000), Timespec(0, 20_000_000))), None)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+mask = ctypes.c_uint64(1 << (signal.SIGUSR1 - 1))
+reader = libc.syscall(289, -1, ctypes.byref(mask), 8, 0)
+os.write(1, f"ready pid={os.getpid()} timer={timer} reader={reader}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+time.sleep(0.1)  # 5 more expirations at least
+expired = struct.unpack("<Q", os.read(timer, 8))[0]
+os.write(1, f"expired {expired}\\n".encode())
+os.write(1, f"signal {struct.unpack_from('<I', os.read(reader, 128))[0]}\\n".encode())
+time.sleep(1000)
+"""
+
+
+def test_a_timerfd_keeps_firing_with_its_unread_expirations_and_a_signalfd_reads_signals_sent_after(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", TIMERS], tmp_path)
+    try:
+        time.sleep(0.3)  # about 15 expirations, none read
+        tree.dump()
+        tree.restore()
+        os.kill(tree.root, signal.SIGUSR1)
+        (tmp_path / "go").touch()
+        wait_for(lambda: lines(tree.out, "signal"), what="the reads")
+        expired = int(lines(tree.out, "expired")[0][1])
+        assert expired >= 15 + 5, "the expirations before the dump were lost"
+        assert lines(tree.out, "signal") == [["signal", str(int(signal.SIGUSR1))]]
+    finally:
         tree.stop()

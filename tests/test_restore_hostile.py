@@ -98,7 +98,8 @@ def add_fd(record, fd: int, path: str, kind: str = "file", flags: int = 0o100000
     """A descriptor fd on a file entry of its own, the entry with these fields."""
     file_id = max(entry["id"] for entry in record["files"]) + 1
     record["files"].append({"id": file_id, "kind": kind, "flags": flags, "pos": pos,
-                            "node": {"path": path, "mode": mode}, "pipe": None})
+                            "node": {"path": path, "mode": mode}, "pipe": None, "socket": None,
+                            "eventfd": None, "epoll": None, "timerfd": None, "signalfd": None})
     record["fds"].append({"fd": fd, "file_id": file_id, "cloexec": False})
 
 

@@ -15,6 +15,7 @@ anew).
 
 An instance several processes share (after a fork) is refused: its targets
 would have to exist in the process that makes it before that process forks.
+So is one watching another epoll instance, which would have to be made first.
 """
 
 import ctypes
@@ -73,6 +74,9 @@ class EpollInstance(FileKindBase):
                     (inode, os.major(device), os.minor(device)):
                 raise DumpError(pid, f"fd {open_file.fd} ({open_file.description}): it watches a file that is no "
                                      f"longer open at fd {target.fd} (closed or replaced since): not supported")
+            if os.readlink(proc_path(pid, f"fd/{target.fd}")) == LINK:
+                raise DumpError(pid, f"fd {open_file.fd} ({open_file.description}): it watches another epoll "
+                                     f"instance (fd {target.fd}): not supported yet")
             targets.append(target)
         return FileEntry(file_id, self.kind, flags=open_file.flags, epoll=tuple(targets))
 

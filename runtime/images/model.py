@@ -67,6 +67,8 @@ class FdKind(enum.Enum):
     UNIX = "unix"  # a unix socket: the socket itself (type, peer, queued data) is the tree's (Tree.sockets)
     EVENTFD = "eventfd"  # eventfd(2): its counter and semaphore mode (FileEntry.eventfd)
     EPOLL = "epoll"  # epoll(7): its interest list (FileEntry.epoll), registered again after the process's other fds
+    TIMERFD = "timerfd"  # timerfd_create(2): clock, settings, time left and expirations not yet read
+    SIGNALFD = "signalfd"  # signalfd(2): the signals it reads (FileEntry.signalfd)
 
 
 class RseqCase(enum.Enum):
@@ -289,6 +291,17 @@ class Eventfd:
 
 
 @dataclass(frozen=True)
+class Timerfd:
+    """A timerfd's clock and settings, when it fires next, and how often it fired unread."""
+
+    clockid: int  # CLOCK_REALTIME 0, CLOCK_MONOTONIC 1, CLOCK_BOOTTIME 7, ... (the _ALARM ones too)
+    settime_flags: int  # TFD_TIMER_ABSTIME 1, TFD_TIMER_CANCEL_ON_SET 2
+    interval_ns: int  # 0: one-shot
+    value_ns: int  # when it fires next: time left, or with TFD_TIMER_ABSTIME the clock's time then; 0: disarmed
+    ticks: int  # expirations not yet read
+
+
+@dataclass(frozen=True)
 class EpollTarget:
     """One file an epoll instance watches: the process's fd of it, what for, and the data it reports."""
 
@@ -314,6 +327,8 @@ class FileEntry:
     socket: int | None = None  # UNIX: the UnixSocket.id it is an open file of
     eventfd: Eventfd | None = None  # EVENTFD: its state
     epoll: tuple[EpollTarget, ...] | None = None  # EPOLL: its interest list, in the order fdinfo lists it
+    timerfd: Timerfd | None = None  # TIMERFD: its state
+    signalfd: int | None = None  # SIGNALFD: the mask of signals it reads, bit (sig - 1)
 
 
 @dataclass(frozen=True)

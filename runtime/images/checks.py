@@ -425,41 +425,26 @@ def check_tree(tree: Tree, processes: Mapping[int, Process], inventory: Inventor
 
 def _check_sockets(tree: Tree, processes: Mapping[int, Process], file: str) -> None:
     """Each socket once, of a type a restore makes, paired with a peer that names it back, and held."""
-    by_id = {}
+    _check_held(tree, processes, file, tree.sockets, "socket", "sockets")
+    by_id = {sock.id: sock for sock in tree.sockets}
     for index, sock in enumerate(tree.sockets):
         field = f"sockets[{index}]"
-        if by_id and sock.id <= max(by_id):
-            raise ImageError(file, f"{field}.id", f"{sock.id} is not above the previous id")
         if sock.type not in UNIX_SOCKET_TYPES:
             raise ImageError(file, f"{field}.type", f"{sock.type} is not SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET")
         if sock.shutdown > 3:
             raise ImageError(file, f"{field}.shutdown", f"{sock.shutdown} is not a shutdown mask (0..3)")
-        by_id[sock.id] = sock
-    for index, sock in enumerate(tree.sockets):
         peer = by_id.get(sock.peer) if sock.peer else None
         if sock.peer and (peer is None or peer.peer != sock.id or peer.type != sock.type):
-            raise ImageError(file, f"sockets[{index}].peer", f"{sock.peer} is no socket of the tree paired with it")
+            raise ImageError(file, f"{field}.peer", f"{sock.peer} is no socket of the tree paired with it")
         if sock.queue and peer is None:
-            raise ImageError(file, f"sockets[{index}].queue", "a queue without a peer to send it again")
-    entries = [(name, index, entry) for name, held in
-               [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]
-               for index, entry in enumerate(held)]
-    for name, index, entry in entries:
-        if entry.socket is not None and entry.socket not in by_id:
-            raise ImageError(name, f"files[{index}].socket", f"{entry.socket} is no socket of {file}")
-    held = {entry.socket for _, _, entry in entries}
-    for index, sock in enumerate(tree.sockets):
-        if sock.id not in held:
-            raise ImageError(file, f"sockets[{index}].id", f"socket {sock.id} is held by no descriptor")
+            raise ImageError(file, f"{field}.queue", "a queue without a peer to send it again")
 
 
 def _check_pipes(tree: Tree, processes: Mapping[int, Process], file: str) -> None:
     """Each pipe once, its bytes within its capacity, and every pipe end naming one of them."""
-    previous = 0
+    _check_held(tree, processes, file, tree.pipes, "pipe", "pipes")
     for index, pipe in enumerate(tree.pipes):
         field = f"pipes[{index}]"
-        if pipe.id <= previous:
-            raise ImageError(file, f"{field}.id", f"{pipe.id} is not above the previous id")
         if not PAGE_SIZE <= pipe.size <= PIPE_SIZE_MAX or pipe.size % PAGE_SIZE:
             raise ImageError(file, f"{field}.size", f"{pipe.size} is not a pipe's capacity (whole pages up to "
                                                     f"{PIPE_SIZE_MAX})")
@@ -467,18 +452,27 @@ def _check_pipes(tree: Tree, processes: Mapping[int, Process], file: str) -> Non
             raise ImageError(file, f"{field}.data", f"{len(pipe.data)} bytes do not fit its {pipe.size}")
         if pipe.path is not None and not pipe.path.startswith("/"):
             raise ImageError(file, f"{field}.path", "a FIFO's path is absolute")
-        previous = pipe.id
-    ids = {pipe.id for pipe in tree.pipes}
-    ends = [(name, index, entry) for name, entries in
-            [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]
-            for index, entry in enumerate(entries)]
-    for name, index, entry in ends:
-        if entry.pipe is not None and entry.pipe not in ids:
-            raise ImageError(name, f"files[{index}].pipe", f"{entry.pipe} is no pipe of {file}")
-    held = {entry.pipe for _, _, entry in ends}
-    for index, pipe in enumerate(tree.pipes):
-        if pipe.id not in held:
-            raise ImageError(file, f"pipes[{index}].id", f"pipe {pipe.id} has no end in the tree")
+
+
+def _check_held(tree: Tree, processes: Mapping[int, Process], file: str, objects: tuple, link: str,
+                listed: str) -> None:
+    """Objects of the tree (pipes, sockets) in ascending ids, every entry's link to one of them, each held."""
+    previous = 0
+    for index, obj in enumerate(objects):
+        if obj.id <= previous:
+            raise ImageError(file, f"{listed}[{index}].id", f"{obj.id} is not above the previous id")
+        previous = obj.id
+    ids = {obj.id for obj in objects}
+    entries = [(name, index, entry) for name, held in
+               [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]
+               for index, entry in enumerate(held)]
+    for name, index, entry in entries:
+        if getattr(entry, link) is not None and getattr(entry, link) not in ids:
+            raise ImageError(name, f"files[{index}].{link}", f"{getattr(entry, link)} is no {link} of {file}")
+    held = {getattr(entry, link) for _, _, entry in entries}
+    for index, obj in enumerate(objects):
+        if obj.id not in held:
+            raise ImageError(file, f"{listed}[{index}].id", f"{link} {obj.id} is held by no descriptor")
 
 
 def _check_tree_process(node, process: Process | None, file: str, field: str) -> None:

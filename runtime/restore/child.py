@@ -5,12 +5,15 @@ chdir/chroot and rlimits are easy and well-reported from Python and need
 nothing the old address space lacks; the restorer (no libc) does what must
 happen after the old memory is gone, and the credentials (creds.c), because
 its own steps need the runtime's privileges the target may not have. The child
-is a raw clone3 copy of the runtime (no fork handlers ran), so it starts no
-threads and ends in the restorer or in os._exit; any failure is written as
-one line to the error pipe, which the parent turns into the RestoreError.
+is a raw clone3 copy of the runtime (no fork handlers ran), forked into its
+place in the tree by restore/spawn.py, so it starts no threads and ends in
+the restorer or in os._exit; any failure is written as one line to its
+error pipe, which the runtime turns into the RestoreError.
 
 Order matters: the fds the restorer needs move above every target number
-first, so reopening the target's descriptors cannot clobber them; the
+first (the tree's shared files, pipes and sockets are already above them,
+where their maker put them), so reopening the target's descriptors cannot
+clobber them; the
 restorer area is mapped before rlimits (a lower RLIMIT_AS must not refuse
 it).
 
@@ -22,7 +25,8 @@ own permissions, never with the runtime's (an image cannot make a root
 restore open /etc/shadow read-write for a process that runs as nobody).
 Each is looked at before it is opened (runtime/files/by_path.py): a FIFO would
 block the open, a device's open has effects, so only the kind of file the
-image says (a regular file, a directory, a character device) is opened.
+image says (a regular file, a directory, a character device, a FIFO opened
+O_RDWR by its maker) is opened.
 The pages file is not opened at all: the loader checked it, and the child
 inherits that very descriptor.
 """

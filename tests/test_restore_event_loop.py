@@ -148,3 +148,40 @@ def test_a_timerfd_keeps_firing_with_its_unread_expirations_and_a_signalfd_reads
         assert lines(tree.out, "signal") == [["signal", str(int(signal.SIGUSR1))]]
     finally:
         tree.stop()
+
+
+MEMFD = """
+import fcntl, mmap, os, time
+fd = os.memfd_create("state", os.MFD_ALLOW_SEALING)
+os.write(fd, b"kept in a memfd " * 300)
+view = mmap.mmap(fd, 4096)
+fcntl.fcntl(fd, 1033, 2)  # F_ADD_SEALS F_SEAL_SHRINK
+child = os.fork()
+if child == 0:
+    while not os.path.exists("go"):
+        time.sleep(0.01)
+    os.pwrite(fd, b"WRITTEN BY CHILD", 0)
+    os._exit(0)
+os.write(1, f"ready pid={os.getpid()} fd={fd} child={child}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+os.waitpid(child, 0)
+os.write(1, f"mapped {view[:16]!r} seals {fcntl.fcntl(fd, 1034)} at {os.lseek(fd, 0, os.SEEK_CUR)}\\n".encode())
+time.sleep(1000)
+"""
+
+
+def test_a_memfd_held_by_parent_and_child_and_mapped_is_one_object_with_its_data_and_seals(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", MEMFD], tmp_path)
+    try:
+        fd, child = tree.info["fd"], int(tree.info["child"])
+        tree.pids = [tree.root, child]
+        tree.dump()
+        tree.restore()
+        assert os.readlink(f"/proc/{tree.root}/fd/{fd}") == "/memfd:state (deleted)"
+        (tmp_path / "go").touch()
+        wait_for(lambda: lines(tree.out, "mapped"), what="the parent to look")
+        # The child's write through its fd shows in the parent's mapping: one object; the seal and offset kept.
+        assert lines(tree.out, "mapped") == [["mapped", "b'WRITTEN", "BY", "CHILD'", "seals", "2", "at", "4800"]]
+    finally:
+        tree.stop()

@@ -33,7 +33,7 @@ from pathlib import Path
 from runtime import faults, progress
 from runtime.arch import x86_64 as arch
 from runtime.dump import refusals
-from runtime.files import pipe, table, unix
+from runtime.files import memfd, pipe, table, unix
 from runtime.errors import DumpError, ReviveError
 from runtime.kernel import ptrace
 from runtime.task import futex_links, rseq, controls as task_controls
@@ -129,7 +129,7 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
         for p, seized in frozen.seized.items():
             snapshot = replace(snapshots[p], fds=tables[p][0], files=tables[p][1])
             processes[p] = _dump_with_parasite(p, seized, snapshot, writer, options)
-        shared_memory = save_shared_memory(frozen, snapshots, writer)
+        shared_memory = save_shared_memory(frozen, snapshots, memfd.reaches(tables, shared_files, views), writer)
         writer.finish(Tree(nodes, shared_memory, shared_files, pipes, sockets))
         faults.point("dump.kill")
         writer.close()
@@ -168,13 +168,13 @@ def tree_processes(frozen: FrozenTree, snapshots: dict[int, Snapshot]) -> tuple[
     return tuple(nodes)
 
 
-def save_shared_memory(frozen: FrozenTree, snapshots: dict[int, Snapshot],
+def save_shared_memory(frozen: FrozenTree, snapshots: dict[int, Snapshot], memfds: dict[int, shmem.Reach],
                        writer: ImageWriter) -> tuple[SharedMemory, ...]:
-    """Each shared anonymous object of the tree, once: its data into shmem-ID.img, read through one mapping."""
-    found = shmem.objects({frozen.seized[p].worker: s.vmas for p, s in snapshots.items()})
+    """Each shared memory object of the tree, once: its data into shmem-ID.img, read through one mapping or fd."""
+    found = shmem.objects({frozen.seized[p].worker: s.vmas for p, s in snapshots.items()}, memfds)
     saved = []
-    for shmem_id, (view, vma) in sorted(found.items()):
-        saved.append(shmem.save(view, vma, writer.shmem_file(shmem_id)))
+    for shmem_id, reach in sorted(found.items()):
+        saved.append(shmem.save(reach, shmem_id, writer.shmem_file(shmem_id)))
     faults.point("dump.shmem")
     return tuple(saved)
 

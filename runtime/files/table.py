@@ -63,7 +63,8 @@ def share_across(tables: dict[int, FdTable], views: dict[int, int]) -> tuple[dic
                 continue
             # An open file shared by two processes is one: its kind's payload is the same in both.
             group = candidates.setdefault((entry.kind, entry.flags, entry.pos, entry.node, entry.pipe, entry.socket,
-                                           entry.eventfd, entry.epoll, entry.timerfd, entry.signalfd), [])
+                                           entry.eventfd, entry.epoll, entry.timerfd, entry.signalfd, entry.shmem),
+                                          [])
             match = next(((holder, held) for holder, held in group if holder != pid and kcmp.same_file(
                 views[pid], first_fd[pid][entry.id], first_fd[holder][held.id], pid2=views[holder])), None)
             if match is None:

@@ -69,6 +69,7 @@ class FdKind(enum.Enum):
     EPOLL = "epoll"  # epoll(7): its interest list (FileEntry.epoll), registered again after the process's other fds
     TIMERFD = "timerfd"  # timerfd_create(2): clock, settings, time left and expirations not yet read
     SIGNALFD = "signalfd"  # signalfd(2): the signals it reads (FileEntry.signalfd)
+    MEMFD = "memfd"  # an open file of a memfd: the memfd itself is one of the tree's SharedMemory objects
 
 
 class RseqCase(enum.Enum):
@@ -329,6 +330,7 @@ class FileEntry:
     epoll: tuple[EpollTarget, ...] | None = None  # EPOLL: its interest list, in the order fdinfo lists it
     timerfd: Timerfd | None = None  # TIMERFD: its state
     signalfd: int | None = None  # SIGNALFD: the mask of signals it reads, bit (sig - 1)
+    shmem: int | None = None  # MEMFD: the SharedMemory.id of its memfd
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,8 @@ class SharedMemory:
     extents: tuple[Extent, ...]  # the parts holding data, ascending start, back to back in shmem-ID.img
     path: str | None = None  # a deleted file mapped shared (a POSIX semaphore, shm_open): its name; None: anonymous
     mode: int = 0  # that file's st_mode
+    memfd: bool = False  # a memfd (path is /memfd:NAME), made again with memfd_create
+    seals: int = 0  # a memfd's F_GET_SEALS
 
 
 @dataclass(frozen=True)

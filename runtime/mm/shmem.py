@@ -26,17 +26,19 @@ addresses; the kernel then shows the same mapping as before the dump.
 
 import ctypes
 import errno
+import fcntl
 import io
 import logging
 import mmap
 import os
 import stat
+from dataclasses import dataclass
 
 from runtime.arch import x86_64 as arch
 from runtime.errors import DumpError, RestoreError
-from runtime.images.model import Extent, SharedMemory, Vma, VmaKind
+from runtime.images.model import Extent, SharedMemory, Vma
 from runtime.kernel.libc import libc as _libc
-from runtime.kernel.procfs.maps import DELETED_SUFFIX
+from runtime.kernel.procfs.maps import DELETED_SUFFIX, SHARED_ANON_NAME
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 
 SEEK_DATA, SEEK_HOLE = os.SEEK_DATA, os.SEEK_HOLE
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+MEMFD_PREFIX = "/memfd:"
 
 
 def map_files_path(pid: int, start: int, end: int) -> str:
@@ -52,31 +56,47 @@ def map_files_path(pid: int, start: int, end: int) -> str:
     return f"/proc/{pid}/map_files/{start:x}-{end:x}"
 
 
-def objects(vmas: dict[int, tuple[Vma, ...]]) -> dict[int, tuple[int, Vma]]:
-    """Each shared memory object the processes map (by its id), with one (pid, mapping) to read it through."""
-    found: dict[int, tuple[int, Vma]] = {}
-    for pid, mapped in vmas.items():
+@dataclass(frozen=True)
+class Reach:
+    """Where the dump opens an object: a mapping's /proc/PID/map_files entry, or a memfd's /proc/PID/fd link."""
+
+    pid: int  # whose (for messages)
+    through: str  # the /proc path opened
+    name: str  # what maps or the fd link shows: "/dev/zero (deleted)", "/memfd:NAME (deleted)", ...
+
+
+def objects(vmas: dict[int, tuple[Vma, ...]], memfds: dict[int, Reach]) -> dict[int, Reach]:
+    """Each shared memory object of the tree (by its id): those the processes map, and memfds only held open."""
+    found: dict[int, Reach] = {}
+    for view, mapped in vmas.items():
         for vma in mapped:
-            if vma.shmem is None:
-                continue
-            seen = found.setdefault(vma.shmem, (pid, vma))[1]
-            if seen.name != vma.name:
-                # Inode numbers are unique per file system only: two objects of one number cannot be told apart.
-                raise DumpError(pid, f"mapping {vma.start:#x}-{vma.end:#x} {vma.name}: its inode {vma.shmem} is "
-                                     f"also that of {seen.name}: not supported")
+            if vma.shmem is not None:
+                _add(found, vma.shmem, Reach(view, map_files_path(view, vma.start, vma.end), vma.name))
+    for shmem_id, reach in memfds.items():
+        _add(found, shmem_id, reach)
     return found
 
 
-def save(pid: int, vma: Vma, out: io.FileIO) -> SharedMemory:
-    """The object vma of pid maps, its data extents written to out (from its start): its record."""
+def _add(found: dict[int, Reach], shmem_id: int, reach: Reach) -> None:
+    seen = found.setdefault(shmem_id, reach)
+    if seen.name != reach.name:
+        # Inode numbers are unique per file system only: two objects of one number cannot be told apart.
+        raise DumpError(reach.pid, f"{reach.name}: its inode {shmem_id} is also that of {seen.name}: not supported")
+
+
+def save(reach: Reach, shmem_id: int, out: io.FileIO) -> SharedMemory:
+    """The object, its data extents written to out (from its start): its record."""
     try:
-        fd = os.open(map_files_path(pid, vma.start, vma.end), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(reach.through, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise DumpError(pid, f"shared memory {vma.start:#x}-{vma.end:#x}: cannot open it through "
-                             f"/proc/{pid}/map_files: {exc.strerror}") from exc
+        raise DumpError(reach.pid, f"shared memory {reach.name}: cannot open it through {reach.through}: "
+                                   f"{exc.strerror}") from exc
     try:
         st = os.fstat(fd)
         size, mode = st.st_size, st.st_mode
+        path = None if reach.name == SHARED_ANON_NAME else reach.name.removesuffix(DELETED_SUFFIX)
+        memfd = path is not None and path.startswith(MEMFD_PREFIX)
+        seals = fcntl.fcntl(fd, F_GET_SEALS) if memfd else 0
         extents = []
         offset = 0
         for start, end in _data_ranges(fd, size):
@@ -85,8 +105,7 @@ def save(pid: int, vma: Vma, out: io.FileIO) -> SharedMemory:
             offset += end - start
     finally:
         os.close(fd)
-    path = vma.path.removesuffix(DELETED_SUFFIX) if vma.kind is VmaKind.FILE else None
-    return SharedMemory(vma.shmem, size, tuple(extents), path, mode)
+    return SharedMemory(shmem_id, size, tuple(extents), path, mode, memfd, seals)
 
 
 def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
@@ -119,12 +138,18 @@ def _send(out: int, src: int, offset: int, length: int) -> None:
 
 
 def create(obj: SharedMemory, data: io.FileIO) -> int:
-    """A new object like obj holding its extents (read from data): an O_RDWR fd of it."""
-    fd = _create_deleted_file(obj) if obj.path is not None else _create_anonymous(obj)
+    """A new object like obj holding its extents (read from data), a memfd sealed last: an O_RDWR fd of it."""
+    if obj.memfd:
+        fd = os.memfd_create(obj.path[len(MEMFD_PREFIX):], os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, obj.size)
+    else:
+        fd = _create_deleted_file(obj) if obj.path is not None else _create_anonymous(obj)
     try:
         for extent in obj.extents:
             os.lseek(fd, extent.start, os.SEEK_SET)
             _send(fd, data.fileno(), extent.offset, extent.length)
+        if obj.seals:
+            fcntl.fcntl(fd, F_ADD_SEALS, obj.seals)
     except BaseException:
         os.close(fd)
         raise

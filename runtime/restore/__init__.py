@@ -38,7 +38,7 @@ from runtime.task import rseq
 log = logging.getLogger(__name__)
 
 # The kinds whose open files a member makes for the processes it forks, at tree-wide numbers.
-MADE_KINDS = (FdKind.PIPE, FdKind.FIFO, FdKind.UNIX)
+MADE_KINDS = (FdKind.PIPE, FdKind.FIFO, FdKind.UNIX, FdKind.MEMFD)
 STAND_IN_NAME = "revive-stand-in"  # what a stand-in for a gone session or group leader calls itself
 
 
@@ -110,7 +110,7 @@ def plan_tree(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.StandIn, 
         children[stand_in.creator].append(stand_in.pid)
     for node in tree.processes:
         children[adopted.get(node.pid, sessions.RUNTIME if node is tree.processes[0] else node.ppid)].append(node.pid)
-    openers = _openers(checkpoint, shared_slots)
+    openers = _openers(checkpoint, shared_slots, shmem_fds)
     running_vdso = read_running_vdso()
     own = own_layout()
     root = tree.processes[0]
@@ -157,7 +157,8 @@ def _creation_order(children: dict[int, list[int]]) -> list[int]:
     return order
 
 
-def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, list[spawn.Made]]:
+def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int],
+             shmem_fds: dict[int, int]) -> dict[int, list[spawn.Made]]:
     """Who makes each file with a slot: the nearest common ancestor of its holders, before it forks them.
 
     A shared file is opened as its first holder would; a pipe is made once
@@ -198,6 +199,10 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int]) -> dict[int, 
     for entry in tree.files + tuple(e for image in checkpoint.processes for e in image.process.files):
         if entry.kind is FdKind.UNIX:
             held.setdefault(entry.socket, []).append(entry)
+        if entry.kind is FdKind.MEMFD:
+            opener, first = common_ancestor({entry.id})
+            openers.setdefault(opener, []).append(
+                spawn.MemfdOpen(entry, slots[entry.id], shmem_fds[entry.shmem], first.pid))
     sockets = {sock.id: sock for sock in tree.sockets}
     for sock in tree.sockets:
         if sock.peer and sock.peer < sock.id:

@@ -31,7 +31,7 @@ import signal
 import struct
 from dataclasses import dataclass
 
-from runtime.files import pipe as pipe_kind, table, unix
+from runtime.files import memfd, pipe as pipe_kind, table, unix
 from runtime.images.model import Creds, FileEntry, Pipe, TreeProcess, UnixSocket
 from runtime.kernel.clone import clone_with_pid
 from runtime.restore import child as restore_child
@@ -83,7 +83,20 @@ class SocketOpen:
         unix.make(list(self.sockets), list(self.ends), self.holder)
 
 
-Made = SharedOpen | PipeOpen | SocketOpen  # what a member makes for the processes it forks
+@dataclass(frozen=True)
+class MemfdOpen:
+    """An open file of a memfd (the runtime made the memfd) a member makes before it forks its holders."""
+
+    entry: FileEntry
+    fd: int  # its slot
+    memfd: int  # the runtime's descriptor of the memfd, inherited
+    holder: int  # the first holder's pid, for messages
+
+    def make(self) -> None:
+        memfd.make(self.entry, self.fd, self.memfd, self.holder)
+
+
+Made = SharedOpen | PipeOpen | SocketOpen | MemfdOpen  # what a member makes for the processes it forks
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""memfd_create(2) files: each memfd one of the tree's shared memory objects, each open file of it an entry.
+
+Why the memfd is an object and not a file: it has no name to reopen by
+(/memfd:NAME (deleted)), and a process often maps it too; a mapping and an
+fd of one memfd must come back as one object. So its data, size and seals
+are saved once, as mm/shmem.py saves shared memory (the dump reads it
+through the fd's /proc link), the runtime makes it again with
+memfd_create, and each open file of it is made by the nearest common
+ancestor of its holders, reopened through /proc/self/fd with its own flags
+and offset.
+"""
+
+import fcntl
+import os
+
+from runtime.errors import ImageError, RestoreError
+from runtime.files.base import FileKindBase, refuse_payload
+from runtime.images.model import FdKind, FdSlot, FileEntry
+from runtime.kernel.procfs.fds import FileKind, OpenFile
+from runtime.mm.shmem import MEMFD_PREFIX, Reach
+
+O_ACCMODE = 0o3
+SETFL_FLAGS = os.O_APPEND | os.O_NONBLOCK | 0o40000 | 0o20000  # O_DIRECT, FASYNC
+
+
+class MemfdFile(FileKindBase):
+    kind = FdKind.MEMFD
+
+    def matches(self, open_file: OpenFile, shell_job: bool) -> bool:
+        return open_file.kind is FileKind.REGULAR and open_file.link.startswith(MEMFD_PREFIX) and not open_file.nlink
+
+    def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
+        return FileEntry(file_id, self.kind, flags=open_file.flags, pos=open_file.pos, shmem=open_file.inode)
+
+    def check(self, entry: FileEntry, file: str, field: str) -> None:
+        refuse_payload(entry, file, field, expected=False)
+        if entry.shmem is None:
+            raise ImageError(file, f"{field}.shmem", "a memfd's open file names its memfd")
+
+    def open(self, entry: FileEntry, number: int, inheritable: bool, pid: int) -> int:
+        raise RestoreError(pid, f"fd {number}: memfd {entry.shmem} was not made with its object")
+
+    def describe(self, entry: FileEntry) -> tuple[str, str]:
+        return f"memfd (shared memory {entry.shmem})", ""
+
+
+KIND = MemfdFile()
+
+
+def reaches(tables: dict[int, tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]], shared: tuple[FileEntry, ...],
+            views: dict[int, int]) -> dict[int, Reach]:
+    """Each memfd an fd of the tree holds: where the dump reads it (the fd's /proc link)."""
+    tree_entries = {entry.id: entry for entry in shared}
+    found: dict[int, Reach] = {}
+    for pid, (slots, entries) in tables.items():
+        own = {entry.id: entry for entry in entries}
+        for slot in slots:
+            entry = own.get(slot.file_id) or tree_entries[slot.file_id]
+            if entry.kind is FdKind.MEMFD and entry.shmem not in found:
+                through = f"/proc/{views[pid]}/fd/{slot.fd}"
+                found[entry.shmem] = Reach(pid, through, os.readlink(through))
+    return found
+
+
+def make(entry: FileEntry, slot: int, memfd: int, pid: int) -> None:
+    """An open file of the memfd (the runtime's descriptor memfd) at slot, with the entry's flags and offset."""
+    try:
+        made = os.open(f"/proc/self/fd/{memfd}", entry.flags & (O_ACCMODE | os.O_APPEND) | os.O_CLOEXEC)
+        os.lseek(made, entry.pos, os.SEEK_SET)
+        os.dup2(made, slot)
+        os.close(made)
+        fcntl.fcntl(slot, fcntl.F_SETFL, entry.flags & SETFL_FLAGS)
+    except OSError as exc:
+        raise RestoreError(pid, f"memfd {entry.shmem}: {exc.strerror}") from exc

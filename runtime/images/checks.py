@@ -421,6 +421,11 @@ def check_tree(tree: Tree, processes: Mapping[int, Process], inventory: Inventor
             raise ImageError(file, f"files[{index}].id", f"file {entry.id} is held by no descriptor")
     _check_pipes(tree, processes, file)
     _check_sockets(tree, processes, file)
+    memfds = {obj.id for obj in tree.shared_memory if obj.memfd}
+    for name, held in [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]:
+        for index, entry in enumerate(held):
+            if entry.shmem is not None and entry.shmem not in memfds:
+                raise ImageError(name, f"files[{index}].shmem", f"{entry.shmem} is no memfd of {file}")
 
 
 def _check_sockets(tree: Tree, processes: Mapping[int, Process], file: str) -> None:
@@ -513,6 +518,8 @@ def _check_shared_memory(objects: tuple[SharedMemory, ...], processes: Mapping[i
         # An anonymous object is whole pages; a deleted file has the size it was given (a semaphore's 32 bytes).
         if obj.size == 0 or obj.size > OFF_MAX or (obj.path is None and obj.size % PAGE_SIZE):
             raise ImageError(file, f"{field}.size", f"{obj.size} is not the size of a shared memory object")
+        if obj.memfd and not (obj.path or "").startswith("/memfd:"):
+            raise ImageError(file, f"{field}.path", "a memfd's path is /memfd:NAME")
         if obj.path is not None and (not obj.path.startswith("/") or not stat.S_ISREG(obj.mode)):
             raise ImageError(file, f"{field}.path", "a deleted file's object needs an absolute path and a regular "
                                                     "file's mode")

@@ -50,7 +50,9 @@ def test_a_tree_dump_failing_at_each_step_leaves_every_process_running_as_before
         monkeypatch.delenv(faults.ENV)
         assert not (tmp_path / "img").exists()
         assert links(tree.pids) == before
-        assert all(read_status(pid).tracer_pid == 0 and read_status(pid).state == "S" for pid in tree.pids)
+        # Just detached, each goes back to its sleep.
+        wait_for(lambda: all(read_status(pid).tracer_pid == 0 and read_status(pid).state == "S" for pid in tree.pids),
+                 what="every process to be untraced and asleep again")
         # bash is still the parent: it sees its children end, and its wait returns.
         for child in tree.pids[1:]:
             os.kill(child, signal.SIGTERM)

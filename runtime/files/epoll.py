@@ -28,7 +28,7 @@ from runtime.files.base import FileKindBase, place, refuse_payload
 from runtime.images.model import EpollTarget, FdKind, FileEntry
 from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs.fds import FileKind, OpenFile
-from runtime.kernel.procfs.files import proc_path, read_text
+from runtime.kernel.procfs.files import proc_path
 
 LINK = "anon_inode:[eventpoll]"
 EPOLL_CTL_ADD = 1
@@ -65,7 +65,7 @@ class EpollInstance(FileKindBase):
 
     def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
         targets = []
-        for target, inode, device in parse_targets(pid, open_file.fd, read_text(pid, f"fdinfo/{open_file.fd}")):
+        for target, inode, device in parse_targets(pid, open_file.fd, open_file.fdinfo):
             try:
                 st = os.stat(proc_path(pid, f"fd/{target.fd}"))
             except FileNotFoundError:

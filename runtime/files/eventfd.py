@@ -11,17 +11,16 @@ from runtime.errors import DumpError, ImageError, RestoreError
 from runtime.files.base import FileKindBase, place, refuse_payload
 from runtime.images.model import Eventfd, FdKind, FileEntry
 from runtime.kernel.procfs.fds import FileKind, OpenFile
-from runtime.kernel.procfs.files import read_text
 
 LINK = "anon_inode:[eventfd]"
 COUNT_MAX = (1 << 64) - 2  # ULLONG_MAX - 1: the most a counter holds
 EFD_SEMAPHORE = 1
 
 
-def fdinfo_fields(pid: int, fd: int) -> dict[str, str]:
-    """/proc/PID/fdinfo/FD as name -> value (the first line of each name)."""
+def fdinfo_fields(fdinfo: str) -> dict[str, str]:
+    """The text of /proc/PID/fdinfo/FD as name -> value (the first line of each name)."""
     fields: dict[str, str] = {}
-    for line in read_text(pid, f"fdinfo/{fd}").splitlines():
+    for line in fdinfo.splitlines():
         name, _, value = line.partition(":")
         fields.setdefault(name.strip(), value.strip())
     return fields
@@ -34,7 +33,7 @@ class EventCounter(FileKindBase):
         return open_file.kind is FileKind.ANON_INODE and open_file.link == LINK
 
     def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
-        fields = fdinfo_fields(pid, open_file.fd)
+        fields = fdinfo_fields(open_file.fdinfo)
         if "eventfd-semaphore" not in fields:
             raise DumpError(pid, f"fd {open_file.fd} ({open_file.description}): this kernel's fdinfo does not say "
                                  "whether it is a semaphore (Linux 6.7 does): not supported")

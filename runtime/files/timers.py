@@ -25,6 +25,7 @@ from runtime.images.model import FdKind, FileEntry, Timerfd
 from runtime.kernel import pidfd
 from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs.fds import FileKind, OpenFile
+from runtime.kernel.procfs.files import read_text
 
 TIMERFD_LINK = "anon_inode:[timerfd]"
 SIGNALFD_LINK = "anon_inode:[signalfd]"
@@ -61,8 +62,9 @@ class TimerDescriptor(FileKindBase):
         return open_file.kind is FileKind.ANON_INODE and open_file.link == TIMERFD_LINK
 
     def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
-        ticks = _count_ticks(pid, open_file.fd)
-        fields = fdinfo_fields(pid, open_file.fd)
+        ticks = _count_ticks(pid, open_file.fd, int(fdinfo_fields(open_file.fdinfo)["ticks"]))
+        # Read again: a timer that had fired shows no time left until the count above re-armed it.
+        fields = fdinfo_fields(read_text(pid, f"fdinfo/{open_file.fd}"))
         clockid, flags = int(fields["clockid"]), int(fields["settime flags"], 8)
         value, interval = _pair(fields["it_value"]), _pair(fields["it_interval"])
         if value and flags & TFD_TIMER_ABSTIME:
@@ -101,10 +103,13 @@ class TimerDescriptor(FileKindBase):
                 f"{t.ticks} unread", "")
 
 
-def _count_ticks(pid: int, fd: int) -> int:
-    """The expirations not yet read, counted by a read that re-arms the timer, put back at once."""
-    if not int(fdinfo_fields(pid, fd)["ticks"]):
-        return 0  # it has not fired since it was last read: a read would block
+def _count_ticks(pid: int, fd: int, fired: int) -> int:
+    """The expirations not yet read, counted by a read that re-arms the timer, put back at once.
+
+    fired: fdinfo's ticks, 0 when it has not fired since it was last read (a read would block then).
+    """
+    if not fired:
+        return 0
     mine = pidfd.get_fd(pid, fd)
     try:
         ticks = struct.unpack("<Q", os.read(mine, 8))[0]
@@ -125,7 +130,7 @@ class SignalDescriptor(FileKindBase):
         return open_file.kind is FileKind.ANON_INODE and open_file.link == SIGNALFD_LINK
 
     def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
-        mask = int(fdinfo_fields(pid, open_file.fd)["sigmask"], 16)
+        mask = int(fdinfo_fields(open_file.fdinfo)["sigmask"], 16)
         return FileEntry(file_id, self.kind, flags=open_file.flags, signalfd=mask)
 
     def check(self, entry: FileEntry, file: str, field: str) -> None:

@@ -46,6 +46,7 @@ class OpenFile:
     nlink: int  # 0 for an unlinked file
     inode: int  # st_ino: with the link, which pipe or FIFO this is
     locks: tuple[str, ...] = ()  # the fdinfo "lock:" lines: file locks this open file holds or waits for
+    fdinfo: str = ""  # the whole of /proc/PID/fdinfo/FD, for the kinds that read more of it
 
     @property
     def cloexec(self) -> bool:
@@ -95,8 +96,10 @@ def read_open_file(pid: int, fd: int) -> OpenFile:
     link = read_link(pid, f"fd/{fd}")
     with translated(pid, f"fd/{fd}"):
         st = os.stat(proc_path(pid, f"fd/{fd}"))
-    pos, flags, locks = parse_fdinfo(pid, fd, read_text(pid, f"fdinfo/{fd}"))
-    return OpenFile(fd, link, classify(link, st), flags, pos, st.st_mode, st.st_rdev, st.st_nlink, st.st_ino, locks)
+    fdinfo = read_text(pid, f"fdinfo/{fd}")
+    pos, flags, locks = parse_fdinfo(pid, fd, fdinfo)
+    return OpenFile(fd, link, classify(link, st), flags, pos, st.st_mode, st.st_rdev, st.st_nlink, st.st_ino, locks,
+                    fdinfo)
 
 
 def list_fds(pid: int) -> tuple[int, ...]:

@@ -183,8 +183,11 @@ def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int)
                 if sender is None:
                     raise RestoreError(pid, f"unix socket {record.id}: {len(record.queue)} queued messages and no "
                                             "peer to send them from")
+                # Never blocking: what does not fit the buffers it had is an error, not a hang.
+                sender.setblocking(False)
                 for message in record.queue:
-                    sender.sendall(message) if record.type == socket.SOCK_STREAM else sender.send(message)
+                    if sender.send(message) != len(message):
+                        raise RestoreError(pid, f"unix socket {record.id}: its queue does not fit its buffers")
         for record in sockets:
             how = {RCV_SHUTDOWN: socket.SHUT_RD, SEND_SHUTDOWN: socket.SHUT_WR,
                    RCV_SHUTDOWN | SEND_SHUTDOWN: socket.SHUT_RDWR}.get(record.shutdown)

@@ -82,14 +82,15 @@ def test_socketpairs_of_every_type_keep_their_queues_boundaries_and_shutdowns(re
 
 
 REFUSED = {
-    "bound": "s = socket.socket(socket.AF_UNIX); s.bind('sock'); s.listen(4)",
+    "relative": "s = socket.socket(socket.AF_UNIX); s.bind('sock'); s.listen(4)",
     "in-flight": ("a, b = socket.socketpair(); import array; "
                   "a.sendmsg([b'x'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [0]))])"),
 }
 
 
 @pytest.mark.parametrize("case, message", [
-    ("bound", r"fd \d+ \(socket:\[\d+\]\): a unix socket bound to a name \(.*\) or listening: not supported yet"),
+    ("relative", r"fd \d+ \(socket:\[\d+\]\): bound to the relative path b'sock', which names no file once the "
+                 r"working directory changed: not supported"),
     ("in-flight", r"fd \d+ \(socket:\[\d+\]\): descriptors in flight in its queue \(SCM_RIGHTS\): not supported yet"),
 ])
 def test_unix_sockets_the_restore_cannot_make_are_refused_and_left_running(case, message, reaper, tmp_path):
@@ -118,3 +119,58 @@ def test_a_socket_connected_to_one_outside_the_tree_is_refused(reaper, tmp_path)
     finally:
         ours.close()
         theirs.close()
+
+
+SERVER = """
+import os, socket, sys, time
+servers = []
+for name in (sys.argv[1], "\\0revive-test-" + str(os.getpid())):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(name)
+    s.listen(7)
+    servers.append(s)
+os.chmod(sys.argv[1], 0o600)
+os.write(1, f"ready abstract=revive-test-{os.getpid()}\\n".encode())
+while True:
+    for s in servers:
+        s.settimeout(0.05)
+        try:
+            conn, _ = s.accept()
+        except socket.timeout:
+            continue
+        conn.sendall(b"hello from " + str(s.getsockname()).encode())
+        conn.close()
+"""
+
+
+def test_listening_sockets_bound_to_a_path_and_an_abstract_name_serve_after_restore(reaper, tmp_path):
+    """Bound again (the stale socket file replaced, its mode kept) and listening: new clients are served."""
+    path = tmp_path / "server.sock"
+    tree = start_tree([PYTHON, "-c", SERVER, str(path)], tmp_path)
+    try:
+        tree.dump()
+        with loader.load(tree.images) as checkpoint:
+            assert {s.listening for s in checkpoint.tree.sockets} == {True}
+        assert path.exists()  # what the killed server left behind
+        tree.restore()
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        for name in (str(path), "\0" + tree.info["abstract"]):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(5)
+                client.connect(name)
+                assert client.recv(100).startswith(b"hello from ")
+    finally:
+        tree.stop()
+
+
+def test_a_listening_socket_with_a_connection_not_yet_accepted_is_refused(reaper, tmp_path):
+    program = ("import os, socket, time\ns = socket.socket(socket.AF_UNIX); s.bind('sock'); s.listen(4)\n"
+               "c = socket.socket(socket.AF_UNIX); c.connect('sock')\nos.write(1, b'ready ok=1\\n')\ntime.sleep(1000)\n")
+    tree = start_tree([PYTHON, "-c", program], tmp_path)
+    try:
+        with pytest.raises(DumpError, match=r"fd \d+ \(socket:\[\d+\]\): (a listening unix socket with 1 "
+                                            r"connections not yet accepted|bound to the relative path)"):
+            dump(tree.root, tmp_path / "img", DumpOptions())
+        assert exists(tree.root)
+    finally:
+        tree.stop()

@@ -15,11 +15,17 @@ the peer, before it applies the shutdowns. Peers, names and shutdowns come
 from sock_diag (kernel/sock_diag.py).
 
 Supported: sockets of a pair (stream, datagram, seqpacket) whose both ends
-are in the tree, and unconnected unnamed sockets. Refused, naming the fd:
-a socket bound to a name or listening, one connected to a socket outside the
-tree, and descriptors in flight in a queue (SCM_RIGHTS). A socket with
-SO_PASSCRED receives the credentials of the process that sends its queued
-messages again at restore, not the original sender's.
+are in the tree, unconnected sockets, and sockets bound to an absolute path
+or an abstract name, listening or not, with no connection waiting to be
+accepted and no datagram queued: bound again (a stale socket file of the
+path, one no socket is bound to any more, replaced; a live one is an error)
+with the file mode they had, and listening with their backlog. Refused,
+naming the fd: connections waiting on a listening socket, an accepted
+connection or a bound client, a name relative to the working directory, one
+connected to a socket outside the tree, and descriptors in flight in a queue
+(SCM_RIGHTS). A socket with SO_PASSCRED receives the credentials of the
+process that sends its queued messages again at restore, not the original
+sender's.
 """
 
 import array
@@ -27,6 +33,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 
 from runtime.errors import DumpError, ImageError, RestoreError
 from runtime.files.base import FileKindBase, refuse_payload
@@ -99,9 +106,9 @@ def save(held: dict[int, tuple[int, int]]) -> tuple[UnixSocket, ...]:
         found = diag.get(inode)
         if found is None or found.type not in TYPES:
             raise DumpError(pid, f"{what}: a unix socket sock_diag does not report: not supported")
-        if found.name is not None or found.listening:
-            raise DumpError(pid, f"{what}: a unix socket bound to a name ({found.name}) or listening: "
-                                 "not supported yet")
+        if found.listening and found.pending:
+            raise DumpError(pid, f"{what}: a listening unix socket with {found.pending} connections not yet "
+                                 "accepted: not supported yet")
         mine = pidfd.get_fd(pid, fd)
         try:
             with socket.socket(fileno=mine) as sock:
@@ -109,15 +116,46 @@ def save(held: dict[int, tuple[int, int]]) -> tuple[UnixSocket, ...]:
                 if connected and found.peer not in held:
                     peer = f"socket {found.peer}" if found.peer else "a socket"
                     raise DumpError(pid, f"{what}: connected to {peer} outside the tree: not supported yet")
+                name = _bound_name(pid, what, sock)
+                if name and connected:
+                    raise DumpError(pid, f"{what}: a named unix socket connected to another (an accepted "
+                                         "connection, or a bound client): not supported yet")
+                queue = () if found.listening else _peek_queue(pid, what, sock)  # a listener queues connections
+                if queue and not connected:
+                    raise DumpError(pid, f"{what}: an unconnected unix socket with {len(queue)} datagrams queued: "
+                                         "not supported yet")
                 saved.append(UnixSocket(
                     id=inode, type=found.type, peer=found.peer if connected else 0, shutdown=found.shutdown,
-                    queue=_peek_queue(pid, what, sock),
+                    queue=queue,
                     rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                     sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-                    passcred=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED))))
+                    passcred=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)),
+                    name=name, mode=_socket_file_mode(pid, what, name), listening=found.listening,
+                    backlog=found.backlog))
         except OSError as exc:
             raise DumpError(pid, f"{what}: {exc.strerror}") from exc
     return tuple(saved)
+
+
+def _bound_name(pid: int, what: str, sock: socket.socket) -> bytes:
+    """The address it is bound to, raw: a path, or NUL and an abstract name; empty when unbound."""
+    name = sock.getsockname()
+    raw = os.fsencode(name) if isinstance(name, str) else bytes(name)
+    if raw and not raw.startswith((b"/", b"\0")):
+        raise DumpError(pid, f"{what}: bound to the relative path {raw!r}, which names no file once the "
+                             "working directory changed: not supported")
+    return raw
+
+
+def _socket_file_mode(pid: int, what: str, name: bytes) -> int:
+    """A path-bound socket's file mode (0 for an abstract or no name)."""
+    if not name.startswith(b"/"):
+        return 0
+    try:
+        return os.stat(name).st_mode
+    except OSError as exc:
+        raise DumpError(pid, f"{what}: its socket file {name!r}: {exc.strerror} (removed since it was bound): "
+                             "not supported") from exc
 
 
 def _connected(sock: socket.socket) -> bool:
@@ -164,6 +202,36 @@ def _peek_queue(pid: int, what: str, sock: socket.socket) -> tuple[bytes, ...]:
 
 # -- the restore ------------------------------------------------------------------------------------------------
 
+def _stale(record: UnixSocket, pid: int) -> bool:
+    """A socket file at the name that no socket is bound to any more (a connect is refused); a RestoreError
+    if a live socket has it: unlinking it would cut that process off silently."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(record.name).st_mode):
+            return False  # not a socket: bind fails, naming it
+    except FileNotFoundError:
+        return False
+    with socket.socket(socket.AF_UNIX, record.type) as probe:
+        try:
+            probe.connect(record.name)
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False  # bind will say why
+    raise RestoreError(pid, f"unix socket {record.id}: {record.name!r} is bound by a live socket of another "
+                            "process")
+
+
+def _bind(sock: socket.socket, record: UnixSocket, pid: int) -> None:
+    """Bound again to its name (a stale socket file of that path replaced), with its file's mode; listening."""
+    if record.name.startswith(b"/") and _stale(record, pid):
+        os.unlink(record.name)  # what the dumped socket left behind
+    sock.bind(record.name)
+    if record.mode:
+        os.chmod(record.name, stat.S_IMODE(record.mode))
+    if record.listening:
+        sock.listen(record.backlog)
+
+
 def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int) -> None:
     """A socket, or a connected pair, made once: queues filled from the peer, shut down, each open file at its slot."""
     if len(sockets) == 2:
@@ -171,6 +239,9 @@ def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int)
     else:
         made = {sockets[0].id: socket.socket(socket.AF_UNIX, sockets[0].type)}
     try:
+        for record in sockets:
+            if record.name:
+                _bind(made[record.id], record, pid)
         for record in sockets:
             sock = made[record.id]
             # getsockopt reports twice what setsockopt was given (the kernel's bookkeeping share).

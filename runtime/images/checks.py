@@ -438,6 +438,12 @@ def _check_sockets(tree: Tree, processes: Mapping[int, Process], file: str) -> N
             raise ImageError(file, f"{field}.type", f"{sock.type} is not SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET")
         if sock.shutdown > 3:
             raise ImageError(file, f"{field}.shutdown", f"{sock.shutdown} is not a shutdown mask (0..3)")
+        if sock.name and not (sock.name.startswith(b"\0") or sock.name.startswith(b"/")) or len(sock.name) > 108:
+            raise ImageError(file, f"{field}.name", "a socket is bound to an absolute path or an abstract name, "
+                                                    "of at most 108 bytes")
+        if sock.listening and (sock.type == 2 or not sock.name or sock.peer):
+            raise ImageError(file, f"{field}.listening", "only a bound, unconnected stream or seqpacket socket "
+                                                         "listens")
         peer = by_id.get(sock.peer) if sock.peer else None
         if sock.peer and (peer is None or peer.peer != sock.id or peer.type != sock.type):
             raise ImageError(file, f"{field}.peer", f"{sock.peer} is no socket of the tree paired with it")

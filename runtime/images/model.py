@@ -460,6 +460,10 @@ class UnixSocket:
     rcvbuf: int = 0  # SO_RCVBUF as getsockopt reports it (the kernel doubles what setsockopt is given)
     sndbuf: int = 0  # SO_SNDBUF, likewise
     passcred: bool = False  # SO_PASSCRED
+    name: bytes = b""  # the address it is bound to: an absolute path, or NUL and an abstract name; empty: unbound
+    mode: int = 0  # a path-bound socket's file mode (bind makes it under the umask)
+    listening: bool = False
+    backlog: int = 0  # a listening socket's listen() backlog
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ class UnixDiag:
     peer: int  # the peer's inode, 0 for none
     name: str | None  # the bound path, "@..." for an abstract name, None when unbound
     shutdown: int  # sk_shutdown: 1 receiving, 2 sending
-    pending: tuple[int, ...]  # a listening socket's connections not yet accepted (their inodes)
+    pending: int  # a listening socket's connections not yet accepted
+    backlog: int  # a listening socket's listen() backlog
 
 
 def unix_sockets() -> dict[int, UnixDiag]:
@@ -34,6 +35,7 @@ def unix_sockets() -> dict[int, UnixDiag]:
         diag.bind()
         for message in diag.get_sock_stats(family=socket.AF_UNIX, show=UDIAG_SHOW):
             attrs = dict(message["attrs"])
+            queues = attrs.get("UNIX_DIAG_RQLEN") or {}
             name = attrs.get("UNIX_DIAG_NAME")
             if isinstance(name, bytes):
                 name = name.decode(errors="surrogateescape")
@@ -43,5 +45,6 @@ def unix_sockets() -> dict[int, UnixDiag]:
                 inode=message["udiag_ino"], type=message["udiag_type"],
                 listening=message["udiag_state"] == TCP_LISTEN, peer=attrs.get("UNIX_DIAG_PEER", 0) or 0,
                 name=name or None, shutdown=attrs.get("UNIX_DIAG_SHUTDOWN", 0) or 0,
-                pending=tuple(attrs.get("UNIX_DIAG_ICONS") or ()))
+                # For a listening socket the queue lengths are its pending connections and its backlog.
+                pending=queues.get("udiag_rqueue", 0), backlog=queues.get("udiag_wqueue", 0))
     return found

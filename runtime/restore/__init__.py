@@ -211,7 +211,8 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int],
         entries = [entry for member in pair for entry in held[member.id]]
         opener, first = common_ancestor({entry.id for entry in entries})
         openers.setdefault(opener, []).append(
-            spawn.SocketOpen(tuple(pair), tuple((entry, slots[entry.id]) for entry in entries), first.pid))
+            spawn.SocketOpen(tuple(pair), tuple((entry, slots[entry.id]) for entry in entries), first.creds,
+                             first.pid))
     return openers
 
 

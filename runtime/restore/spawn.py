@@ -77,10 +77,12 @@ class SocketOpen:
 
     sockets: tuple[UnixSocket, ...]
     ends: tuple[tuple[FileEntry, int], ...]  # (entry, slot)
+    creds: Creds  # a socket bound to a path is bound with the first holder's file identity
     holder: int  # the first holder's pid, for messages
 
     def make(self) -> None:
-        unix.make(list(self.sockets), list(self.ends), self.holder)
+        with restore_child.acting_as(self.creds):
+            unix.make(list(self.sockets), list(self.ends), self.holder)
 
 
 @dataclass(frozen=True)

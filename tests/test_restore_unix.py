@@ -174,3 +174,47 @@ def test_a_listening_socket_with_a_connection_not_yet_accepted_is_refused(reaper
         assert exists(tree.root)
     finally:
         tree.stop()
+
+
+ACCEPTED = """
+import os, socket, sys, time
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen(4)
+child = os.fork()
+if child == 0:
+    server.close()
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(sys.argv[1])
+    client.send(b"question")
+    while not os.path.exists("go"):
+        time.sleep(0.01)
+    os.write(1, b"client got " + client.recv(100) + b"\\n")
+    os._exit(0)
+conn, _ = server.accept()
+conn.send(b"answer")
+os.write(1, f"ready child={child}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+os.write(1, b"server got " + conn.recv(100) + b"\\n")
+os.waitpid(child, 0)
+os.write(1, b"done\\n")
+time.sleep(1000)
+"""
+
+
+def test_a_connection_accepted_from_a_listening_socket_of_the_tree_comes_back_with_its_queues(reaper, tmp_path):
+    """The listener is bound and listening again, and the connection made again by a connect and an accept."""
+    tree = start_tree([PYTHON, "-c", ACCEPTED, str(tmp_path / "server.sock")], tmp_path)
+    try:
+        tree.pids = [tree.root, int(tree.info["child"])]
+        tree.dump()
+        with loader.load(tree.images) as checkpoint:
+            assert sorted(bool(s.listener) for s in checkpoint.tree.sockets) == [False, False, True]
+        tree.restore()
+        (tmp_path / "go").touch()
+        wait_for(lambda: "done" in tree.out.read_text(), what="both to read")
+        assert lines(tree.out, "server") == [["server", "got", "question"]]
+        assert lines(tree.out, "client") == [["client", "got", "answer"]]
+    finally:
+        tree.stop()

@@ -19,11 +19,13 @@ are in the tree, unconnected sockets, and sockets bound to an absolute path
 or an abstract name, listening or not, with no connection waiting to be
 accepted and no datagram queued: bound again (a stale socket file of the
 path, one no socket is bound to any more, replaced; a live one is an error)
-with the file mode they had, and listening with their backlog. Refused,
-naming the fd: connections waiting on a listening socket, an accepted
-connection or a bound client, a name relative to the working directory, one
-connected to a socket outside the tree, and descriptors in flight in a queue
-(SCM_RIGHTS). A socket with SO_PASSCRED receives the credentials of the
+with the file mode they had, and listening with their backlog; and
+connections accepted from a listening socket of the tree whose client is in
+the tree too, made again by a connect and an accept. Refused, naming the fd:
+connections waiting on a listening socket, a bound client, a connection
+accepted from a listener outside the tree, a name relative to the working
+directory, one connected to a socket outside the tree, and descriptors in
+flight in a queue (SCM_RIGHTS). A socket with SO_PASSCRED receives the credentials of the
 process that sends its queued messages again at restore, not the original
 sender's.
 """
@@ -100,6 +102,14 @@ def save(held: dict[int, tuple[int, int]]) -> tuple[UnixSocket, ...]:
     if not held:
         return ()
     diag = sock_diag.unix_sockets()
+    # A listening socket of the tree, by the name its accepted connections share with it.
+    listeners = {}
+    for inode in held:
+        if inode in diag and diag[inode].listening:
+            pid, fd = held[inode]
+            mine = pidfd.get_fd(pid, fd)
+            with socket.socket(fileno=mine) as sock:
+                listeners[_bound_name(pid, f"fd {fd} (socket:[{inode}])", sock)] = inode
     saved = []
     for inode, (pid, fd) in sorted(held.items()):
         what = f"fd {fd} (socket:[{inode}])"
@@ -117,9 +127,11 @@ def save(held: dict[int, tuple[int, int]]) -> tuple[UnixSocket, ...]:
                     peer = f"socket {found.peer}" if found.peer else "a socket"
                     raise DumpError(pid, f"{what}: connected to {peer} outside the tree: not supported yet")
                 name = _bound_name(pid, what, sock)
-                if name and connected:
-                    raise DumpError(pid, f"{what}: a named unix socket connected to another (an accepted "
-                                         "connection, or a bound client): not supported yet")
+                listener = listeners.get(name, 0) if connected else 0
+                if name and connected and not listener:
+                    raise DumpError(pid, f"{what}: a named unix socket connected to another (a bound client, or "
+                                         "a connection accepted from a listening socket outside the tree): "
+                                         "not supported yet")
                 queue = () if found.listening else _peek_queue(pid, what, sock)  # a listener queues connections
                 if queue and not connected:
                     raise DumpError(pid, f"{what}: an unconnected unix socket with {len(queue)} datagrams queued: "
@@ -130,8 +142,8 @@ def save(held: dict[int, tuple[int, int]]) -> tuple[UnixSocket, ...]:
                     rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                     sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
                     passcred=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)),
-                    name=name, mode=_socket_file_mode(pid, what, name), listening=found.listening,
-                    backlog=found.backlog))
+                    name=b"" if listener else name, mode=0 if listener else _socket_file_mode(pid, what, name),
+                    listening=found.listening, backlog=found.backlog, listener=listener))
         except OSError as exc:
             raise DumpError(pid, f"{what}: {exc.strerror}") from exc
     return tuple(saved)
@@ -202,6 +214,43 @@ def _peek_queue(pid: int, what: str, sock: socket.socket) -> tuple[bytes, ...]:
 
 # -- the restore ------------------------------------------------------------------------------------------------
 
+def groups(sockets: tuple[UnixSocket, ...]) -> list[list[UnixSocket]]:
+    """The sockets made together: a pair, or a listener with every connection accepted from it and its client."""
+    by_id = {s.id: s for s in sockets}
+    grouped: dict[int, list[UnixSocket]] = {}
+    for sock in sockets:
+        accepted = sock if sock.listener else by_id.get(sock.peer) if sock.peer else None
+        if accepted is not None and accepted.listener:
+            key = accepted.listener
+        elif sock.peer:
+            key = min(sock.id, sock.peer)
+        else:
+            key = sock.id
+        grouped.setdefault(key, []).append(sock)
+    return list(grouped.values())
+
+
+def _make_sockets(sockets: list[UnixSocket], made: dict[int, socket.socket], pid: int) -> None:
+    """Listeners bound and listening first, then each accepted connection by a connect and an accept, then pairs."""
+    by_id = {s.id: s for s in sockets}
+    for record in sockets:
+        if record.listening or (record.name and not record.peer):
+            made[record.id] = socket.socket(socket.AF_UNIX, record.type)
+            _bind(made[record.id], record, pid)
+    for record in sockets:
+        if record.listener:
+            client = made[record.peer] = socket.socket(socket.AF_UNIX, record.type)
+            client.connect(by_id[record.listener].name)
+            made[record.id], _ = made[record.listener].accept()
+    for record in sockets:
+        if record.id in made:
+            continue
+        if record.peer:
+            made[record.id], made[record.peer] = socket.socketpair(socket.AF_UNIX, record.type)
+        else:
+            made[record.id] = socket.socket(socket.AF_UNIX, record.type)
+
+
 def _stale(record: UnixSocket, pid: int) -> bool:
     """A socket file at the name that no socket is bound to any more (a connect is refused); a RestoreError
     if a live socket has it: unlinking it would cut that process off silently."""
@@ -233,15 +282,13 @@ def _bind(sock: socket.socket, record: UnixSocket, pid: int) -> None:
 
 
 def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int) -> None:
-    """A socket, or a connected pair, made once: queues filled from the peer, shut down, each open file at its slot."""
-    if len(sockets) == 2:
-        made = dict(zip((s.id for s in sockets), socket.socketpair(socket.AF_UNIX, sockets[0].type)))
-    else:
-        made = {sockets[0].id: socket.socket(socket.AF_UNIX, sockets[0].type)}
+    """A socket, a connected pair, or a listening socket with the connections accepted from it, made once.
+
+    Queues are filled from the peer, shutdowns applied, each open file put at its slot.
+    """
+    made: dict[int, socket.socket] = {}
     try:
-        for record in sockets:
-            if record.name:
-                _bind(made[record.id], record, pid)
+        _make_sockets(sockets, made, pid)
         for record in sockets:
             sock = made[record.id]
             # getsockopt reports twice what setsockopt was given (the kernel's bookkeeping share).

@@ -441,6 +441,10 @@ def _check_sockets(tree: Tree, processes: Mapping[int, Process], file: str) -> N
         if sock.name and not (sock.name.startswith(b"\0") or sock.name.startswith(b"/")) or len(sock.name) > 108:
             raise ImageError(file, f"{field}.name", "a socket is bound to an absolute path or an abstract name, "
                                                     "of at most 108 bytes")
+        accepted_from = by_id.get(sock.listener)
+        if sock.listener and (accepted_from is None or not accepted_from.listening or not sock.peer):
+            raise ImageError(file, f"{field}.listener", f"{sock.listener} is no listening socket of the tree, or "
+                                                        "the connection has no peer")
         if sock.listening and (sock.type == 2 or not sock.name or sock.peer):
             raise ImageError(file, f"{field}.listening", "only a bound, unconnected stream or seqpacket socket "
                                                          "listens")

@@ -464,6 +464,7 @@ class UnixSocket:
     mode: int = 0  # a path-bound socket's file mode (bind makes it under the umask)
     listening: bool = False
     backlog: int = 0  # a listening socket's listen() backlog
+    listener: int = 0  # a connection accepted from a listening socket of the tree: that socket's id
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import signal
 
 from runtime import faults
 from runtime.errors import RestoreError
-from runtime.files import pipe as pipe_kind, table
+from runtime.files import pipe as pipe_kind, table, unix as unix_kind
 from runtime.images import loader, names, sessions
 from runtime.images.model import FdKind, FileEntry, Process, RLimit, SharedMemory, TreeProcess
 from runtime.kernel.procfs.holders import describe_holder
@@ -203,11 +203,7 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int],
             opener, first = common_ancestor({entry.id})
             openers.setdefault(opener, []).append(
                 spawn.MemfdOpen(entry, slots[entry.id], shmem_fds[entry.shmem], first.pid))
-    sockets = {sock.id: sock for sock in tree.sockets}
-    for sock in tree.sockets:
-        if sock.peer and sock.peer < sock.id:
-            continue  # made with its peer
-        pair = [sock] + ([sockets[sock.peer]] if sock.peer else [])
+    for pair in unix_kind.groups(tree.sockets):
         entries = [entry for member in pair for entry in held[member.id]]
         opener, first = common_ancestor({entry.id for entry in entries})
         openers.setdefault(opener, []).append(

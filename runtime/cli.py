@@ -47,7 +47,7 @@ def _parasite(args: argparse.Namespace) -> None:
 
 def _dump(args: argparse.Namespace) -> None:
     dump(args.pid, args.images_dir, DumpOptions(leave_running=args.leave_running, shell_job=args.shell_job,
-                                                force_dir=args.force_dir))
+                                                force_dir=args.force_dir, ghost_limit=args.ghost_limit))
 
 
 def _restore(args: argparse.Namespace) -> None:
@@ -124,6 +124,16 @@ def _int(text: str) -> int:
     return int(text, 0)
 
 
+def _size(text: str) -> int:
+    """A byte count with an optional K, M or G suffix (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    scale = units.get(text[-1:].lower(), 1)
+    try:
+        return int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime",
                                      description="Checkpoint and restore live Linux x86_64 processes.")
@@ -149,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     dump_parser.add_argument("--force-dir", action="store_true",
                              help="accept an image directory of your own that group or others may write "
                                   "(the dump makes it 0700)")
+    dump_parser.add_argument("--ghost-limit", type=_size, default=1 << 20, metavar="SIZE",
+                             help="keep the contents of deleted files up to SIZE bytes (K, M, G suffixes; "
+                                  "default 1M); a larger one is refused")
     dump_parser.add_argument("-j", "--shell-job", action="store_true",
                              help="the tree's stdio terminal or pipes, and the root's session and group, "
                                   "belong to the caller's shell")

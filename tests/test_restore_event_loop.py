@@ -185,3 +185,43 @@ def test_a_memfd_held_by_parent_and_child_and_mapped_is_one_object_with_its_data
         assert lines(tree.out, "mapped") == [["mapped", "b'WRITTEN", "BY", "CHILD'", "seals", "2", "at", "4800"]]
     finally:
         tree.stop()
+
+
+DELETED = """
+import os, time
+fd = os.open("scratch", os.O_RDWR | os.O_CREAT, 0o640)
+os.write(fd, b"contents of a deleted file\\n" * 100)
+os.unlink("scratch")
+os.lseek(fd, 27, os.SEEK_SET)
+os.write(1, f"ready pid={os.getpid()} fd={fd}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+st = os.fstat(fd)
+os.write(1, f"file {st.st_nlink} {st.st_size} {oct(st.st_mode & 0o777)} {os.read(fd, 8)!r}\\n".encode())
+time.sleep(1000)
+"""
+
+
+def test_a_deleted_file_held_open_comes_back_deleted_with_its_contents_size_mode_and_offset(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", DELETED], tmp_path)
+    try:
+        tree.dump()
+        tree.restore()
+        assert os.readlink(f"/proc/{tree.root}/fd/{tree.info['fd']}") == f"{tmp_path}/scratch (deleted)"
+        assert not (tmp_path / "scratch").exists()
+        (tmp_path / "go").touch()
+        wait_for(lambda: lines(tree.out, "file"), what="the file's state")
+        assert lines(tree.out, "file") == [["file", "0", "2700", "0o640", "b'contents'"]]
+    finally:
+        tree.stop()
+
+
+def test_a_deleted_file_beyond_the_ghost_limit_is_refused(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", DELETED], tmp_path)
+    try:
+        with pytest.raises(DumpError, match=r"scratch \(deleted\): a deleted file of 2700 bytes, more than the ghost "
+                                            r"limit \(1024; dump with a larger --ghost-limit to keep it\)"):
+            dump(tree.root, tmp_path / "img", DumpOptions(ghost_limit=1024))
+        assert exists(tree.root) and not (tmp_path / "img").exists()
+    finally:
+        tree.stop()

@@ -62,6 +62,7 @@ class DumpOptions:
     leave_running: bool = False  # detach and let it run (default: SIGKILL after a successful dump)
     shell_job: bool = False  # stdio terminal/pipes are the caller's: saved as FdKind.INHERIT
     force_dir: bool = False  # accept an image directory of ours that group or others may write (made 0700)
+    ghost_limit: int = 1 << 20  # the largest deleted file whose contents the image keeps, in bytes
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
         for p, seized in frozen.seized.items():
             snapshot = replace(snapshots[p], fds=tables[p][0], files=tables[p][1])
             processes[p] = _dump_with_parasite(p, seized, snapshot, writer, options)
-        shared_memory = save_shared_memory(frozen, snapshots, memfd.reaches(tables, shared_files, views), writer)
+        shared_memory = save_shared_memory(frozen, snapshots, memfd.reaches(tables, shared_files, views), writer,
+                                           options.ghost_limit)
         writer.finish(Tree(nodes, shared_memory, shared_files, pipes, sockets))
         faults.point("dump.kill")
         writer.close()
@@ -169,11 +171,15 @@ def tree_processes(frozen: FrozenTree, snapshots: dict[int, Snapshot]) -> tuple[
 
 
 def save_shared_memory(frozen: FrozenTree, snapshots: dict[int, Snapshot], memfds: dict[int, shmem.Reach],
-                       writer: ImageWriter) -> tuple[SharedMemory, ...]:
-    """Each shared memory object of the tree, once: its data into shmem-ID.img, read through one mapping or fd."""
+                       writer: ImageWriter, ghost_limit: int) -> tuple[SharedMemory, ...]:
+    """Each shared memory object of the tree, once: its data into shmem-ID.img, read through one mapping or fd.
+
+    A deleted regular file larger than ghost_limit is refused before its data is read.
+    """
     found = shmem.objects({frozen.seized[p].worker: s.vmas for p, s in snapshots.items()}, memfds)
     saved = []
     for shmem_id, reach in sorted(found.items()):
+        shmem.check_ghost_size(reach, ghost_limit)
         saved.append(shmem.save(reach, shmem_id, writer.shmem_file(shmem_id)))
     faults.point("dump.shmem")
     return tuple(saved)

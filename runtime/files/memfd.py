@@ -1,4 +1,4 @@
-"""memfd_create(2) files: each memfd one of the tree's shared memory objects, each open file of it an entry.
+"""memfds and deleted files: each one of the tree's shared memory objects, each open file of it an entry.
 
 Why the memfd is an object and not a file: it has no name to reopen by
 (/memfd:NAME (deleted)), and a process often maps it too; a mapping and an
@@ -8,6 +8,12 @@ through the fd's /proc link), the runtime makes it again with
 memfd_create, and each open file of it is made by the nearest common
 ancestor of its holders, reopened through /proc/self/fd with its own flags
 and offset.
+
+A regular file deleted while open is the same: no name reaches it any more.
+Its contents are saved (up to the dump's --ghost-limit, beyond which it is
+refused), it is made again at its name (or beside it, if a file of that name
+exists now) and unlinked at once, so the process holds a deleted file with
+the same contents, size and mode.
 """
 
 import fcntl
@@ -17,6 +23,7 @@ from runtime.errors import ImageError, RestoreError
 from runtime.files.base import FileKindBase, refuse_payload
 from runtime.images.model import FdKind, FdSlot, FileEntry
 from runtime.kernel.procfs.fds import FileKind, OpenFile
+from runtime.kernel.procfs.maps import DELETED_SUFFIX
 from runtime.mm.shmem import MEMFD_PREFIX, Reach
 
 O_ACCMODE = 0o3
@@ -47,6 +54,26 @@ class MemfdFile(FileKindBase):
 KIND = MemfdFile()
 
 
+class DeletedFile(MemfdFile):
+    """An open file of a regular file since deleted: its contents saved like a memfd's (up to --ghost-limit)."""
+
+    kind = FdKind.DELETED
+
+    def matches(self, open_file: OpenFile, shell_job: bool) -> bool:
+        return (open_file.kind is FileKind.REGULAR and not open_file.nlink and open_file.link.startswith("/")
+                and open_file.link.endswith(DELETED_SUFFIX) and not open_file.link.startswith(MEMFD_PREFIX))
+
+    def open(self, entry: FileEntry, number: int, inheritable: bool, pid: int) -> int:
+        raise RestoreError(pid, f"fd {number}: deleted file {entry.shmem} was not made with its contents")
+
+    def describe(self, entry: FileEntry) -> tuple[str, str]:
+        return f"deleted file (shared memory {entry.shmem})", ""
+
+
+DELETED_KIND = DeletedFile()
+UNLINKED_KINDS = (FdKind.MEMFD, FdKind.DELETED)
+
+
 def reaches(tables: dict[int, tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]], shared: tuple[FileEntry, ...],
             views: dict[int, int]) -> dict[int, Reach]:
     """Each memfd an fd of the tree holds: where the dump reads it (the fd's /proc link)."""
@@ -56,7 +83,7 @@ def reaches(tables: dict[int, tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]],
         own = {entry.id: entry for entry in entries}
         for slot in slots:
             entry = own.get(slot.file_id) or tree_entries[slot.file_id]
-            if entry.kind is FdKind.MEMFD and entry.shmem not in found:
+            if entry.kind in UNLINKED_KINDS and entry.shmem not in found:
                 through = f"/proc/{views[pid]}/fd/{slot.fd}"
                 found[entry.shmem] = Reach(pid, through, os.readlink(through))
     return found

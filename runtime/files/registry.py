@@ -12,7 +12,7 @@ from runtime.files.base import FileKindBase
 from runtime.images.model import FileEntry
 from runtime.kernel.procfs.fds import OpenFile
 
-KINDS: tuple[FileKindBase, ...] = (inherit.KIND, memfd.KIND, regular.KIND, chrdev.KIND, pipe.KIND, pipe.FIFO_KIND, unix.KIND,
+KINDS: tuple[FileKindBase, ...] = (inherit.KIND, memfd.KIND, memfd.DELETED_KIND, regular.KIND, chrdev.KIND, pipe.KIND, pipe.FIFO_KIND, unix.KIND,
                                    eventfd.KIND, epoll.KIND, timers.TIMER_KIND, timers.SIGNAL_KIND)
 
 _BY_KIND = {k.kind: k for k in KINDS}

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from runtime.errors import ImageError, shorten
 from runtime.images import names as layout, sessions
 from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE,
-                                  FileEntry, Inventory, Process, RseqCase, SharedMemory, ThreadCore, Tree, VdsoInfo,
+                                  FdKind, FileEntry, Inventory, Process, RseqCase, SharedMemory, ThreadCore, Tree, VdsoInfo,
                                   Vma, VmaAdvice, VmaKind)
 
 SIGINFO_SIZE = 128
@@ -422,10 +422,13 @@ def check_tree(tree: Tree, processes: Mapping[int, Process], inventory: Inventor
     _check_pipes(tree, processes, file)
     _check_sockets(tree, processes, file)
     memfds = {obj.id for obj in tree.shared_memory if obj.memfd}
+    deleted = {obj.id for obj in tree.shared_memory if obj.path is not None and not obj.memfd}
     for name, held in [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]:
         for index, entry in enumerate(held):
-            if entry.shmem is not None and entry.shmem not in memfds:
-                raise ImageError(name, f"files[{index}].shmem", f"{entry.shmem} is no memfd of {file}")
+            wanted = memfds if entry.kind is FdKind.MEMFD else deleted
+            if entry.shmem is not None and entry.shmem not in wanted:
+                raise ImageError(name, f"files[{index}].shmem", f"{entry.shmem} is no {entry.kind.value} file of "
+                                                                f"{file}")
 
 
 def _check_sockets(tree: Tree, processes: Mapping[int, Process], file: str) -> None:

@@ -70,6 +70,7 @@ class FdKind(enum.Enum):
     TIMERFD = "timerfd"  # timerfd_create(2): clock, settings, time left and expirations not yet read
     SIGNALFD = "signalfd"  # signalfd(2): the signals it reads (FileEntry.signalfd)
     MEMFD = "memfd"  # an open file of a memfd: the memfd itself is one of the tree's SharedMemory objects
+    DELETED = "deleted"  # an open file of a regular file since deleted: its contents are a SharedMemory object
 
 
 class RseqCase(enum.Enum):
@@ -330,7 +331,7 @@ class FileEntry:
     epoll: tuple[EpollTarget, ...] | None = None  # EPOLL: its interest list, in the order fdinfo lists it
     timerfd: Timerfd | None = None  # TIMERFD: its state
     signalfd: int | None = None  # SIGNALFD: the mask of signals it reads, bit (sig - 1)
-    shmem: int | None = None  # MEMFD: the SharedMemory.id of its memfd
+    shmem: int | None = None  # MEMFD, DELETED: the SharedMemory.id of its memfd or deleted file
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,16 @@ def _add(found: dict[int, Reach], shmem_id: int, reach: Reach) -> None:
         raise DumpError(reach.pid, f"{reach.name}: its inode {shmem_id} is also that of {seen.name}: not supported")
 
 
+def check_ghost_size(reach: Reach, limit: int) -> None:
+    """A deleted regular file (not shared anonymous memory, not a memfd) must fit the image's ghost limit."""
+    if reach.name == SHARED_ANON_NAME or reach.name.startswith(MEMFD_PREFIX):
+        return
+    size = os.stat(reach.through).st_size
+    if size > limit:
+        raise DumpError(reach.pid, f"{reach.name}: a deleted file of {size} bytes, more than the ghost limit "
+                                   f"({limit}; dump with a larger --ghost-limit to keep it)")
+
+
 def save(reach: Reach, shmem_id: int, out: io.FileIO) -> SharedMemory:
     """The object, its data extents written to out (from its start): its record."""
     try:

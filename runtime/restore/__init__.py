@@ -38,7 +38,7 @@ from runtime.task import rseq
 log = logging.getLogger(__name__)
 
 # The kinds whose open files a member makes for the processes it forks, at tree-wide numbers.
-MADE_KINDS = (FdKind.PIPE, FdKind.FIFO, FdKind.UNIX, FdKind.MEMFD)
+MADE_KINDS = (FdKind.PIPE, FdKind.FIFO, FdKind.UNIX, FdKind.MEMFD, FdKind.DELETED)
 STAND_IN_NAME = "revive-stand-in"  # what a stand-in for a gone session or group leader calls itself
 
 
@@ -78,7 +78,10 @@ def _make_shared_memory(checkpoint: loader.Checkpoint, obj: SharedMemory) -> int
     """The object made once for every process that maps it; a deleted file with its first mapper's fs identity."""
     if obj.path is None:
         return shmem.create(obj, checkpoint.shmem[obj.id])
-    mapper = next(image.process for image in checkpoint.processes if any(v.shmem == obj.id for v in image.process.vmas))
+    mapper = next(image.process for image in checkpoint.processes
+                  if any(v.shmem == obj.id for v in image.process.vmas)
+                  or any(entry.shmem == obj.id for entry in image.process.files + checkpoint.tree.files
+                         if any(slot.file_id == entry.id for slot in image.process.fds)))
     with restore_child.acting_as(mapper.creds):
         return shmem.create(obj, checkpoint.shmem[obj.id])
 
@@ -199,7 +202,7 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int],
     for entry in tree.files + tuple(e for image in checkpoint.processes for e in image.process.files):
         if entry.kind is FdKind.UNIX:
             held.setdefault(entry.socket, []).append(entry)
-        if entry.kind is FdKind.MEMFD:
+        if entry.kind in (FdKind.MEMFD, FdKind.DELETED):
             opener, first = common_ancestor({entry.id})
             openers.setdefault(opener, []).append(
                 spawn.MemfdOpen(entry, slots[entry.id], shmem_fds[entry.shmem], first.pid))

@@ -34,6 +34,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from restore_support import dumped_sleep, run_cli, wait_for
+from runtime.images import codec
+from runtime.images.model import FdKind, FileEntry, FileNode
 from runtime.restore.handover import ERROR_BYTES_MAX, ErrorChannel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,9 +99,9 @@ def add_fd(record, fd: int, path: str, kind: str = "file", flags: int = 0o100000
            mode: int = 0o100644) -> None:
     """A descriptor fd on a file entry of its own, the entry with these fields."""
     file_id = max(entry["id"] for entry in record["files"]) + 1
-    record["files"].append({"id": file_id, "kind": kind, "flags": flags, "pos": pos,
-                            "node": {"path": path, "mode": mode}, "pipe": None, "socket": None,
-                            "eventfd": None, "epoll": None, "timerfd": None, "signalfd": None})
+    # Through the model, so that an entry of the current format has every field; only its values are hostile.
+    record["files"].append(codec.encode(FileEntry(file_id, FdKind(kind), 0, 0, FileNode("/", 0))) |
+                           {"flags": flags, "pos": pos, "node": {"path": path, "mode": mode}})
     record["fds"].append({"fd": fd, "file_id": file_id, "cloexec": False})
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from runtime import faults, progress
 from runtime.arch import x86_64 as arch
 from runtime.dump import refusals
-from runtime.files import memfd, pipe, table, unix
+from runtime.files import pipe, table, unix, unlinked
 from runtime.errors import DumpError, ReviveError
 from runtime.kernel import ptrace
 from runtime.task import futex_links, rseq, controls as task_controls
@@ -130,7 +130,7 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
         for p, seized in frozen.seized.items():
             snapshot = replace(snapshots[p], fds=tables[p][0], files=tables[p][1])
             processes[p] = _dump_with_parasite(p, seized, snapshot, writer, options)
-        shared_memory = save_shared_memory(frozen, snapshots, memfd.reaches(tables, shared_files, views), writer,
+        shared_memory = save_shared_memory(frozen, snapshots, unlinked.reaches(tables, shared_files, views), writer,
                                            options.ghost_limit)
         writer.finish(Tree(nodes, shared_memory, shared_files, pipes, sockets))
         faults.point("dump.kill")

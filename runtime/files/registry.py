@@ -7,12 +7,12 @@ is one line here.
 """
 
 from runtime.errors import DumpError
-from runtime.files import chrdev, epoll, eventfd, inherit, memfd, pipe, regular, timers, unix
+from runtime.files import chrdev, epoll, eventfd, inherit, pipe, regular, timers, unix, unlinked
 from runtime.files.base import FileKindBase
 from runtime.images.model import FileEntry
 from runtime.kernel.procfs.fds import OpenFile
 
-KINDS: tuple[FileKindBase, ...] = (inherit.KIND, memfd.KIND, memfd.DELETED_KIND, regular.KIND, chrdev.KIND, pipe.KIND, pipe.FIFO_KIND, unix.KIND,
+KINDS: tuple[FileKindBase, ...] = (inherit.KIND, unlinked.MEMFD_KIND, unlinked.DELETED_KIND, regular.KIND, chrdev.KIND, pipe.KIND, pipe.FIFO_KIND, unix.KIND,
                                    eventfd.KIND, epoll.KIND, timers.TIMER_KIND, timers.SIGNAL_KIND)
 
 _BY_KIND = {k.kind: k for k in KINDS}

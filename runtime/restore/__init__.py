@@ -205,7 +205,7 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int],
         if entry.kind in (FdKind.MEMFD, FdKind.DELETED):
             opener, first = common_ancestor({entry.id})
             openers.setdefault(opener, []).append(
-                spawn.MemfdOpen(entry, slots[entry.id], shmem_fds[entry.shmem], first.pid))
+                spawn.UnlinkedOpen(entry, slots[entry.id], shmem_fds[entry.shmem], first.pid))
     for pair in unix_kind.groups(tree.sockets):
         entries = [entry for member in pair for entry in held[member.id]]
         opener, first = common_ancestor({entry.id for entry in entries})

@@ -31,7 +31,7 @@ import signal
 import struct
 from dataclasses import dataclass
 
-from runtime.files import memfd, pipe as pipe_kind, table, unix
+from runtime.files import pipe as pipe_kind, table, unix, unlinked
 from runtime.images.model import Creds, FileEntry, Pipe, TreeProcess, UnixSocket
 from runtime.kernel.clone import clone_with_pid
 from runtime.restore import child as restore_child
@@ -86,19 +86,19 @@ class SocketOpen:
 
 
 @dataclass(frozen=True)
-class MemfdOpen:
-    """An open file of a memfd (the runtime made the memfd) a member makes before it forks its holders."""
+class UnlinkedOpen:
+    """An open file of a memfd or a deleted file (the runtime made the file) a member makes before it forks."""
 
     entry: FileEntry
     fd: int  # its slot
-    memfd: int  # the runtime's descriptor of the memfd, inherited
+    file: int  # the runtime's descriptor of the memfd or deleted file, inherited
     holder: int  # the first holder's pid, for messages
 
     def make(self) -> None:
-        memfd.make(self.entry, self.fd, self.memfd, self.holder)
+        unlinked.make(self.entry, self.fd, self.file, self.holder)
 
 
-Made = SharedOpen | PipeOpen | SocketOpen | MemfdOpen  # what a member makes for the processes it forks
+Made = SharedOpen | PipeOpen | SocketOpen | UnlinkedOpen  # what a member makes for the processes it forks
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class MemfdFile(FileKindBase):
         return f"memfd (shared memory {entry.shmem})", ""
 
 
-KIND = MemfdFile()
+MEMFD_KIND = MemfdFile()
 
 
 class DeletedFile(MemfdFile):
@@ -89,13 +89,13 @@ def reaches(tables: dict[int, tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]],
     return found
 
 
-def make(entry: FileEntry, slot: int, memfd: int, pid: int) -> None:
-    """An open file of the memfd (the runtime's descriptor memfd) at slot, with the entry's flags and offset."""
+def make(entry: FileEntry, slot: int, file: int, pid: int) -> None:
+    """An open file of the memfd or deleted file (the runtime's descriptor file) at slot, with its flags and offset."""
     try:
-        made = os.open(f"/proc/self/fd/{memfd}", entry.flags & (O_ACCMODE | os.O_APPEND) | os.O_CLOEXEC)
+        made = os.open(f"/proc/self/fd/{file}", entry.flags & (O_ACCMODE | os.O_APPEND) | os.O_CLOEXEC)
         os.lseek(made, entry.pos, os.SEEK_SET)
         os.dup2(made, slot)
         os.close(made)
         fcntl.fcntl(slot, fcntl.F_SETFL, entry.flags & SETFL_FLAGS)
     except OSError as exc:
-        raise RestoreError(pid, f"memfd {entry.shmem}: {exc.strerror}") from exc
+        raise RestoreError(pid, f"{entry.kind.value} file {entry.shmem}: {exc.strerror}") from exc

@@ -103,7 +103,8 @@ time.sleep(1000)
 def test_an_epoll_instance_two_processes_share_is_refused_and_left_running(reaper, tmp_path):
     tree = start_tree([PYTHON, "-c", SHARED_EPOLL], tmp_path)
     try:
-        with pytest.raises(DumpError, match=r"fd 3 \(epoll\): one open file with process \d+'s fd 3: not supported yet"):
+        with pytest.raises(DumpError, match=r"fd 3 \(epoll\): one open file with process \d+'s fd 3: "
+                                            r"not supported yet"):
             dump(tree.root, tmp_path / "img", DumpOptions())
         assert exists(tree.root)
     finally:

@@ -165,7 +165,8 @@ def test_listening_sockets_bound_to_a_path_and_an_abstract_name_serve_after_rest
 
 def test_a_listening_socket_with_a_connection_not_yet_accepted_is_refused(reaper, tmp_path):
     program = ("import os, socket, time\ns = socket.socket(socket.AF_UNIX); s.bind('sock'); s.listen(4)\n"
-               "c = socket.socket(socket.AF_UNIX); c.connect('sock')\nos.write(1, b'ready ok=1\\n')\ntime.sleep(1000)\n")
+               "c = socket.socket(socket.AF_UNIX); c.connect('sock')\n"
+               "os.write(1, b'ready ok=1\\n')\ntime.sleep(1000)\n")
     tree = start_tree([PYTHON, "-c", program], tmp_path)
     try:
         with pytest.raises(DumpError, match=r"fd \d+ \(socket:\[\d+\]\): (a listening unix socket with 1 "

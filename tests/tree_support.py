@@ -211,8 +211,8 @@ def start_tree(argv: list[str], workdir: Path, ready: bool = True, timeout: floa
     """
     out = workdir / f"out-{len(list(workdir.glob('out-*')))}.txt"
     with open(out, "w") as stdout, open(os.devnull) as stdin:
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.STDOUT, cwd=workdir, pass_fds=pass_fds,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.STDOUT, cwd=workdir,
+                                pass_fds=pass_fds, start_new_session=True)
     target = Target(proc, out)
     if not ready:
         return Tree(target, workdir)

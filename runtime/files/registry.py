@@ -12,8 +12,10 @@ from runtime.files.base import FileKindBase
 from runtime.images.model import FileEntry
 from runtime.kernel.procfs.fds import OpenFile
 
-KINDS: tuple[FileKindBase, ...] = (inherit.KIND, unlinked.MEMFD_KIND, unlinked.DELETED_KIND, regular.KIND, chrdev.KIND, pipe.KIND, pipe.FIFO_KIND, unix.KIND,
-                                   eventfd.KIND, epoll.KIND, timers.TIMER_KIND, timers.SIGNAL_KIND)
+KINDS: tuple[FileKindBase, ...] = (
+    inherit.KIND, unlinked.MEMFD_KIND, unlinked.DELETED_KIND, regular.KIND, chrdev.KIND, pipe.KIND, pipe.FIFO_KIND,
+    unix.KIND, eventfd.KIND, epoll.KIND, timers.TIMER_KIND, timers.SIGNAL_KIND,
+)
 
 _BY_KIND = {k.kind: k for k in KINDS}
 

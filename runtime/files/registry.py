@@ -2,8 +2,9 @@
 
 Why an ordered tuple: the first kind whose `matches` accepts an open file
 dumps it (inherit comes first: with --shell-job a stdio pipe is the caller's,
-not a pipe to dump), and an image's FdKind names exactly one kind. A new kind
-is one line here.
+not a pipe to dump; the unlinked kinds come before regular: a deleted
+regular file is theirs), and an image's FdKind names exactly one kind. A new
+kind is one entry here.
 """
 
 from runtime.errors import DumpError

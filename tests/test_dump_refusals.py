@@ -47,8 +47,8 @@ def piped_sleep():
     ("socket", r"fd 3 \(socket socket:\[\d+\]\): not supported yet"),
     ("inotify", r"fd 3 \(anonymous inode inotify\): not supported yet"),
     ("posix_timer", r"has POSIX timers \(ids 0; timer_create\): not supported yet"),
-    ("flock", r"fd 3 \(regular file .*/locked\) holds a file lock \(1: FLOCK  ADVISORY  WRITE .*\): "
-              r"restoring file locks is not supported yet"),
+    ("flock", r"fd 3 \(regular file .*/locked \(deleted\)\) holds a file lock \(1: FLOCK  ADVISORY  WRITE .*\): "
+              r"restoring locks on this kind of file is not supported yet"),
     ("seccomp", r"runs under seccomp \(filter mode\): restoring seccomp filters is not supported yet"),
     ("mlock", r"mapping 0x[0-9a-f]+-0x[0-9a-f]+ \(anonymous\): locked pages \(mlock\) are not restored yet "
               r"\(VmFlag 'lo'\)"),

@@ -7,8 +7,10 @@ instance watches the same fds with the same masks and data, and a file
 ready at the dump is reported ready again.
 """
 
+import fcntl
 import os
 import signal
+import struct
 import time
 
 import pytest
@@ -224,5 +226,49 @@ def test_a_deleted_file_beyond_the_ghost_limit_is_refused(reaper, tmp_path):
                                             r"limit \(1024; dump with a larger --ghost-limit to keep it\)"):
             dump(tree.root, tmp_path / "img", DumpOptions(ghost_limit=1024))
         assert exists(tree.root) and not (tmp_path / "img").exists()
+    finally:
+        tree.stop()
+
+
+LOCKS = """
+import fcntl, os, struct, time
+held = {}
+for name in ("flock", "posix", "ofd"):
+    held[name] = os.open(name, os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(held["flock"], fcntl.LOCK_EX)
+fcntl.lockf(held["posix"], fcntl.LOCK_EX, 10, 5)
+fcntl.fcntl(held["ofd"], 37, struct.pack("hhqqi", fcntl.F_RDLCK, 0, 0, 0, 0))
+os.write(1, f"ready pid={os.getpid()}\\n".encode())
+time.sleep(1000)
+"""
+
+
+def blocked(path, take) -> bool:
+    """Whether another process (a fork of ours) is refused the lock take() asks for on path."""
+    child = os.fork()
+    if child == 0:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            take(fd)
+        except BlockingIOError:
+            os._exit(1)
+        except OSError:
+            os._exit(2)
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status) == 1
+
+
+def test_file_locks_are_taken_again_so_another_process_is_still_refused_them(reaper, tmp_path):
+    """flock, POSIX (the process's, on a range) and OFD locks: held again before the process runs."""
+    tree = start_tree([PYTHON, "-c", LOCKS], tmp_path)
+    try:
+        tree.dump()
+        tree.restore()
+        assert blocked(tmp_path / "flock", lambda fd: fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB))
+        assert blocked(tmp_path / "posix", lambda fd: fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 12))
+        assert not blocked(tmp_path / "posix", lambda fd: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 0))
+        assert blocked(tmp_path / "ofd", lambda fd: fcntl.fcntl(fd, 37, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0,
+                                                                                      0)))
     finally:
         tree.stop()

@@ -18,7 +18,7 @@ import os
 from runtime.errors import DumpError
 from runtime.images import sessions
 from runtime.images.model import KERNEL_MAPPING_KINDS, TreeProcess
-from runtime.kernel.procfs.fds import OpenFile
+from runtime.kernel.procfs.fds import FileKind, OpenFile
 from runtime.kernel.procfs.files import proc_path, read_text, translated
 from runtime.kernel.procfs.maps import VSYSCALL, Mapping
 from runtime.kernel.procfs.stat import Stat
@@ -177,7 +177,8 @@ def check_mappings(pid: int, mappings: tuple[Mapping, ...]) -> None:
 
 
 def check_file_locks(pid: int, open_files: tuple[OpenFile, ...]) -> None:
+    """Locks on regular files with a name are taken again (files/regular.py); a lock on anything else is refused."""
     for f in open_files:
-        if f.locks:
+        if f.locks and (f.kind not in (FileKind.REGULAR, FileKind.DIRECTORY) or not f.nlink):
             raise DumpError(pid, f"fd {f.fd} ({f.description}) holds a file lock ({f.locks[0]}): "
-                                 "restoring file locks is not supported yet")
+                                 "restoring locks on this kind of file is not supported yet")

@@ -13,10 +13,10 @@ them, so that each inherits it (runtime/restore/spawn.py).
 import os
 
 from runtime.errors import DumpError
-from runtime.files import registry
+from runtime.files import registry, regular
 from dataclasses import replace
 
-from runtime.images.model import FdKind, FdSlot, FileEntry, Process
+from runtime.images.model import FdKind, FdSlot, FileEntry, LockKind, Process
 from runtime.kernel import kcmp
 from runtime.kernel.procfs.fds import OpenFile
 
@@ -115,6 +115,11 @@ def restore_table(process: Process, shared: dict[int, int], shared_entries: tupl
             os.dup2(opened[slot.file_id], slot.fd, inheritable=not slot.cloexec)
             continue
         opened[slot.file_id] = registry.open(entries[slot.file_id], slot.fd, not slot.cloexec, process.pid)
+    # A POSIX lock is the process's own: taken by it, once its descriptors are back.
+    for file_id, fd in opened.items():
+        for lock in entries[file_id].locks if file_id in entries else ():
+            if lock.kind is LockKind.POSIX and lock.pid == process.pid:
+                regular.take_lock(lock, fd, process.pid)
 
 
 def open_shared(entry: FileEntry, fd: int, pid: int) -> int:

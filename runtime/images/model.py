@@ -312,6 +312,25 @@ class EpollTarget:
     data: int  # the 64 bits epoll_wait reports with it
 
 
+class LockKind(enum.Enum):
+    """Which kind of file lock (the /proc/locks and fdinfo names)."""
+
+    FLOCK = "flock"  # flock(2): the open file description's
+    POSIX = "posix"  # fcntl(F_SETLK): the process's, on a byte range
+    OFD = "ofd"  # fcntl(F_OFD_SETLK): the open file description's, on a byte range
+
+
+@dataclass(frozen=True)
+class FileLock:
+    """One lock an open file holds (fdinfo's "lock:" lines), taken again before the process runs."""
+
+    kind: LockKind
+    write: bool  # an exclusive (write) lock; else shared (read)
+    start: int  # a range lock's first byte (0 for flock)
+    length: int  # its bytes; 0: to the end of the file, however long it grows (fdinfo's EOF)
+    pid: int = 0  # a POSIX lock's owner: the process that takes it again
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One open file description: what the kernel shares between the fds of a dup, or a fork.
@@ -332,6 +351,7 @@ class FileEntry:
     timerfd: Timerfd | None = None  # TIMERFD: its state
     signalfd: int | None = None  # SIGNALFD: the mask of signals it reads, bit (sig - 1)
     shmem: int | None = None  # MEMFD, DELETED: the SharedMemory.id of its memfd or deleted file
+    locks: tuple[FileLock, ...] = ()  # FILE: the locks it holds
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
  * "thread_seccomp" (a second thread under a seccomp filter of its own),
  * "socket" (a TCP socket), "inotify", "pipe"
  * (a pipe at fds 3 and 4), "posix_timer" (timer_create), "flock" (a lock on
- * a file "locked" in the working directory, at fd 3), "seccomp" (strict-free
+ * a file "locked" of the working directory, deleted since, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
  * "child" (a child process holding an inotify instance, killed when its parent dies: the tree
  * is refused for what the child holds), "vfork" (a vfork child that neither execs nor
@@ -87,7 +87,7 @@ int main(int argc, char **argv) {
 		if (timer_create(CLOCK_MONOTONIC, &ev, &timer)) return 1;
 	} else if (!strcmp(argv[1], "flock")) {
 		int fd = open("locked", O_RDWR | O_CREAT, 0600);
-		if (fd < 0 || flock(fd, LOCK_EX)) return 1;
+		if (fd < 0 || flock(fd, LOCK_EX) || unlink("locked")) return 1;
 	} else if (!strcmp(argv[1], "seccomp")) {
 		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || allow_all_filter()) return 1;
 	} else if (!strcmp(argv[1], "mlock")) {

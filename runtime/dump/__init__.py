@@ -46,11 +46,12 @@ from runtime.infect.seize import Seized
 from runtime.infect.session import infect, is_leftover
 from runtime.infect.tree import FrozenTree, freeze_tree
 from runtime.kernel.procfs import auxv, fds, maps, stat, status, vdso
+from runtime.kernel.procfs.mem import copy_memory
 from runtime.kernel.procfs.files import read_link
 from runtime.kernel.procfs.maps import DELETED_SUFFIX, Mapping
 from runtime.mm import shmem
 from runtime.mm.vdso import find_proxy
-from runtime.mm.vmas import plan_page_runs
+from runtime.mm.vmas import by_readability, plan_page_runs
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,14 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
             task_controls.check_thread_controls(pid, own.tid, own.prctl, own_states[0].prctl)
         faults.point("dump.thread")
         with progress.watch("dump", sum(v.len for v in iovecs), lambda: os.fstat(pages.fileno()).st_size):
-            written = parasite.dump_pages(iovecs, pages.fileno())
+            written = 0
+            for readable, runs in by_readability(snapshot.page_runs, snapshot.vmas):
+                if readable:
+                    written += parasite.dump_pages([Iovec(run.vaddr, run.size) for run in runs], pages.fileno())
+                    continue
+                for run in runs:
+                    copy_memory(seized.worker, run.vaddr, run.size, pages.fileno())
+                    written += run.size
         faults.point("dump.pages")
     faults.point("dump.cure")
     log.info("pid %d: %d page runs, %d bytes of pages", pid, len(iovecs), written)

@@ -8,8 +8,7 @@ depend on; it reads /proc only and decides, and the dump then transfers.
 
 import mmap
 
-from runtime.errors import DumpError
-from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, PageRun
+from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, PageRun, Vma
 from runtime.kernel.procfs import maps, pagemap
 from runtime.kernel.procfs.maps import Mapping
 
@@ -32,12 +31,29 @@ def plan_page_runs(pid: int, mappings: tuple[Mapping, ...]) -> tuple[PageRun, ..
         if m.name == maps.VSYSCALL or m.shared_anon or m.vma().kind in KERNEL_MAPPING_KINDS:
             continue
         for start, end in _saved_ranges(pid, m):
-            if not m.prot & mmap.PROT_READ:
-                raise DumpError(pid, f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'} has pages "
-                                     f"but no read permission: not supported yet")
             runs.append(PageRun(start, (end - start) // PAGE_SIZE, offset))
             offset += end - start
     return tuple(runs)
+
+
+def by_readability(runs: tuple[PageRun, ...], vmas: tuple[Vma, ...]) -> list[tuple[bool, list[PageRun]]]:
+    """The runs in order, grouped by whether the process may read them (the parasite can move only those).
+
+    A run is inside one VMA (images/checks.py); PROT_NONE or write-only memory
+    holding data (a guard area written before it was protected, a JIT's
+    pages between two phases) is read through /proc/PID/mem instead.
+    """
+    groups: list[tuple[bool, list[PageRun]]] = []
+    index = 0
+    for run in runs:
+        while vmas[index].end <= run.vaddr:
+            index += 1
+        readable = bool(vmas[index].prot & mmap.PROT_READ)
+        if groups and groups[-1][0] == readable:
+            groups[-1][1].append(run)
+        else:
+            groups.append((readable, [run]))
+    return groups
 
 
 def _saved_ranges(pid: int, m: Mapping) -> list[tuple[int, int]]:

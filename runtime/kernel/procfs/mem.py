@@ -28,6 +28,25 @@ def read_memory(pid: int, addr: int, size: int) -> bytes:
     return data
 
 
+def copy_memory(pid: int, addr: int, size: int, out_fd: int, chunk: int = 1 << 20) -> None:
+    """size bytes at addr in pid's address space appended to out_fd, unreadable pages included (FOLL_FORCE)."""
+    with translated(pid, "mem"):
+        fd = os.open(proc_path(pid, "mem"), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        done = 0
+        while done < size:
+            data = os.pread(fd, min(chunk, size - done), addr + done)
+            if not data:
+                raise OSError(0, "end of memory")
+            os.write(out_fd, data)
+            done += len(data)
+    except OSError as exc:
+        raise ProcfsError(pid, f"copying {size} bytes of /proc/{pid}/mem at {addr + done:#x}: "
+                               f"{exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
 def write_memory(pid: int, addr: int, data: bytes) -> None:
     """Write data at addr in pid's address space, read-only pages included (as POKEDATA may)."""
     with translated(pid, "mem"):

@@ -32,8 +32,9 @@ def reaper():
 
 def start_bash_tree(workdir):
     tree = start_tree(BASH_TREE, workdir, ready=False)
-    wait_for(lambda: len(descendants(tree.root)) == 3 and read_status(tree.root).state == "S",
-             what="bash to start its two sleeps and wait")
+    wait_for(lambda: len(descendants(tree.root)) == 3 and read_status(tree.root).state == "S"
+             and all(read_status(pid).name == "sleep" for pid in descendants(tree.root)[1:]),
+             what="bash to start its two sleeps (exec'd) and wait")
     tree.pids = descendants(tree.root)
     return tree
 

@@ -134,7 +134,7 @@ def test_fds_report_kind_offset_and_flags(tmp_path):
     assert files[7].kind is FileKind.CHAR and files[7].flags & os.O_ACCMODE == os.O_WRONLY
 
 
-@pytest.mark.parametrize("refused_target, kind", [("socket", FileKind.SOCKET), ("inotify", FileKind.ANON_INODE),
+@pytest.mark.parametrize("refused_target, kind", [("socket", FileKind.SOCKET), ("pidfd", FileKind.ANON_INODE),
                                                   ("pipe", FileKind.PIPE)], indirect=["refused_target"])
 def test_fds_classify_what_the_dump_refuses(refused_target, kind):
     files = {f.fd: f for f in fds.read_open_files(refused_target.pid)}

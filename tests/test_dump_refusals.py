@@ -45,7 +45,7 @@ def piped_sleep():
     ("thread_slack", r"thread \d+ has its own timer_slack \(123456, the leader's is 50000\): not supported"),
     ("thread_seccomp", r"thread \d+ runs under seccomp \(filter mode\): restoring seccomp filters is not supported yet"),
     ("socket", r"fd 3 \(socket socket:\[\d+\]\): not supported yet"),
-    ("inotify", r"fd 3 \(anonymous inode inotify\): not supported yet"),
+    ("pidfd", r"fd 3 \(anonymous inode \[pidfd\]\): not supported yet"),
     ("posix_timer", r"has POSIX timers \(ids 0; timer_create\): not supported yet"),
     ("flock", r"fd 3 \(regular file .*/locked \(deleted\)\) holds a file lock \(1: FLOCK  ADVISORY  WRITE .*\): "
               r"restoring locks on this kind of file is not supported yet"),
@@ -108,9 +108,9 @@ def test_dump_failing_after_infection_cures_and_leaves_no_inventory(tmp_path, ti
 
 @pytest.mark.parametrize("refused_target", ["child"], indirect=True)
 def test_dump_refuses_a_tree_for_what_a_child_holds_naming_the_child(refused_target, tmp_path):
-    """The whole tree is dumped or none of it: a child's inotify refuses the dump, and both run on untouched."""
+    """The whole tree is dumped or none of it: a child's pidfd refuses the dump, and both run on untouched."""
     child = int(refused_target.info["child"])
-    with pytest.raises(DumpError, match=rf"^pid {child}: fd 3 \(anonymous inode inotify\): not supported yet$"):
+    with pytest.raises(DumpError, match=rf"^pid {child}: fd 3 \(anonymous inode \[pidfd\]\): not supported yet$"):
         dump(refused_target.pid, tmp_path / "img")  # default mode: a dump that went on would kill both
     assert_left_as_before(refused_target.pid)
     assert_left_as_before(child)

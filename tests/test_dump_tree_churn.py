@@ -9,13 +9,12 @@ one of them restores and runs on.
 """
 
 import os
-import time
 
 from restore_support import lines, wait_for
 from runtime import restore
 from runtime.dump import DumpOptions, dump
 from runtime.images import loader
-from tree_support import children, descendants, exists, proc_stat, reap, start_tree, subreaper
+from tree_support import proc_stat, reap, start_tree, subreaper
 
 PYTHON = "/usr/bin/python3"
 DUMPS = 12
@@ -37,20 +36,32 @@ for n in itertools.count():
 """
 
 
-def orphans(session: int) -> list[int]:
-    """Our own children (we are the subreaper) that belong to the tree's session."""
-    return [pid for pid in children(os.getpid()) if exists(pid) and proc_stat(pid).sid == session]
+def session_members(session: int) -> list[int]:
+    """Every process of the tree's session, wherever it hangs."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if proc_stat(int(name)).sid == session:
+                    found.append(int(name))
+            except OSError:
+                pass  # gone meanwhile
+    return found
+
+
+def reap_session(session: int) -> None:
+    """Kill and reap the whole session, again until none is left: a child may fork while its siblings die."""
+    while members := session_members(session):
+        reap(members)
 
 
 def test_a_tree_that_forks_and_reaps_all_the_time_is_dumped_whole_and_restores(tmp_path):
     with subreaper():
         tree = start_tree([PYTHON, "-c", CHURN], tmp_path)
-        seen: set[int] = set()
         try:
             sizes = []
             for attempt in range(DUMPS):
                 images = tmp_path / f"img-{attempt}"
-                seen.update(descendants(tree.root))
                 dump(tree.root, images, DumpOptions(leave_running=True))
                 with loader.load(images) as checkpoint:  # every check of the tree passed
                     nodes = checkpoint.tree.processes
@@ -59,11 +70,11 @@ def test_a_tree_that_forks_and_reaps_all_the_time_is_dumped_whole_and_restores(t
                     assert {node.ppid for node in nodes[1:]} <= {node.pid for node in nodes}
             assert max(sizes) > 1, "no dump caught a child: the test proves nothing"
             # The last image, restored: the parent goes on forking, reaping and counting.
-            seen.update(descendants(tree.root))
             tree.target.proc.kill()
             tree.target.proc.wait()
-            # Grandchildren orphaned since are ours (the subreaper's): their zombies keep the session's id taken.
-            reap(seen | set(orphans(tree.root)))
+            # Children and grandchildren, orphaned since, are ours (the subreaper's): alive or as zombies they keep
+            # the session's id taken.
+            reap_session(tree.root)
             # It writes from its offset at the dump on, over what the original wrote after it: once past the
             # old end, the file is one unbroken count again.
             written = tree.out.stat().st_size
@@ -72,9 +83,6 @@ def test_a_tree_that_forks_and_reaps_all_the_time_is_dumped_whole_and_restores(t
             ticks = [int(words[1]) for words in lines(tree.out, "tick")]
             assert ticks == list(range(len(ticks))), "a tick was lost or repeated"
         finally:
-            seen.update(descendants(tree.root))
-            tree.pids = sorted(seen | set(orphans(tree.root)))
-            tree.stop()
-            # A grandchild orphaned while the tree was being killed lives on for its few milliseconds: ours too.
-            time.sleep(0.05)
-            reap(orphans(tree.root))
+            tree.pids = []
+            tree.stop()  # the started root, through its Popen (its PID is the restored root's too)
+            reap_session(tree.root)

@@ -23,14 +23,14 @@ from runtime.images.model import FdKind, FileEntry, FileNode
 from runtime.kernel.procfs.fds import read_open_files
 
 SCRIPT = """
-import ctypes, json, os, sys, time
+import json, os, sys, time
 data = os.open("data", os.O_RDWR | os.O_CREAT, 0o600)
 os.write(data, b"hello world")
 os.lseek(data, 6, os.SEEK_SET)
 dup = os.dup(data)
 again = os.open("data", os.O_RDONLY)
 null = os.open("/dev/null", os.O_WRONLY)
-extra = ctypes.CDLL(None).inotify_init() if sys.argv[1] == "inotify" else -1
+extra = os.pidfd_open(os.getpid()) if sys.argv[1] == "pidfd" else -1
 os.set_inheritable(dup, True)
 print(json.dumps(dict(data=data, dup=dup, again=again, null=null, extra=extra)), flush=True)
 time.sleep(1000)
@@ -39,7 +39,7 @@ time.sleep(1000)
 
 @pytest.fixture
 def holder(request, tmp_path):
-    """A python3 holding a file under two fds, the same file opened again, /dev/null, and maybe an inotify instance."""
+    """A python3 holding a file under two fds, the same file opened again, /dev/null, and maybe a pidfd."""
     out = tmp_path / "fds.json"
     with open(out, "w") as stdout:
         proc = subprocess.Popen([sys.executable, "-c", SCRIPT, getattr(request, "param", "")], cwd=tmp_path,
@@ -70,10 +70,10 @@ def test_a_dup_is_one_entry_and_a_second_open_another(holder):
     assert (by_fd[fds["data"]].cloexec, by_fd[fds["dup"]].cloexec) == (True, False)
 
 
-@pytest.mark.parametrize("holder", ["inotify"], indirect=True)
+@pytest.mark.parametrize("holder", ["pidfd"], indirect=True)
 def test_an_open_file_no_kind_takes_is_refused_naming_the_fd(holder):
     pid, fds, _ = holder
-    with pytest.raises(DumpError, match=rf"^pid {pid}: fd {fds['extra']} \(anonymous inode inotify\): "
+    with pytest.raises(DumpError, match=rf"^pid {pid}: fd {fds['extra']} \(anonymous inode \[pidfd\]\): "
                                         r"not supported yet$"):
         table.dump_table(pid, read_open_files(pid), shell_job=False)
 

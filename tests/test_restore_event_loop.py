@@ -272,3 +272,79 @@ def test_file_locks_are_taken_again_so_another_process_is_still_refused_them(rea
                                                                                       0)))
     finally:
         tree.stop()
+
+
+INOTIFY = """
+import ctypes, os, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+os.mkdir("watched")
+os.mkdir("dropped")
+os.mkdir("again")
+fd = libc.inotify_init1(0)
+first = libc.inotify_add_watch(fd, b"watched", 0x100)  # IN_CREATE
+dropped = libc.inotify_add_watch(fd, b"dropped", 0x100)
+libc.inotify_rm_watch(fd, dropped)
+os.read(fd, 4096)  # its IN_IGNORED
+again = libc.inotify_add_watch(fd, b"again", 0x200)  # IN_DELETE
+os.write(1, f"ready pid={os.getpid()} watches={first},{again}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+data = os.read(fd, 4096)
+events = []
+while data:
+    wd, mask, cookie, length = struct.unpack_from("iIII", data)
+    events.append(f"{wd}:{mask:#x}:{data[16:16 + length].rstrip(bytes(1)).decode()}")
+    data = data[16 + length:]
+os.write(1, f"events {' '.join(events)}\\n".encode())
+time.sleep(1000)
+"""
+
+
+def test_an_inotify_instance_keeps_its_watches_under_their_descriptors(reaper, tmp_path):
+    """Watch 1 and watch 3 (2 was removed): after restore, events come with the same descriptors, and no
+    IN_IGNORED of the descriptor the restore skipped."""
+    tree = start_tree([PYTHON, "-c", INOTIFY], tmp_path)
+    try:
+        assert tree.info["watches"] == "1,3"
+        tree.dump()
+        tree.restore()
+        (tmp_path / "watched" / "new").touch()
+        (tmp_path / "again" / "gone").touch()  # created unwatched (watch 3 is for deletions) ...
+        (tmp_path / "again" / "gone").unlink()  # ... and deleted
+        (tmp_path / "go").touch()
+        wait_for(lambda: lines(tree.out, "events"), what="the events")
+        assert lines(tree.out, "events") == [["events", "1:0x100:new", "3:0x200:gone"]]
+    finally:
+        tree.stop()
+
+
+SHARED_LOCKS = """
+import fcntl, os, time
+fd = os.open("locked", os.O_RDWR | os.O_CREAT, 0o600)
+child = os.fork()
+if child == 0:
+    fcntl.lockf(fd, fcntl.LOCK_EX, 10, 20)
+    time.sleep(1000)
+fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)
+time.sleep(0.2)
+os.write(1, f"ready pid={os.getpid()} child={child}\\n".encode())
+time.sleep(1000)
+"""
+
+
+def test_posix_locks_two_processes_hold_through_one_open_file_are_each_taken_again_by_their_owner(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", SHARED_LOCKS], tmp_path)
+    try:
+        tree.pids = [tree.root, int(tree.info["child"])]
+        tree.dump()
+        tree.restore()
+        locked = tmp_path / "locked"
+        assert blocked(locked, lambda fd: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 5))  # the parent's
+        assert blocked(locked, lambda fd: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 25))  # the child's
+        assert not blocked(locked, lambda fd: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 15))
+        with open("/proc/locks") as f:
+            owners = {int(line.split()[4]) for line in f if "POSIX" in line and line.split()[5].endswith(
+                f":{os.stat(locked).st_ino}")}
+        assert owners == set(tree.pids)
+    finally:
+        tree.stop()

@@ -273,9 +273,9 @@ def test_restore_brings_back_a_process_whose_leader_exited(start):
 
 
 def test_a_refusal_in_a_process_whose_leader_exited_names_the_process(start):
-    proc = start(str(target_path("leader_exit")), "inotify")
+    proc = start(str(target_path("leader_exit")), "pidfd")
     wait_for(lambda: status_field(proc.pid, "State") == "Z (zombie)", what="the leader to exit")
-    with pytest.raises(DumpError, match=rf"^pid {proc.pid}: fd 3 \(anonymous inode inotify\): not supported yet"):
+    with pytest.raises(DumpError, match=rf"^pid {proc.pid}: fd 3 \(anonymous inode \[pidfd\]\): not supported yet"):
         proc.dump()
     wait_ticks(proc, range(3), 2)  # left running as it was
 

@@ -69,7 +69,7 @@ def check_process(pid: int, view: int, tids: list[int], status: Status, stat: St
     check_posix_timers(pid, view)
     check_memory_policy(pid, view)
     check_mappings(pid, mappings)
-    check_file_locks(pid, open_files)
+    check_file_locks(pid, open_files, mappings)
 
 
 def check_tree(nodes: tuple[TreeProcess, ...], shell_job: bool) -> None:
@@ -176,9 +176,18 @@ def check_mappings(pid: int, mappings: tuple[Mapping, ...]) -> None:
                 raise DumpError(pid, f"{where}: {VMFLAGS[flag]} (VmFlag {flag!r})")
 
 
-def check_file_locks(pid: int, open_files: tuple[OpenFile, ...]) -> None:
-    """Locks on regular files with a name are taken again (files/regular.py); a lock on anything else is refused."""
+def check_file_locks(pid: int, open_files: tuple[OpenFile, ...], mappings: tuple[Mapping, ...]) -> None:
+    """Locks on regular files with a name are taken again (files/regular.py); a lock on anything else is refused.
+
+    So is a POSIX lock on a file the process maps: the restorer closes the
+    descriptor it maps it through, and closing any descriptor of a file drops
+    the process's POSIX locks on it.
+    """
+    mapped = {m.name for m in mappings}
     for f in open_files:
         if f.locks and (f.kind not in (FileKind.REGULAR, FileKind.DIRECTORY) or not f.nlink):
             raise DumpError(pid, f"fd {f.fd} ({f.description}) holds a file lock ({f.locks[0]}): "
                                  "restoring locks on this kind of file is not supported yet")
+        if f.link in mapped and any(" POSIX " in lock for lock in f.locks):
+            raise DumpError(pid, f"fd {f.fd} ({f.description}) holds a POSIX lock on a file the process also maps: "
+                                 "not supported yet")

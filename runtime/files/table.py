@@ -63,8 +63,8 @@ def share_across(tables: dict[int, FdTable], views: dict[int, int]) -> tuple[dic
                 continue
             # An open file shared by two processes is one: its kind's payload is the same in both.
             group = candidates.setdefault((entry.kind, entry.flags, entry.pos, entry.node, entry.pipe, entry.socket,
-                                           entry.eventfd, entry.epoll, entry.timerfd, entry.signalfd, entry.shmem),
-                                          [])
+                                           entry.eventfd, entry.epoll, entry.timerfd, entry.signalfd, entry.shmem,
+                                           entry.inotify), [])
             match = next(((holder, held) for holder, held in group if holder != pid and kcmp.same_file(
                 views[pid], first_fd[pid][entry.id], first_fd[holder][held.id], pid2=views[holder])), None)
             if match is None:
@@ -75,7 +75,10 @@ def share_across(tables: dict[int, FdTable], views: dict[int, int]) -> tuple[dic
                 raise DumpError(pid, f"fd {first_fd[pid][entry.id]} ({entry.kind.value}): one open file with process "
                                      f"{holder}'s fd {first_fd[holder][held.id]}: not supported yet")
             same_as[entry.id] = held.id
-            shared[held.id] = held
+            # Each process sees its own POSIX locks on the file: the shared entry holds them all.
+            merged = replace(held, locks=held.locks + tuple(lock for lock in entry.locks if lock not in held.locks))
+            group[group.index(match)] = (holder, merged)
+            shared[held.id] = merged
     result = {}
     for pid, (slots, entries) in tables.items():
         slots = tuple(replace(slot, file_id=same_as.get(slot.file_id, slot.file_id)) for slot in slots)
@@ -115,6 +118,12 @@ def restore_table(process: Process, shared: dict[int, int], shared_entries: tupl
             os.dup2(opened[slot.file_id], slot.fd, inheritable=not slot.cloexec)
             continue
         opened[slot.file_id] = registry.open(entries[slot.file_id], slot.fd, not slot.cloexec, process.pid)
+    # The tree-wide slots are copies now: closed before any POSIX lock is taken, as closing any descriptor of
+    # a file drops the process's POSIX locks on it.
+    for fd in shared.values():
+        os.close(fd)
+    opened = {file_id: fd for file_id, fd in opened.items() if file_id not in shared} | {
+        slot.file_id: slot.fd for slot in process.fds if slot.file_id in shared}
     # A POSIX lock is the process's own: taken by it, once its descriptors are back.
     for file_id, fd in opened.items():
         for lock in entries[file_id].locks if file_id in entries else ():

@@ -71,6 +71,7 @@ class FdKind(enum.Enum):
     SIGNALFD = "signalfd"  # signalfd(2): the signals it reads (FileEntry.signalfd)
     MEMFD = "memfd"  # an open file of a memfd: the memfd itself is one of the tree's SharedMemory objects
     DELETED = "deleted"  # an open file of a regular file since deleted: its contents are a SharedMemory object
+    INOTIFY = "inotify"  # an inotify instance: its watches (FileEntry.inotify)
 
 
 class RseqCase(enum.Enum):
@@ -312,6 +313,15 @@ class EpollTarget:
     data: int  # the 64 bits epoll_wait reports with it
 
 
+@dataclass(frozen=True)
+class InotifyWatch:
+    """One watch of an inotify instance: its descriptor, what it watches for, and the file it watches."""
+
+    wd: int  # the watch descriptor the process knows it by
+    mask: int  # IN_* events and flags (IN_ONESHOT, IN_EXCL_UNLINK, ...)
+    path: str  # the watched file, found from its file handle at dump
+
+
 class LockKind(enum.Enum):
     """Which kind of file lock (the /proc/locks and fdinfo names)."""
 
@@ -352,6 +362,7 @@ class FileEntry:
     signalfd: int | None = None  # SIGNALFD: the mask of signals it reads, bit (sig - 1)
     shmem: int | None = None  # MEMFD, DELETED: the SharedMemory.id of its memfd or deleted file
     locks: tuple[FileLock, ...] = ()  # FILE: the locks it holds
+    inotify: tuple[InotifyWatch, ...] | None = None  # INOTIFY: its watches, ascending descriptors
 
 
 @dataclass(frozen=True)

@@ -204,7 +204,7 @@ def open_mapped_files(plan: ChildPlan) -> None:
 
 def close_other_fds(plan: ChildPlan) -> None:
     """Everything but the helpers goes, except the caller's descriptors a shell job inherits."""
-    keep = sorted(set(table.inherited_fds(plan.process)) | set(plan.fds.all))
+    keep = sorted(set(table.inherited_fds(plan.process)) | set(plan.fds.kept))
     low = 0
     for fd in keep:
         # Never an empty range: Python turns closerange(0, 0) into close_range(0, ~0),

@@ -99,8 +99,13 @@ class HelperFds:
 
     @property
     def all(self) -> tuple[int, ...]:
-        return (self.err, self.pages, self.exe) + tuple(f.fd for f in self.files) + \
-            tuple(fd for _, fd in self.shmem) + tuple(fd for _, fd in self.shared)
+        """What the restorer closes last (the shared slots are closed by the child once its fds are in place)."""
+        return (self.err, self.pages, self.exe) + tuple(f.fd for f in self.files) + tuple(fd for _, fd in self.shmem)
+
+    @property
+    def kept(self) -> tuple[int, ...]:
+        """What the child keeps when it closes everything else: all, and the shared slots."""
+        return self.all + tuple(fd for _, fd in self.shared)
 
     def fd_for(self, vma: Vma) -> int:
         if vma.shmem is not None:
@@ -153,9 +158,9 @@ def plan_fds(process: Process, first: int, shared: dict[int, int] | None = None)
     # The child opens every number with the runtime's RLIMIT_NOFILE (it sets the image's later):
     # dup2 to a number at or above it fails, so such an image is refused before the fork.
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if max(helpers.all) >= limit:
+    if max(helpers.kept) >= limit:
         highest = max(fd.fd for fd in process.fds) if process.fds else 0
-        raise RestoreError(process.pid, f"descriptor numbers up to {max(helpers.all)} are needed (the image's "
+        raise RestoreError(process.pid, f"descriptor numbers up to {max(helpers.kept)} are needed (the image's "
                                         f"highest is {highest}), but this restore's RLIMIT_NOFILE is {limit}")
     return helpers
 
@@ -336,7 +341,7 @@ def _fill_vdso_proxy(arena: Arena, args, vdso: VdsoPlan) -> None:
 
 
 def _fill_close_fds(arena: Arena, args, fds: HelperFds) -> None:
-    """The helper descriptors close_fds closes last (err_fd among them, and the shared files' slots)."""
+    """The helper descriptors close_fds closes last (err_fd among them)."""
     slots, args.close_fds = arena.add(ctypes.c_int32, len(fds.all))
     args.nr_close_fds = len(fds.all)
     slots[:] = list(fds.all)

@@ -2,11 +2,11 @@
  * "thread_creds" (a second thread whose gids a raw setresgid changed, the
  * leader's not), "thread_slack" (a second thread with its own timer slack),
  * "thread_seccomp" (a second thread under a seccomp filter of its own),
- * "socket" (a TCP socket), "inotify", "pipe"
+ * "socket" (a TCP socket), "pidfd" (a pidfd of itself), "pipe"
  * (a pipe at fds 3 and 4), "posix_timer" (timer_create), "flock" (a lock on
  * a file "locked" of the working directory, deleted since, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
- * "child" (a child process holding an inotify instance, killed when its parent dies: the tree
+ * "child" (a child process holding a pidfd, killed when its parent dies: the tree
  * is refused for what the child holds), "vfork" (a vfork child that neither execs nor
  * exits: the parent waits in vfork; the child prints the ready line). Prints "ready"
  * and sleeps.
@@ -20,7 +20,7 @@
 #include <linux/seccomp.h>
 #include <signal.h>
 #include <sys/eventfd.h>
-#include <sys/inotify.h>
+#include <sys/syscall.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -77,8 +77,8 @@ int main(int argc, char **argv) {
 		if (start_thread_with(own_seccomp)) return 1;
 	} else if (!strcmp(argv[1], "socket")) {
 		if (socket(AF_INET, SOCK_STREAM, 0) < 0) return 1;
-	} else if (!strcmp(argv[1], "inotify")) {
-		if (inotify_init() < 0) return 1;
+	} else if (!strcmp(argv[1], "pidfd")) {
+		if (syscall(SYS_pidfd_open, getpid(), 0) < 0) return 1;
 	} else if (!strcmp(argv[1], "pipe")) {
 		if (pipe(fds)) return 1;
 	} else if (!strcmp(argv[1], "posix_timer")) {
@@ -99,7 +99,7 @@ int main(int argc, char **argv) {
 		if (child == 0) {
 			/* Dies with its parent: the test reaps only the parent. */
 			prctl(PR_SET_PDEATHSIG, SIGKILL);
-			if (inotify_init() < 0) return 1;
+			if (syscall(SYS_pidfd_open, getpid(), 0) < 0) return 1;
 			for (;;) pause();
 		}
 	} else if (!strcmp(argv[1], "vfork")) {

@@ -3,7 +3,7 @@
  * threads, prints "ready pid=P" and calls pthread_exit while they run on.
  *
  * usage: leader_exit [eventfd]
- * With "inotify", an inotify instance is open at fd 3 (which the dump refuses).
+ * With "pidfd", a pidfd of itself is open at fd 3 (which the dump refuses).
  * Thread I (0..2) prints "tick I N" and writes "N\n" to counter-I.txt every
  * 20 ms (nanosleep), N from 0 without gaps.
  *
@@ -19,7 +19,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
-#include <sys/inotify.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -57,7 +57,7 @@ int main(int argc, char **argv)
 	pthread_t thread;
 	long i;
 
-	if (argc > 1 && (strcmp(argv[1], "inotify") || inotify_init() != 3))
+	if (argc > 1 && (strcmp(argv[1], "pidfd") || syscall(SYS_pidfd_open, getpid(), 0) != 3))
 		return 2;
 
 	for (i = 0; i < THREADS; i++)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from dump_support import start_target, target_path
+from tree_support import subreaper
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -44,3 +45,10 @@ def state_target(tmp_path, request):
     target = start_target([str(target_path("infect_state")), str(tmp_path / "file"), str(mib)], tmp_path)
     yield target
     target.stop()
+
+
+@pytest.fixture
+def reaper():
+    """This test process as child subreaper for the test: the orphans of the trees it starts are its to reap."""
+    with subreaper():
+        yield

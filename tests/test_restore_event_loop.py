@@ -18,7 +18,7 @@ import pytest
 from restore_support import lines, wait_for
 from runtime.dump import DumpOptions, dump
 from runtime.errors import DumpError
-from tree_support import descendants, exists, start_tree, subreaper
+from tree_support import descendants, exists, start_tree
 
 PYTHON = "/usr/bin/python3"
 
@@ -55,12 +55,6 @@ os.write(1, f"counter {takes}\\n".encode())
 os.write(1, f"ready-fds {poll.poll(0)}\\n".encode())
 time.sleep(1000)
 """
-
-
-@pytest.fixture
-def reaper():
-    with subreaper():
-        yield
 
 
 def test_an_asyncio_program_restored_runs_its_coroutines_on(reaper, tmp_path):

@@ -15,7 +15,7 @@ from restore_support import lines, wait_for
 from runtime.dump import DumpOptions, dump
 from runtime.errors import DumpError
 from runtime.images import loader
-from tree_support import exists, start_tree, subreaper
+from tree_support import exists, start_tree
 
 PYTHON = "/usr/bin/python3"
 
@@ -52,12 +52,6 @@ os.waitpid(child, 0)
 os.write(1, b"done\\n")
 time.sleep(1000)
 """
-
-
-@pytest.fixture
-def reaper():
-    with subreaper():
-        yield
 
 
 def test_socketpairs_of_every_type_keep_their_queues_boundaries_and_shutdowns(reaper, tmp_path):

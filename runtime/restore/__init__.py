@@ -42,7 +42,6 @@ MADE_KINDS = (FdKind.PIPE, FdKind.FIFO, FdKind.UNIX, FdKind.MEMFD, FdKind.DELETE
 STAND_IN_NAME = "revive-stand-in"  # what a stand-in for a gone session or group leader calls itself
 
 
-
 def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_mode: VdsoMode = VdsoMode.AUTO,
             leave_traced: bool = False) -> int:
     """Restore the tree in directory; the restored root's exit status (0 at once with detach).
@@ -75,7 +74,8 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
 
 
 def _make_shared_memory(checkpoint: loader.Checkpoint, obj: SharedMemory) -> int:
-    """The object made once for every process that maps it; a deleted file with its first mapper's fs identity."""
+    """The object made once for every process that maps or holds it; a deleted file or memfd with the file-system
+    identity of its first holder."""
     if obj.path is None:
         return shmem.create(obj, checkpoint.shmem[obj.id])
     mapper = next(image.process for image in checkpoint.processes
@@ -99,7 +99,8 @@ def plan_tree(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.StandIn, 
     tree = checkpoint.tree
     images = {image.process.pid: image for image in checkpoint.processes}
     base = fd_base([image.process for image in checkpoint.processes], _open_fds())
-    # Every file another process makes for it has a slot: the tree's shared files, and every pipe end.
+    # Every open file a member makes for the processes it forks has a tree-wide slot: the tree's shared files,
+    # and every end of a pipe, FIFO or socket, every open file of a memfd or deleted file.
     slotted = tree.files + tuple(entry for image in checkpoint.processes for entry in image.process.files
                                  if entry.kind in MADE_KINDS)
     shared_slots = {entry.id: base + index for index, entry in enumerate(slotted)}

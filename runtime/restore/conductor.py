@@ -1,11 +1,12 @@
-"""The runtime's side of a tree restore: fork the root, follow every member to its trap, let them all go together.
+"""The runtime's side of a tree restore: fork the first member, follow every one to its trap, let all go together.
 
 Why one conductor: the members fork each other (restore/spawn.py), but
 only the runtime sees the whole tree. It seizes each member as soon as its
 parent reports it exists (PTRACE_O_EXITKILL: if the runtime dies, the
 half-restored tree dies with it), opens a pidfd on it (readable once it
 has exited: a member that dies while the others wait is seen at once),
-and says go when every member exists. It then waits for each member's
+and says go when every member exists, and again to the stand-ins once
+every member has joined its group. It then waits for each member's
 restorer trap, lets the zombies die, hands each process over
 (restore/handover.py) and detaches them all only then: no process of the
 tree runs its own code before every process is in place.

@@ -1,12 +1,18 @@
-"""Pages the process itself cannot read (PROT_NONE, write-only) but that hold data: saved and restored.
+"""Memory only the dump can reach: pages the process cannot read, and the pages of a file deleted since it was mapped.
 
 The parasite moves pages by vmsplice, which reads as the process does; such
 pages are read through /proc/PID/mem instead, which may (FOLL_FORCE), and the
-restorer writes them before it sets the mapping's protection.
+restorer writes them before it sets the mapping's protection. A file mapped
+privately and then deleted is made again (deleted) for the pages that are
+still its; a SysV segment, which also shows as deleted, is refused.
 """
 
 
+import pytest
+
 from restore_support import lines, wait_for
+from runtime.dump import DumpOptions, dump
+from runtime.errors import DumpError
 from tree_support import start_tree, subreaper
 
 PYTHON = "/usr/bin/python3"
@@ -40,5 +46,61 @@ def test_a_prot_none_region_holding_data_comes_back_with_it(tmp_path):
             (tmp_path / "go").touch()
             wait_for(lambda: lines(tree.out, "data"), what="the restored data")
             assert lines(tree.out, "data") == [["data", "True"]]
+        finally:
+            tree.stop()
+
+
+PRIVATE_DELETED = """
+import mmap, os, time
+with open("backing", "wb") as f:
+    f.write(b"A" * mmap.PAGESIZE + b"B" * mmap.PAGESIZE)
+fd = os.open("backing", os.O_RDWR)
+area = mmap.mmap(fd, 2 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE)
+os.close(fd)
+area[:5] = b"COPY!"  # this page is the process's own now; the other is still the file's
+os.unlink("backing")
+os.write(1, f"ready pid={os.getpid()}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+os.write(1, f"data {area[:6]!r} {area[mmap.PAGESIZE:mmap.PAGESIZE + 2]!r}\\n".encode())
+time.sleep(1000)
+"""
+
+
+def test_a_private_mapping_of_a_deleted_file_keeps_the_files_pages_and_its_own(tmp_path):
+    """The file comes back (deleted again) for the pages still its own; the page the process wrote is its copy."""
+    with subreaper():
+        tree = start_tree([PYTHON, "-c", PRIVATE_DELETED], tmp_path)
+        try:
+            tree.dump()
+            tree.restore()
+            with open(f"/proc/{tree.root}/maps") as f:
+                assert any(line.rstrip().endswith(f"{tmp_path}/backing (deleted)") for line in f)
+            (tmp_path / "go").touch()
+            wait_for(lambda: lines(tree.out, "data"), what="the data")
+            assert lines(tree.out, "data") == [["data", "b'COPY!A'", "b'BB'"]]
+        finally:
+            tree.stop()
+
+
+SYSV = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+segment = libc.shmget(0, 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+assert segment >= 0 and libc.shmat(segment, None, 0) not in (None, ctypes.c_void_p(-1).value)
+libc.shmctl(segment, 0, None)  # IPC_RMID: gone once detached
+os.write(1, f"ready pid={os.getpid()}\\n".encode())
+time.sleep(1000)
+"""
+
+
+def test_a_sysv_shared_memory_segment_is_refused_not_taken_for_a_deleted_file(tmp_path):
+    with subreaper():
+        tree = start_tree([PYTHON, "-c", SYSV], tmp_path)
+        try:
+            with pytest.raises(DumpError, match=r"/SYSV0+ \(deleted\): a SysV shared memory segment: not supported"):
+                dump(tree.root, tmp_path / "img", DumpOptions())
+            assert not (tmp_path / "img").exists()
         finally:
             tree.stop()

@@ -25,6 +25,9 @@ from runtime.kernel.procfs.stat import Stat
 from runtime.kernel.procfs.status import Status, read_status, read_thread_status
 from runtime.task import controls as task_controls
 
+# The name maps gives an attached SysV shared memory segment: "/SYSV" and its key, deleted.
+SYSV_SHM_PREFIX = "/SYSV"
+
 # Namespaces the restored process would silently leave: it is created in the runtime's own.
 NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "time_for_children", "user", "uts")
 
@@ -162,9 +165,8 @@ def check_mappings(pid: int, mappings: tuple[Mapping, ...]) -> None:
         if m.name == VSYSCALL:
             continue
         where = f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'}"
-        if m.deleted and not m.shared:
-            raise DumpError(pid, f"{where}: a private mapping of a deleted file (or memfd/SysV shm) cannot be "
-                                 "reopened: not supported yet")
+        if m.deleted and m.name.startswith(SYSV_SHM_PREFIX):
+            raise DumpError(pid, f"{where}: a SysV shared memory segment: not supported yet")
         if m.inode and not m.file_backed and not m.shared_anon:
             raise DumpError(pid, f"{where}: mappings of this kind of file are not supported yet")
         if ({"io", "pf"} & m.vmflags) and m.vma().kind not in KERNEL_MAPPING_KINDS:

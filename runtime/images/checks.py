@@ -159,7 +159,7 @@ def _check_vmas(vmas: tuple[Vma, ...], file: str, mmap_min_addr: int) -> None:
             raise ImageError(file, f"{field}.prot", f"{vma.prot:#x} has bits beyond PROT_READ|WRITE|EXEC")
         if vma.kind is VmaKind.FILE and not (vma.path or "").startswith("/"):
             raise ImageError(file, f"{field}.path", "a file mapping needs an absolute path")
-        if vma.shmem is not None and not (vma.kind in (VmaKind.ANON, VmaKind.FILE) and vma.shared):
+        if vma.shmem is not None and not (vma.kind is VmaKind.FILE or vma.kind is VmaKind.ANON and vma.shared):
             raise ImageError(file, f"{field}.shmem", f"a {vma.kind.value} mapping maps no shared memory object")
         _check_advice(vma, file, field)
         previous_end = vma.end
@@ -207,7 +207,7 @@ def _check_page_runs(process: Process, file: str, sizes: Mapping[str, int]) -> N
             # Writing them would write into the file on disk: its contents are the file's own.
             raise ImageError(file, field, f"pages inside a shared file mapping (vmas[{vma_index}]): "
                                           "its contents come from the file, a restore never writes them")
-        if vmas[vma_index].shmem is not None:
+        if vmas[vma_index].shmem is not None and vmas[vma_index].shared:
             raise ImageError(file, field, f"pages inside a shared memory mapping (vmas[{vma_index}]): "
                                           f"they are the object's, in {layout.shmem_file(vmas[vma_index].shmem)}")
         offset += run.size

@@ -87,8 +87,8 @@ class Mapping:
             raise ValueError("[vsyscall] is the kernel's, not a VMA of the process")
         growsdown = "gd" in self.vmflags
         if self.file_backed:
-            # A deleted file mapped shared is an object of the tree's, as shared anonymous memory is.
-            shmem = self.inode if self.deleted and self.shared else None
+            # A deleted file (or memfd) is an object of the tree's, as shared anonymous memory is: mapped from it.
+            shmem = self.inode if self.deleted else None
             return Vma(self.start, self.end, self.prot, self.shared, VmaKind.FILE, growsdown,
                        path=self.name, offset=self.offset, name=self.name, advice=self.advice, shmem=shmem)
         kind = SPECIAL_KINDS.get(self.name, VmaKind.ANON)

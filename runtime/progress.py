@@ -20,10 +20,12 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TextColumn, TransferSpeedColumn
+from rich import filesize
+from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
 from runtime.errors import ReviveError
@@ -32,6 +34,20 @@ DELAY = 1.0
 DELAY_ENV = "REVIVE_PROGRESS_DELAY"
 POLL_INTERVAL = 0.1
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class _RateColumn(ProgressColumn):
+    """Bytes per second since the transfer started: one that ends between two polls still has its rate."""
+
+    def __init__(self, started: float):
+        super().__init__()
+        self.started = started
+
+    def render(self, task: Task) -> Text:
+        elapsed = time.monotonic() - self.started
+        if not task.completed or elapsed <= 0:
+            return Text("?")
+        return Text(f"{filesize.decimal(int(task.completed / elapsed))}/s")
 
 
 class _PagesColumn(ProgressColumn):
@@ -46,7 +62,7 @@ def watch(label: str, total: int, done: Callable[[], int]) -> Iterator[None]:
         yield
         return
     finished = threading.Event()
-    drawer = threading.Thread(target=_draw, args=(label, total, done, _delay(), finished),
+    drawer = threading.Thread(target=_draw, args=(label, total, done, _delay(), finished, time.monotonic()),
                               name="revive-progress", daemon=True)
     drawer.start()
     try:
@@ -66,12 +82,13 @@ def _delay() -> float:
         raise ReviveError(f"{DELAY_ENV}={text!r}: not a number of seconds") from None
 
 
-def _draw(label: str, total: int, done: Callable[[], int], delay: float, finished: threading.Event) -> None:
+def _draw(label: str, total: int, done: Callable[[], int], delay: float, finished: threading.Event,
+          started: float) -> None:
     if finished.wait(delay):
         return
     # No stdout/stderr redirection: it would swap sys.stderr under the main thread.
     bar = Progress(TextColumn("{task.description}"), BarColumn(), _PagesColumn(), DownloadColumn(binary_units=True),
-                   TransferSpeedColumn(), console=Console(file=sys.stderr), auto_refresh=False,
+                   _RateColumn(started), console=Console(file=sys.stderr), auto_refresh=False,
                    redirect_stdout=False, redirect_stderr=False)
     moved = 0
     with bar:

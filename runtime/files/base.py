@@ -14,7 +14,9 @@ import os
 import stat
 
 from runtime.errors import ImageError
-from runtime.images.model import FdKind, FileEntry
+from collections.abc import Iterator
+
+from runtime.images.model import FdKind, FdSlot, FileEntry
 from runtime.kernel.procfs.fds import OpenFile
 
 
@@ -53,6 +55,25 @@ class FileKindBase(abc.ABC):
     @abc.abstractmethod
     def describe(self, entry: FileEntry) -> tuple[str, str]:
         """(what, mode) for `show`: the path or what stands for it, and the file's mode or ""."""
+
+
+# The flags fcntl(F_SETFL) sets on an open file (fs/fcntl.c SETFL_MASK): O_APPEND, O_NONBLOCK, O_DIRECT,
+# FASYNC; O_NOATIME, the last, a made file never had.
+SETFL_FLAGS = os.O_APPEND | os.O_NONBLOCK | 0o40000 | 0o20000
+
+FdTable = tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]
+
+
+def held_entries(tables: dict[int, FdTable], shared: tuple[FileEntry, ...]) -> Iterator[tuple[int, int, FileEntry]]:
+    """(pid, its first fd of it, entry) for each entry each process holds, its own or one of the tree's shared."""
+    tree_entries = {entry.id: entry for entry in shared}
+    for pid, (slots, entries) in tables.items():
+        own = {entry.id: entry for entry in entries}
+        seen = set()
+        for slot in slots:
+            if slot.file_id not in seen:
+                seen.add(slot.file_id)
+                yield pid, slot.fd, own.get(slot.file_id) or tree_entries[slot.file_id]
 
 
 def place(fd: int, number: int, inheritable: bool) -> int:

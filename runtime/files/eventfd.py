@@ -10,20 +10,11 @@ import os
 from runtime.errors import DumpError, ImageError, RestoreError
 from runtime.files.base import FileKindBase, place, refuse_payload
 from runtime.images.model import Eventfd, FdKind, FileEntry
-from runtime.kernel.procfs.fds import FileKind, OpenFile
+from runtime.kernel.procfs.fds import FileKind, OpenFile, fdinfo_fields
 
 LINK = "anon_inode:[eventfd]"
 COUNT_MAX = (1 << 64) - 2  # ULLONG_MAX - 1: the most a counter holds
 EFD_SEMAPHORE = 1
-
-
-def fdinfo_fields(fdinfo: str) -> dict[str, str]:
-    """The text of /proc/PID/fdinfo/FD as name -> value (the first line of each name)."""
-    fields: dict[str, str] = {}
-    for line in fdinfo.splitlines():
-        name, _, value = line.partition(":")
-        fields.setdefault(name.strip(), value.strip())
-    return fields
 
 
 class EventCounter(FileKindBase):

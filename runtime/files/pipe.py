@@ -27,8 +27,9 @@ from dataclasses import replace
 
 from runtime.errors import DumpError, ImageError, RestoreError, shorten
 from runtime.files import by_path
-from runtime.files.base import FileKindBase, refuse_payload, require_node_of_type
-from runtime.images.model import FdKind, FdSlot, FileEntry, FileNode, Pipe
+from runtime.files.base import (SETFL_FLAGS, FdTable, FileKindBase, held_entries, refuse_payload,
+                                require_node_of_type)
+from runtime.images.model import FdKind, FileEntry, FileNode, Pipe
 from runtime.kernel.libc import libc as _libc
 from runtime.kernel.procfs.fds import FileKind, OpenFile, find_holders
 from runtime.kernel.procfs.maps import DELETED_SUFFIX
@@ -38,7 +39,6 @@ F_GETPIPE_SZ = 1032
 O_ACCMODE = 0o3
 O_DIRECT = 0o40000
 # The flags fcntl(F_SETFL) sets on an open file (fs/fcntl.c SETFL_MASK, without O_NOATIME, which a pipe ignores).
-SETFL_FLAGS = os.O_APPEND | os.O_NONBLOCK | O_DIRECT | 0o20000  # ... | FASYNC
 PIPE_PREFIX = "pipe:["
 PIPE_KINDS = (FdKind.PIPE, FdKind.FIFO)
 
@@ -111,19 +111,13 @@ FIFO_KIND = FifoEnd()
 
 # -- the dump: each pipe once ---------------------------------------------------------------------------------
 
-def ends_of(tables: dict[int, tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]], shared: tuple[FileEntry, ...],
+def ends_of(tables: dict[int, FdTable], shared: tuple[FileEntry, ...],
             views: dict[int, int]) -> dict[int, list[tuple[int, int, int, FileEntry]]]:
     """Every pipe end of the tree by pipe: (pid, its live task, the end's first fd there, the entry)."""
-    tree_entries = {entry.id: entry for entry in shared}
     ends: dict[int, list[tuple[int, int, int, FileEntry]]] = {}
-    for pid, (slots, entries) in tables.items():
-        own = {entry.id: entry for entry in entries}
-        seen = set()
-        for slot in slots:
-            entry = own.get(slot.file_id) or tree_entries[slot.file_id]
-            if entry.kind in PIPE_KINDS and entry.id not in seen:
-                seen.add(entry.id)
-                ends.setdefault(entry.pipe, []).append((pid, views[pid], slot.fd, entry))
+    for pid, fd, entry in held_entries(tables, shared):
+        if entry.kind in PIPE_KINDS:
+            ends.setdefault(entry.pipe, []).append((pid, views[pid], fd, entry))
     return ends
 
 

@@ -14,6 +14,7 @@ import os
 
 from runtime.errors import DumpError
 from runtime.files import registry, regular
+from runtime.files.base import FdTable
 from dataclasses import replace
 
 from runtime.images.model import FdKind, FdSlot, FileEntry, LockKind, Process
@@ -39,9 +40,6 @@ def dump_table(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool, firs
             first_fd[shared] = f.fd
         slots.append(FdSlot(f.fd, shared, f.cloexec))
     return tuple(slots), tuple(entries)
-
-
-FdTable = tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]
 
 
 def share_across(tables: dict[int, FdTable], views: dict[int, int]) -> tuple[dict[int, FdTable], tuple[FileEntry, ...]]:

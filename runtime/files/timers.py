@@ -20,11 +20,10 @@ import time
 
 from runtime.errors import DumpError, ImageError, RestoreError
 from runtime.files.base import FileKindBase, place, refuse_payload
-from runtime.files.eventfd import fdinfo_fields
 from runtime.images.model import FdKind, FileEntry, Timerfd
 from runtime.kernel import pidfd
 from runtime.kernel.libc import libc as _libc
-from runtime.kernel.procfs.fds import FileKind, OpenFile
+from runtime.kernel.procfs.fds import FileKind, OpenFile, fdinfo_fields
 from runtime.kernel.procfs.files import read_text
 
 TIMERFD_LINK = "anon_inode:[timerfd]"

@@ -38,15 +38,14 @@ import socket
 import stat
 
 from runtime.errors import DumpError, ImageError, RestoreError
-from runtime.files.base import FileKindBase, refuse_payload
-from runtime.images.model import FdKind, FdSlot, FileEntry, UnixSocket
+from runtime.files.base import SETFL_FLAGS, FdTable, FileKindBase, held_entries, refuse_payload
+from runtime.images.model import FdKind, FileEntry, UnixSocket
 from runtime.kernel import pidfd, sock_diag
 from runtime.kernel.procfs.fds import FileKind, OpenFile
 
 SO_PEEK_OFF = 42
 TYPES = (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET)
 RCV_SHUTDOWN, SEND_SHUTDOWN = 1, 2
-SETFL_FLAGS = os.O_NONBLOCK | 0o20000  # the F_SETFL flags a socket's open file keeps: O_NONBLOCK, FASYNC
 PEEK_MAX = 1 << 22  # larger than any message a socket queue holds (its SO_RCVBUF is capped far below)
 FDS_IN_FLIGHT_MAX = 253  # SCM_MAX_FD: the most descriptors one message carries
 
@@ -83,17 +82,12 @@ KIND = UnixEnd()
 
 # -- the dump ---------------------------------------------------------------------------------------------------
 
-def ends_of(tables: dict[int, tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]],
-            shared: tuple[FileEntry, ...]) -> dict[int, tuple[int, int]]:
+def ends_of(tables: dict[int, FdTable], shared: tuple[FileEntry, ...]) -> dict[int, tuple[int, int]]:
     """Each unix socket of the tree: one (pid, fd) holding it."""
-    tree_entries = {entry.id: entry for entry in shared}
     found: dict[int, tuple[int, int]] = {}
-    for pid, (slots, entries) in tables.items():
-        own = {entry.id: entry for entry in entries}
-        for slot in slots:
-            entry = own.get(slot.file_id) or tree_entries[slot.file_id]
-            if entry.kind is FdKind.UNIX:
-                found.setdefault(entry.socket, (pid, slot.fd))
+    for pid, fd, entry in held_entries(tables, shared):
+        if entry.kind is FdKind.UNIX:
+            found.setdefault(entry.socket, (pid, fd))
     return found
 
 

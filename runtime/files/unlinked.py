@@ -20,14 +20,13 @@ import fcntl
 import os
 
 from runtime.errors import ImageError, RestoreError
-from runtime.files.base import FileKindBase, refuse_payload
-from runtime.images.model import FdKind, FdSlot, FileEntry
+from runtime.files.base import SETFL_FLAGS, FdTable, FileKindBase, held_entries, refuse_payload
+from runtime.images.model import FdKind, FileEntry
 from runtime.kernel.procfs.fds import FileKind, OpenFile
 from runtime.kernel.procfs.maps import DELETED_SUFFIX
 from runtime.mm.shmem import MEMFD_PREFIX, Reach
 
 O_ACCMODE = 0o3
-SETFL_FLAGS = os.O_APPEND | os.O_NONBLOCK | 0o40000 | 0o20000  # O_DIRECT, FASYNC
 
 
 class MemfdFile(FileKindBase):
@@ -74,18 +73,13 @@ DELETED_KIND = DeletedFile()
 UNLINKED_KINDS = (FdKind.MEMFD, FdKind.DELETED)
 
 
-def reaches(tables: dict[int, tuple[tuple[FdSlot, ...], tuple[FileEntry, ...]]], shared: tuple[FileEntry, ...],
-            views: dict[int, int]) -> dict[int, Reach]:
-    """Each memfd an fd of the tree holds: where the dump reads it (the fd's /proc link)."""
-    tree_entries = {entry.id: entry for entry in shared}
+def reaches(tables: dict[int, FdTable], shared: tuple[FileEntry, ...], views: dict[int, int]) -> dict[int, Reach]:
+    """Each memfd or deleted file an fd of the tree holds: where the dump reads it (the fd's /proc link)."""
     found: dict[int, Reach] = {}
-    for pid, (slots, entries) in tables.items():
-        own = {entry.id: entry for entry in entries}
-        for slot in slots:
-            entry = own.get(slot.file_id) or tree_entries[slot.file_id]
-            if entry.kind in UNLINKED_KINDS and entry.shmem not in found:
-                through = f"/proc/{views[pid]}/fd/{slot.fd}"
-                found[entry.shmem] = Reach(pid, through, os.readlink(through))
+    for pid, fd, entry in held_entries(tables, shared):
+        if entry.kind in UNLINKED_KINDS and entry.shmem not in found:
+            through = f"/proc/{views[pid]}/fd/{fd}"
+            found[entry.shmem] = Reach(pid, through, os.readlink(through))
     return found
 
 

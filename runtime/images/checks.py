@@ -419,21 +419,23 @@ def check_tree(tree: Tree, processes: Mapping[int, Process], inventory: Inventor
     for index, entry in enumerate(tree.files):
         if entry.id not in used:
             raise ImageError(file, f"files[{index}].id", f"file {entry.id} is held by no descriptor")
-    _check_pipes(tree, processes, file)
-    _check_sockets(tree, processes, file)
+    # Every file entry of the image: (the file it is in, its index there, the entry).
+    entries = [(name, index, entry) for name, held in
+               [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]
+               for index, entry in enumerate(held)]
+    _check_pipes(tree, entries, file)
+    _check_sockets(tree, entries, file)
     memfds = {obj.id for obj in tree.shared_memory if obj.memfd}
     deleted = {obj.id for obj in tree.shared_memory if obj.path is not None and not obj.memfd}
-    for name, held in [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]:
-        for index, entry in enumerate(held):
-            wanted = memfds if entry.kind is FdKind.MEMFD else deleted
-            if entry.shmem is not None and entry.shmem not in wanted:
-                raise ImageError(name, f"files[{index}].shmem", f"{entry.shmem} is no {entry.kind.value} file of "
-                                                                f"{file}")
+    for name, index, entry in entries:
+        wanted = memfds if entry.kind is FdKind.MEMFD else deleted
+        if entry.shmem is not None and entry.shmem not in wanted:
+            raise ImageError(name, f"files[{index}].shmem", f"{entry.shmem} is no {entry.kind.value} file of {file}")
 
 
-def _check_sockets(tree: Tree, processes: Mapping[int, Process], file: str) -> None:
+def _check_sockets(tree: Tree, entries: list[tuple[str, int, FileEntry]], file: str) -> None:
     """Each socket once, of a type a restore makes, paired with a peer that names it back, and held."""
-    _check_held(tree, processes, file, tree.sockets, "socket", "sockets")
+    _check_held(entries, file, tree.sockets, "socket", "sockets")
     by_id = {sock.id: sock for sock in tree.sockets}
     for index, sock in enumerate(tree.sockets):
         field = f"sockets[{index}]"
@@ -458,9 +460,9 @@ def _check_sockets(tree: Tree, processes: Mapping[int, Process], file: str) -> N
             raise ImageError(file, f"{field}.queue", "a queue without a peer to send it again")
 
 
-def _check_pipes(tree: Tree, processes: Mapping[int, Process], file: str) -> None:
+def _check_pipes(tree: Tree, entries: list[tuple[str, int, FileEntry]], file: str) -> None:
     """Each pipe once, its bytes within its capacity, and every pipe end naming one of them."""
-    _check_held(tree, processes, file, tree.pipes, "pipe", "pipes")
+    _check_held(entries, file, tree.pipes, "pipe", "pipes")
     for index, pipe in enumerate(tree.pipes):
         field = f"pipes[{index}]"
         if not PAGE_SIZE <= pipe.size <= PIPE_SIZE_MAX or pipe.size % PAGE_SIZE:
@@ -472,8 +474,7 @@ def _check_pipes(tree: Tree, processes: Mapping[int, Process], file: str) -> Non
             raise ImageError(file, f"{field}.path", "a FIFO's path is absolute")
 
 
-def _check_held(tree: Tree, processes: Mapping[int, Process], file: str, objects: tuple, link: str,
-                listed: str) -> None:
+def _check_held(entries: list[tuple[str, int, FileEntry]], file: str, objects: tuple, link: str, listed: str) -> None:
     """Objects of the tree (pipes, sockets) in ascending ids, every entry's link to one of them, each held."""
     previous = 0
     for index, obj in enumerate(objects):
@@ -481,9 +482,6 @@ def _check_held(tree: Tree, processes: Mapping[int, Process], file: str, objects
             raise ImageError(file, f"{listed}[{index}].id", f"{obj.id} is not above the previous id")
         previous = obj.id
     ids = {obj.id for obj in objects}
-    entries = [(name, index, entry) for name, held in
-               [(file, tree.files)] + [(layout.process_file(pid), p.files) for pid, p in processes.items()]
-               for index, entry in enumerate(held)]
     for name, index, entry in entries:
         if getattr(entry, link) is not None and getattr(entry, link) not in ids:
             raise ImageError(name, f"files[{index}].{link}", f"{getattr(entry, link)} is no {link} of {file}")

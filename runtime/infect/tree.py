@@ -77,7 +77,7 @@ class FrozenTree:
 
 def children_of(seized: Seized) -> list[int]:
     """The children of every thread of a seized process (each thread's children are its own list)."""
-    return sorted({int(c) for tid in seized.tids for c in read_text(seized.worker, f"task/{tid}/children").split()})
+    return sorted({child for tid in seized.tids for child in _children(seized.worker, tid)})
 
 
 def _children(pid: int, tid: int) -> list[int]:

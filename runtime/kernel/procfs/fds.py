@@ -76,16 +76,20 @@ def classify(link: str, st: os.stat_result) -> FileKind:
     }.get(fmt, FileKind.OTHER)
 
 
+def fdinfo_fields(text: str) -> dict[str, str]:
+    """The text of /proc/PID/fdinfo/FD as name -> value, the first line of each name ("lock" has many)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
 def parse_fdinfo(pid: int, fd: int, text: str) -> tuple[int, int, tuple[str, ...]]:
     """(pos, flags, lock lines) from the text of /proc/PID/fdinfo/FD."""
-    values: dict[str, str] = {}
-    locks = []
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if key == "lock":
-            locks.append(value.strip())
-        elif sep:
-            values.setdefault(key, value.strip())
+    values = fdinfo_fields(text)
+    locks = [line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("lock:")]
     try:
         return int(values["pos"]), int(values["flags"], 8), tuple(locks)
     except (KeyError, ValueError):

@@ -11,6 +11,7 @@ from restore_support import wait_for
 from runtime.dump import DumpOptions, dump
 from runtime.errors import DumpError
 from runtime.images.model import FdKind
+from runtime.kernel.procfs.files import proc_path
 from runtime.kernel.procfs.status import read_status
 
 LEAVE_RUNNING = DumpOptions(leave_running=True)
@@ -166,14 +167,23 @@ def test_dump_refuses_a_process_in_another_namespace_naming_it(tmp_path):
         proc.wait()
 
 
-def test_dump_refuses_a_session_led_from_outside_without_shell_job(tmp_path):
-    proc = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # in pytest's own session and group
+def test_dump_refuses_a_session_led_from_outside_without_shell_job(tmp_path, reaper):
+    """A session whose leader lives outside the dump (a shell, here sh started with setsid) is the caller's."""
+    leader = subprocess.Popen(["setsid", "sh", "-c", "sleep 1000; :"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = None
     try:
-        with pytest.raises(DumpError, match=rf"pid {proc.pid}: its session {os.getsid(0)} is led by pid "
-                                            rf"{os.getsid(0)}, outside the dump: dump with --shell-job"):
-            dump(proc.pid, tmp_path / "img")
-        assert_left_as_before(proc.pid)
+        children = proc_path(leader.pid, f"task/{leader.pid}/children")
+        wait_for(lambda: open(children).read().split(), what="sh to start sleep")
+        pid = int(open(children).read().split()[0])
+        wait_for(lambda: read_status(pid).name == "sleep", what="the child to exec sleep")
+        with pytest.raises(DumpError, match=rf"pid {pid}: its session {leader.pid} is led by pid "
+                                            rf"{leader.pid}, outside the dump: dump with --shell-job"):
+            dump(pid, tmp_path / "img")
+        assert_left_as_before(pid)
     finally:
-        proc.kill()
-        proc.wait()
+        leader.kill()
+        leader.wait()
+        if pid is not None:  # orphaned by sh's death, ours to reap: the test is the subreaper
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)

@@ -98,13 +98,19 @@ def _render_tree(checkpoint: Checkpoint, console: Console) -> None:
         ends = [f"{pid} fd {slot.fd} ({'read' if entry.flags & 3 == 0 else 'write'})"
                 for pid, process in processes.items() for slot in process.fds
                 for entry in process.files + tree.files if entry.id == slot.file_id and entry.pipe == made.id]
-        console.print(f"pipe {made.id}: capacity {_size(made.size)}, {len(made.data):,} bytes in flight; "
-                      f"ends: {', '.join(ends)}")
+        held = ("external: its ends the caller's (--inherit-fd)" if made.external else
+                f"{len(made.data):,} bytes in flight" + (f" in {len(made.packets)} packets" if made.packets else ""))
+        console.print(f"pipe {made.id}: capacity {_size(made.size)}, {held}; ends: {', '.join(ends)}")
     for sock in tree.sockets:
         holders = [str(pid) for pid, process in processes.items() for slot in process.fds
                    for entry in process.files + tree.files if entry.id == slot.file_id and entry.socket == sock.id]
         kind = {1: "stream", 2: "datagram", 5: "seqpacket"}.get(sock.type, str(sock.type))
-        peer = f"paired with {sock.peer}" if sock.peer else "unconnected"
+        waits_on = [s.id for s in tree.sockets if sock.id in s.waiting]
+        peer = (f"paired with {sock.peer}" if sock.peer else f"connected outside the tree to {sock.external!r}"
+                if sock.external else f"waiting to be accepted by {waits_on[0]}" if waits_on else "unconnected")
+        if sock.name:
+            peer += f", bound to {sock.name!r}" + (f", listening (backlog {sock.backlog}, "
+                                                   f"{len(sock.waiting)} waiting)" if sock.listening else "")
         console.print(f"unix {kind} socket {sock.id}, {peer}: {len(sock.queue)} message(s), "
                       f"{sum(len(m) for m in sock.queue):,} bytes queued, shutdown {sock.shutdown}; "
                       f"held by {', '.join(holders)}")
@@ -261,6 +267,11 @@ def _render_limits(image: ProcessImage, console: Console) -> None:
     timers = [f"{name} value {t.value_sec}.{t.value_usec:06d}s interval {t.interval_sec}.{t.interval_usec:06d}s"
               for name, t in zip(ITIMER_NAMES, p.itimers) if t.value_sec or t.value_usec]
     console.print(f"itimers: {'; '.join(timers) if timers else 'none armed'}")
+    for t in p.posix_timers:
+        whom = {0: "signal", 1: "no signal", 2: "signal (SIGEV_THREAD)", 4: f"signal to thread {t.tid}"}[t.notify]
+        console.print(f"POSIX timer {t.id}: clock {t.clock}, {whom} {t.signal} value {t.sigev_value:#x}, "
+                      f"value {t.value_sec}.{t.value_nsec:09d}s interval {t.interval_sec}.{t.interval_nsec:09d}s, "
+                      f"overrun {t.overrun}")
 
 
 def _limit(value: int) -> str:

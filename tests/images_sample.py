@@ -119,6 +119,7 @@ def _build(pid, regs, xstate, rseq_conf, blocked) -> Snapshot:
         rlimits=limits,
         sigactions=tuple(SigAction(0, 0, 0, 0) for _ in range(NSIG)),
         itimers=tuple(ITimer(0, 0, 0, 0) for _ in range(NR_ITIMERS)),
+        posix_timers=(),
         shared_pending=(),
         vmas=vmas,
         page_runs=tuple(runs),

@@ -47,7 +47,8 @@ def piped_sleep():
     ("thread_seccomp", r"thread \d+ runs under seccomp \(filter mode\): restoring seccomp filters is not supported yet"),
     ("socket", r"fd 3 \(socket socket:\[\d+\]\): not supported yet"),
     ("pidfd", r"fd 3 \(anonymous inode \[pidfd\]\): not supported yet"),
-    ("posix_timer", r"has POSIX timers \(ids 0; timer_create\): not supported yet"),
+    ("cpu_timer", r"POSIX timer 0 counts clock -\d+, the CPU time of another process or thread "
+                  r"\(clock_getcpuclockid\): not supported"),
     ("flock", r"fd 3 \(regular file .*/locked \(deleted\)\) holds a file lock \(1: FLOCK  ADVISORY  WRITE .*\): "
               r"restoring locks on this kind of file is not supported yet"),
     ("seccomp", r"runs under seccomp \(filter mode\): restoring seccomp filters is not supported yet"),

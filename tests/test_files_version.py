@@ -26,4 +26,4 @@ def test_a_version_1_image_is_refused_naming_both_versions(tmp_path):
         load(directory)
     assert str(refused.value) == f"inventory.json: format_version: unsupported version 1 (this tool reads " \
                                  f"{names.FORMAT_VERSION})"
-    assert names.FORMAT_VERSION == 4 and "\n" not in str(refused.value)
+    assert names.FORMAT_VERSION == 5 and "\n" not in str(refused.value)

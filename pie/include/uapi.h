@@ -62,6 +62,8 @@ struct kernel_timespec {
 #define MAP_PRIVATE 0x02
 #define MAP_ANONYMOUS 0x20
 #define MAP_FIXED_NOREPLACE 0x100000
+/* shmat's flag for an attach that can never be written (the file opened read-only: no VM_MAYWRITE). */
+#define SHM_RDONLY 010000
 #define MREMAP_MAYMOVE 1
 #define MREMAP_FIXED 2
 /* Highest user address + 1 with 4-level paging. */
@@ -91,6 +93,9 @@ struct kernel_timespec {
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
 #define PR_GET_MDWE 66
 #define PR_GET_MEMORY_MERGE 68
+#define PR_TIMER_CREATE_RESTORE_IDS 77
+#define PR_TIMER_CREATE_RESTORE_IDS_OFF 0
+#define PR_TIMER_CREATE_RESTORE_IDS_ON 1
 
 /* personality(0xffffffff) changes nothing and returns the current value. */
 #define PERSONALITY_QUERY 0xffffffffUL

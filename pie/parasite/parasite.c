@@ -30,6 +30,8 @@ static long dispatch(struct parasite_ctx *ctx, u32 cmd)
 		return cmd_drain_fds(ctx);
 	case PARASITE_CMD_DUMP_PAGES:
 		return cmd_dump_pages(ctx);
+	case PARASITE_CMD_DUMP_POSIX_TIMERS:
+		return cmd_dump_posix_timers(ctx);
 	default:
 		return -ENOSYS;
 	}

@@ -40,5 +40,6 @@ long cmd_dump_sigactions(struct parasite_ctx *ctx);
 long cmd_dump_thread(struct parasite_ctx *ctx);
 long cmd_drain_fds(struct parasite_ctx *ctx);
 long cmd_dump_pages(struct parasite_ctx *ctx);
+long cmd_dump_posix_timers(struct parasite_ctx *ctx);
 
 #endif

@@ -55,10 +55,32 @@ long set_mm_map(struct restorer_args *args, u64 *detail)
 
 static u32 initial_prot(const struct restorer_vma *vma)
 {
+	/* shmat maps a segment readable, and writable unless SHM_RDONLY; it gets no page data either. */
+	if (vma->shmid >= 0)
+		return (vma->shmflg & SHM_RDONLY) ? PROT_READ : PROT_READ | PROT_WRITE;
 	/* A shared file mapping gets no page data (the file holds it) and may be read-only. */
 	if ((vma->flags & MAP_SHARED) && vma->fd >= 0)
 		return vma->prot;
 	return vma->prot | PROT_READ | PROT_WRITE;
+}
+
+/*
+ * A SysV segment is attached with shmat, never mmap'ed from a file: only
+ * shmat's mapping counts in the segment's nattch and can be shmdt'ed. One
+ * shmat maps the whole segment; the attach's later VMAs (it was split by
+ * mprotect) lie inside it. Without SHM_REMAP shmat refuses (EINVAL) a range
+ * that overlaps a mapping, as MAP_FIXED_NOREPLACE does.
+ */
+static long attach_segment(const struct restorer_vma *v)
+{
+	long addr;
+
+	if (v->offset)
+		return 0;
+	addr = sys_call3(__NR_shmat, v->shmid, v->start, v->shmflg);
+	if (!IS_ERR_VALUE(addr) && (u64)addr != v->start)
+		return -EINVAL;
+	return IS_ERR_VALUE(addr) ? addr : 0;
 }
 
 long map_vmas(const struct restorer_args *args, u64 *detail)
@@ -68,10 +90,13 @@ long map_vmas(const struct restorer_args *args, u64 *detail)
 
 	for (i = 0; i < args->nr_vmas; i++) {
 		const struct restorer_vma *v = &vmas[i];
-		/* NOREPLACE: a VMA overlapping the restorer or the vDSO is an error, not a clobber. */
-		long addr = sys_call6(__NR_mmap, v->start, v->end - v->start, initial_prot(v),
-				      v->flags | MAP_FIXED_NOREPLACE, v->fd, v->offset);
+		long addr;
 
+		if (v->shmid >= 0)
+			addr = attach_segment(v);
+		else /* NOREPLACE: a VMA overlapping the restorer or the vDSO is an error, not a clobber. */
+			addr = sys_call6(__NR_mmap, v->start, v->end - v->start, initial_prot(v),
+					 v->flags | MAP_FIXED_NOREPLACE, v->fd, v->offset);
 		if (IS_ERR_VALUE(addr)) {
 			*detail = v->start;
 			return addr;

@@ -109,6 +109,7 @@ void restore_process(struct restorer_args *args)
 	check(args, RESTORER_STEP_SIGACTIONS, restore_sigtrap_action(args), &sigtrap);
 	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_process_signals(args, &d), &d);
 	check(args, RESTORER_STEP_PENDING_SIGNALS, queue_thread_signals(self, args->pid, &d), &d);
+	check(args, RESTORER_STEP_POSIX_TIMERS, restore_posix_timers(args, &d), &d);
 	release_threads(args);
 	/* Last: err_fd is among these, and nothing can fail after it. */
 	check(args, RESTORER_STEP_CLOSE_FDS, close_fds(args, &d), &d);

@@ -35,6 +35,7 @@ long restore_sigactions(const struct restorer_args *args, int skip_sigtrap, u64 
 long restore_sigtrap_action(const struct restorer_args *args);
 long restore_itimers(const struct restorer_args *args, u64 *detail);
 long queue_process_signals(const struct restorer_args *args, u64 *detail);
+long restore_posix_timers(const struct restorer_args *args, u64 *detail);
 void trap_to_tracer(void);
 void sigreturn_to_task(u64 sigreturn_sp) __attribute__((noreturn));
 void exit_thread(void) __attribute__((noreturn));

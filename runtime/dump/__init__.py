@@ -36,7 +36,7 @@ from runtime.dump import refusals
 from runtime.files import pipe, table, unix, unlinked
 from runtime.errors import DumpError, ReviveError
 from runtime.kernel import ptrace
-from runtime.task import futex_links, rseq, controls as task_controls
+from runtime.task import futex_links, rseq, controls as task_controls, posix_timers as task_posix_timers
 from runtime.images.model import (KERNEL_MAPPING_KINDS, FdSlot, FileEntry, ITimer, MmFields, PageRun, Process,
                                   Registers, Rseq, SchedAttr, SharedMemory, ThreadCore, Tree, TreeProcess, VdsoInfo,
                                   Vma, VmaKind)
@@ -45,11 +45,11 @@ from runtime.infect.parasite import Iovec, ThreadState
 from runtime.infect.seize import Seized
 from runtime.infect.session import infect, is_leftover
 from runtime.infect.tree import FrozenTree, freeze_tree
-from runtime.kernel.procfs import auxv, fds, maps, stat, status, vdso
+from runtime.kernel.procfs import auxv, fds, maps, stat, status, sysvipc, timers, vdso
 from runtime.kernel.procfs.mem import copy_memory
 from runtime.kernel.procfs.files import read_link
 from runtime.kernel.procfs.maps import DELETED_SUFFIX, Mapping
-from runtime.mm import shmem
+from runtime.mm import shmem, sysv
 from runtime.mm.vdso import find_proxy
 from runtime.mm.vmas import by_readability, plan_page_runs
 
@@ -64,6 +64,8 @@ class DumpOptions:
     shell_job: bool = False  # stdio terminal/pipes are the caller's: saved as FdKind.INHERIT
     force_dir: bool = False  # accept an image directory of ours that group or others may write (made 0700)
     ghost_limit: int = 1 << 20  # the largest deleted file whose contents the image keeps, in bytes
+    ext_unix_sk: bool = False  # a unix socket connected to a named one outside the tree: connected to it again
+    external: frozenset[int] = frozenset()  # --external pipe:[INODE]: pipes held outside too, the caller's at restore
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Snapshot:
     files: tuple[FileEntry, ...]
     threads: tuple[ThreadSnapshot, ...]  # the leader first
     shared_pending: tuple[bytes, ...]
+    posix_timers: tuple[timers.TimerEntry, ...]
     vdso: vdso.Vdso | None
     vdso_info: VdsoInfo | None
     leader_exited: bool  # the leader is a zombie; threads are the others
@@ -121,10 +124,11 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
             snapshots[p] = take_snapshot(p, seized, options, first_id)
         nodes = tree_processes(frozen, snapshots)
         refusals.check_tree(nodes, options.shell_job)
+        refusals.check_sysv_segments({p: s.vmas for p, s in snapshots.items()})
         views = {p: seized.worker for p, seized in frozen.seized.items()}
         tables, shared_files = table.share_across({p: (s.fds, s.files) for p, s in snapshots.items()}, views)
-        pipes = pipe.save(pipe.ends_of(tables, shared_files, views), set(frozen.pids))
-        sockets = unix.save(unix.ends_of(tables, shared_files))
+        pipes = pipe.save(pipe.ends_of(tables, shared_files, views), set(frozen.pids), options.external)
+        sockets = unix.save(unix.ends_of(tables, shared_files), options.ext_unix_sk)
         faults.point("dump.snapshot")
         writer = ImageWriter(directory, force_dir=options.force_dir)
         processes = {}
@@ -153,6 +157,7 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
     else:
         for seized in reversed(list(frozen.seized.values())):
             kill_seized(seized)
+        sysv.remove_dumped(shared_memory)
         log.info("tree of pid %d dumped and killed", pid)
     return processes[pid]
 
@@ -175,11 +180,16 @@ def save_shared_memory(frozen: FrozenTree, snapshots: dict[int, Snapshot], memfd
                        writer: ImageWriter, ghost_limit: int) -> tuple[SharedMemory, ...]:
     """Each shared memory object of the tree, once: its data into shmem-ID.img, read through one mapping or fd.
 
-    A deleted regular file larger than ghost_limit is refused before its data is read.
+    A deleted regular file larger than ghost_limit is refused before its data is read. A SysV segment
+    (runtime/mm/sysv.py) is saved with its ids and permissions from /proc/sysvipc/shm.
     """
     found = shmem.objects({frozen.seized[p].worker: s.vmas for p, s in snapshots.items()}, memfds)
+    segments = sysvipc.read_shm() if any(sysv.is_segment(reach) for reach in found.values()) else {}
     saved = []
     for shmem_id, reach in sorted(found.items()):
+        if sysv.is_segment(reach):
+            saved.append(sysv.save(reach, segments[shmem_id], writer.shmem_file(shmem_id)))
+            continue
         shmem.check_ghost_size(reach, ghost_limit)
         saved.append(shmem.save(reach, shmem_id, writer.shmem_file(shmem_id)))
     faults.point("dump.shmem")
@@ -205,7 +215,8 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions, first_file_id:
         # A vDSO proxy a restore installed is this process's vDSO (docs/vdso.md): a special mapping.
         mappings = tuple(replace(m, name="[vdso]") if m == proxy else m for m in mappings)
     found_files = tuple(f for f in fds.read_open_files(view) if not is_leftover(f.link))
-    refusals.check_process(pid, view, seized.tids, st, task_stat, mappings, found_files)
+    found_timers = timers.read_timers(pid, view)
+    refusals.check_process(pid, view, seized.tids, st, task_stat, mappings, found_files, found_timers)
     vmas = tuple(m.vma() for m in mappings if m.name != maps.VSYSCALL)
     fd_slots, file_entries = table.dump_table(pid, found_files, options.shell_job, first_file_id, view=view)
     page_runs = plan_page_runs(view, mappings)
@@ -227,6 +238,7 @@ def take_snapshot(pid: int, seized: Seized, options: DumpOptions, first_file_id:
         files=file_entries,
         threads=threads,
         shared_pending=peek_pending(view, shared=True),
+        posix_timers=found_timers,
         vdso=found_vdso,
         vdso_info=vdso_info,
         leader_exited=seized.leader_exited,
@@ -302,6 +314,8 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         controls = task_controls.controls_from(seized.worker, misc.prctl, stopped=seized.leader.group_stopped)
         sigactions = parasite.dump_sigactions()
         faults.point("dump.sigactions")
+        found_timers = snapshot.posix_timers
+        posix_timers = task_posix_timers.saved(found_timers, parasite.dump_posix_timers([t.id for t in found_timers]))
         own_states = [parasite.dump_thread(thread.tid) for thread in snapshot.threads]
         for own in own_states[1:]:
             task_controls.check_thread_controls(pid, own.tid, own.prctl, own_states[0].prctl)
@@ -328,7 +342,7 @@ def _dump_with_parasite(pid: int, seized: Seized, snapshot: Snapshot, writer: Im
         pid=pid, ppid=st.ppid, pgid=st.pgid, sid=st.sid, comm=st.comm,
         personality=snapshot.personality, umask=misc.umask, cwd=snapshot.cwd, root=snapshot.root,
         dumpable=misc.dumpable, creds=snapshot.status.creds, mm=mm,
-        rlimits=misc.rlimits, sigactions=sigactions, itimers=armed_itimers(misc.itimers),
+        rlimits=misc.rlimits, sigactions=sigactions, itimers=armed_itimers(misc.itimers), posix_timers=posix_timers,
         shared_pending=snapshot.shared_pending, vmas=snapshot.vmas, page_runs=snapshot.page_runs,
         fds=snapshot.fds, files=snapshot.files, threads=cores, controls=controls, vdso=snapshot.vdso_info,
         shell_job=options.shell_job, leader_exited=snapshot.leader_exited,

@@ -17,16 +17,17 @@ import os
 
 from runtime.errors import DumpError
 from runtime.images import sessions
-from runtime.images.model import KERNEL_MAPPING_KINDS, TreeProcess
+from runtime.images.model import KERNEL_MAPPING_KINDS, TreeProcess, Vma, VmaKind
 from runtime.kernel.procfs.fds import FileKind, OpenFile
 from runtime.kernel.procfs.files import proc_path, read_text, translated
 from runtime.kernel.procfs.maps import VSYSCALL, Mapping
+from runtime.kernel.procfs import sysvipc
 from runtime.kernel.procfs.stat import Stat
 from runtime.kernel.procfs.status import Status, read_status, read_thread_status
+from runtime.kernel.procfs.timers import TimerEntry
+from runtime.mm import sysv
 from runtime.task import controls as task_controls
-
-# The name maps gives an attached SysV shared memory segment: "/SYSV" and its key, deleted.
-SYSV_SHM_PREFIX = "/SYSV"
+from runtime.task import posix_timers
 
 # Namespaces the restored process would silently leave: it is created in the runtime's own.
 NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "time_for_children", "user", "uts")
@@ -60,7 +61,7 @@ VMFLAGS: dict[str, str | None] = {
 
 
 def check_process(pid: int, view: int, tids: list[int], status: Status, stat: Stat, mappings: tuple[Mapping, ...],
-                  open_files: tuple[OpenFile, ...]) -> None:
+                  open_files: tuple[OpenFile, ...], timers: tuple[TimerEntry, ...]) -> None:
     """Raise DumpError for the first piece of state a restore could not bring back.
 
     view: the live task whose /proc files show the process (the pid, unless its leader exited).
@@ -69,7 +70,7 @@ def check_process(pid: int, view: int, tids: list[int], status: Status, stat: St
     check_security(pid, status)
     check_threads(pid, tids, status)
     task_controls.check_stat_flags(pid, stat.flags)
-    check_posix_timers(pid, view)
+    posix_timers.check(pid, timers, tids)
     check_memory_policy(pid, view)
     check_mappings(pid, mappings)
     check_file_locks(pid, open_files, mappings)
@@ -143,12 +144,6 @@ def _own_speculation() -> tuple[str, ...]:
     return read_status(os.getpid()).speculation
 
 
-def check_posix_timers(pid: int, view: int) -> None:
-    ids = [line.split()[1] for line in read_text(view, "timers").splitlines() if line.startswith("ID:")]
-    if ids:
-        raise DumpError(pid, f"has POSIX timers (ids {', '.join(ids)}; timer_create): not supported yet")
-
-
 def check_memory_policy(pid: int, view: int) -> None:
     """A NUMA policy (set_mempolicy, mbind) shows in numa_maps as something other than 'default'."""
     if not os.path.exists(proc_path(os.getpid(), "numa_maps")):
@@ -165,8 +160,6 @@ def check_mappings(pid: int, mappings: tuple[Mapping, ...]) -> None:
         if m.name == VSYSCALL:
             continue
         where = f"mapping {m.start:#x}-{m.end:#x} {m.name or '(anonymous)'}"
-        if m.deleted and m.name.startswith(SYSV_SHM_PREFIX):
-            raise DumpError(pid, f"{where}: a SysV shared memory segment: not supported yet")
         if m.inode and not m.file_backed and not m.shared_anon:
             raise DumpError(pid, f"{where}: mappings of this kind of file are not supported yet")
         if ({"io", "pf"} & m.vmflags) and m.vma().kind not in KERNEL_MAPPING_KINDS:
@@ -176,6 +169,15 @@ def check_mappings(pid: int, mappings: tuple[Mapping, ...]) -> None:
                 raise DumpError(pid, f"{where}: VmFlag {flag!r} is unknown to this runtime: refused rather than lost")
             if VMFLAGS[flag] is not None:
                 raise DumpError(pid, f"{where}: {VMFLAGS[flag]} (VmFlag {flag!r})")
+    attaches = tuple(m.vma() for m in mappings if m.sysv_key is not None)
+    if attaches:
+        sysv.check_attaches(pid, attaches, sysvipc.read_shm())
+
+
+def check_sysv_segments(vmas: dict[int, tuple[Vma, ...]]) -> None:
+    """A SysV segment attached by a process outside the tree is refused (runtime/mm/sysv.py says why)."""
+    if any(v.kind is VmaKind.SYSV for mapped in vmas.values() for v in mapped):
+        sysv.check_held_inside(vmas, sysvipc.read_shm())
 
 
 def check_file_locks(pid: int, open_files: tuple[OpenFile, ...], mappings: tuple[Mapping, ...]) -> None:

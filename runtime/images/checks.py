@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from runtime.errors import ImageError, shorten
 from runtime.images import names as layout, sessions
 from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE,
-                                  FdKind, FileEntry, Inventory, Process, RseqCase, SharedMemory, ThreadCore, Tree,
-                                  VdsoInfo, Vma, VmaAdvice, VmaKind)
+                                  TIMER_CLOCKS, TIMER_NOTIFY, FdKind, FileEntry, Inventory, Process, RseqCase, SharedMemory, ThreadCore, Tree,
+                                  UnixSocket, VdsoInfo, Vma, VmaAdvice, VmaKind)
 
 SIGINFO_SIZE = 128
 PROT_MASK = 0x7  # PROT_READ | PROT_WRITE | PROT_EXEC
@@ -27,6 +27,9 @@ OFF_MAX = (1 << 63) - 1  # off_t: file offsets and positions
 PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) reads, never sets
 SUID_DUMP_ROOT = 2  # the highest PR_GET_DUMPABLE value
 USEC_PER_SEC = 1_000_000
+NSEC_PER_SEC = 1_000_000_000
+INT_MAX = (1 << 31) - 1
+SIGEV_NONE, SIGEV_THREAD_ID = 1, 4
 # The kernel keeps at most AT_VECTOR_SIZE auxv words (2 * (2 + 22 + 1) = 50 on x86_64 6.x)
 # and PR_SET_MM_MAP refuses more; the bound leaves room for a newer kernel's few more.
 AUXV_WORDS_MAX = 64
@@ -95,6 +98,34 @@ def check_process(process: Process, file: str, inventory: Inventory, sizes: Mapp
     _check_vdso(process, file, inventory, sizes)
 
 
+def _check_posix_timers(process: Process, file: str) -> None:
+    """What timer_create and timer_settime would refuse, or would make another timer of."""
+    ids = [timer.id for timer in process.posix_timers]
+    if ids != sorted(set(ids)):
+        raise ImageError(file, "posix_timers", "ids are not ascending and unique")
+    tids = {thread.tid for thread in process.threads}
+    for index, timer in enumerate(process.posix_timers):
+        field = f"posix_timers[{index}]"
+        if timer.id > INT_MAX:
+            raise ImageError(file, f"{field}.id", f"{timer.id} is not a timer id")
+        if timer.clock not in TIMER_CLOCKS:
+            raise ImageError(file, f"{field}.clock", f"{timer.clock} is not a clock a process's own timer counts")
+        if timer.notify not in TIMER_NOTIFY:
+            raise ImageError(file, f"{field}.notify", f"{timer.notify} is not a sigev_notify value")
+        if not 1 <= timer.signal <= NSIG and timer.notify != SIGEV_NONE:
+            raise ImageError(file, f"{field}.signal", f"{timer.signal} is not a signal")
+        if timer.notify == SIGEV_THREAD_ID and timer.tid not in tids:
+            raise ImageError(file, f"{field}.tid", f"{timer.tid} is not one of the process's threads")
+        if timer.sigev_value >= 1 << 64:
+            raise ImageError(file, f"{field}.sigev_value", f"{timer.sigev_value:#x} does not fit 64 bits")
+        for name in ("interval_nsec", "value_nsec"):
+            if getattr(timer, name) >= NSEC_PER_SEC:
+                raise ImageError(file, f"{field}.{name}", f"{getattr(timer, name)} is not below one second")
+        for name in ("interval_sec", "value_sec"):
+            if getattr(timer, name) > OFF_MAX:
+                raise ImageError(file, f"{field}.{name}", f"{getattr(timer, name)} does not fit a time_t")
+
+
 def _check_counts(process: Process, file: str) -> None:
     for name, count in (("sigactions", NSIG), ("rlimits", NR_RLIMITS), ("itimers", NR_ITIMERS)):
         got = len(getattr(process, name))
@@ -114,6 +145,7 @@ def _check_counts(process: Process, file: str) -> None:
         for name in ("interval_sec", "value_sec"):
             if getattr(timer, name) > OFF_MAX:
                 raise ImageError(file, f"itimers[{index}].{name}", f"{getattr(timer, name)} does not fit a time_t")
+    _check_posix_timers(process, file)
     _check_siginfos(process.shared_pending, file, "shared_pending")
     if process.personality >= PERSONALITY_QUERY:
         raise ImageError(file, "personality", f"{process.personality:#x} is not a personality")
@@ -437,6 +469,7 @@ def _check_sockets(tree: Tree, entries: list[tuple[str, int, FileEntry]], file: 
     """Each socket once, of a type a restore makes, paired with a peer that names it back, and held."""
     _check_held(entries, file, tree.sockets, "socket", "sockets")
     by_id = {sock.id: sock for sock in tree.sockets}
+    waited: set[int] = set()  # the clients seen waiting on a listener so far
     for index, sock in enumerate(tree.sockets):
         field = f"sockets[{index}]"
         if sock.type not in UNIX_SOCKET_TYPES:
@@ -456,8 +489,27 @@ def _check_sockets(tree: Tree, entries: list[tuple[str, int, FileEntry]], file: 
         peer = by_id.get(sock.peer) if sock.peer else None
         if sock.peer and (peer is None or peer.peer != sock.id or peer.type != sock.type):
             raise ImageError(file, f"{field}.peer", f"{sock.peer} is no socket of the tree paired with it")
-        if sock.queue and peer is None:
-            raise ImageError(file, f"{field}.queue", "a queue without a peer to send it again")
+        if sock.queue and peer is None and not (sock.type == 2 and sock.name):
+            raise ImageError(file, f"{field}.queue", "a queue without a peer or a datagram socket's name to send it "
+                                                     "again")
+        if sock.external and (not sock.external.startswith((b"\0", b"/")) or len(sock.external) > 108
+                              or sock.peer or sock.listening or sock.listener):
+            raise ImageError(file, f"{field}.external", "the name it connects to again is an absolute path or an "
+                                                        "abstract name of at most 108 bytes, of an unpaired socket")
+        _check_waiting(sock, by_id, waited, file, field)
+
+
+def _check_waiting(sock: UnixSocket, by_id: dict[int, UnixSocket], waited: set[int], file: str, field: str) -> None:
+    """A listener's waiting connections: within its backlog, each an unnamed, unconnected client of its type once."""
+    if sock.waiting and (not sock.listening or len(sock.waiting) > sock.backlog + 1):
+        raise ImageError(file, f"{field}.waiting", "connections wait on a listening socket, at most its backlog + 1")
+    for client_id in sock.waiting:
+        client = by_id.get(client_id)
+        if (client is None or client_id in waited or client.type != sock.type or client.peer or client.name
+                or client.listening or client.listener or client.external or client.queue):
+            raise ImageError(file, f"{field}.waiting", f"{client_id} is no unnamed, unpaired socket of the tree of "
+                                                       "its type waiting on it alone")
+        waited.add(client_id)
 
 
 def _check_pipes(tree: Tree, entries: list[tuple[str, int, FileEntry]], file: str) -> None:
@@ -472,6 +524,12 @@ def _check_pipes(tree: Tree, entries: list[tuple[str, int, FileEntry]], file: st
             raise ImageError(file, f"{field}.data", f"{len(pipe.data)} bytes do not fit its {pipe.size}")
         if pipe.path is not None and not pipe.path.startswith("/"):
             raise ImageError(file, f"{field}.path", "a FIFO's path is absolute")
+        if pipe.packets and (sum(pipe.packets) != len(pipe.data) or not all(0 < n <= PAGE_SIZE for n in pipe.packets)
+                             or len(pipe.packets) > pipe.size // PAGE_SIZE):
+            raise ImageError(file, f"{field}.packets", f"not the lengths of the packets of its {len(pipe.data)} bytes "
+                                                       f"(each 1 to {PAGE_SIZE}, one per page of its capacity)")
+        if pipe.external and (pipe.data or pipe.path is not None):
+            raise ImageError(file, f"{field}.external", "an external pipe is no FIFO and has no bytes of the image")
 
 
 def _check_held(entries: list[tuple[str, int, FileEntry]], file: str, objects: tuple, link: str, listed: str) -> None:

@@ -20,6 +20,11 @@ TASK_SIZE = 0x7FFFFFFFF000
 NSIG = 64
 NR_RLIMITS = 16
 NR_ITIMERS = 3
+# The clocks a POSIX timer of the process's own may count: REALTIME, MONOTONIC, PROCESS_CPUTIME_ID,
+# THREAD_CPUTIME_ID, BOOTTIME, REALTIME_ALARM, BOOTTIME_ALARM, TAI.
+TIMER_CLOCKS = frozenset({0, 1, 2, 3, 7, 8, 9, 11})
+# sigev_notify: SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD 2, SIGEV_THREAD_ID 4 (a signal to one thread).
+TIMER_NOTIFY = frozenset({0, 1, 2, 4})
 
 
 class VmaKind(enum.Enum):
@@ -32,6 +37,7 @@ class VmaKind(enum.Enum):
     VDSO = "vdso"
     VVAR = "vvar"
     VVAR_VCLOCK = "vvar_vclock"
+    SYSV = "sysv"  # a SysV shared memory attach (shmat): shmem names its segment, attached again with shmat
 
 
 class VmaAdvice(enum.Enum):
@@ -95,6 +101,7 @@ class Vma:
     name: str = ""  # the pathname column of /proc/PID/maps, as the kernel printed it
     advice: tuple[VmaAdvice, ...] = ()  # madvise advice to apply again, in VmaAdvice declaration order
     shmem: int | None = None  # SharedMemory.id of a shared anonymous or deleted-file mapping: it maps that object
+    sysv_readonly: bool = False  # SYSV: attached SHM_RDONLY (no VM_MAYWRITE): it can never be made writable
 
     @property
     def size(self) -> int:
@@ -215,6 +222,23 @@ class ITimer:
     interval_usec: int
     value_sec: int
     value_usec: int
+
+
+@dataclass(frozen=True)
+class PosixTimer:
+    """A timer_create timer: made again with its id, armed with the time it had left (task/posix_timers.py)."""
+
+    id: int
+    clock: int  # CLOCK_REALTIME 0, MONOTONIC 1, PROCESS_CPUTIME_ID 2, THREAD_CPUTIME_ID 3, BOOTTIME 7, ...
+    signal: int  # sigev_signo
+    sigev_value: int  # the 64-bit value the signal carries (si_value)
+    notify: int  # sigev_notify, one of TIMER_NOTIFY
+    tid: int  # the thread signalled with SIGEV_THREAD_ID, else 0
+    interval_sec: int  # timer_gettime at dump: the period, 0 for a one-shot timer
+    interval_nsec: int
+    value_sec: int  # the time left before it fires, 0 when disarmed
+    value_nsec: int
+    overrun: int  # timer_getoverrun at dump: not restored (the kernel cannot set it), shown by `show`
 
 
 @dataclass(frozen=True)
@@ -429,6 +453,7 @@ class Process:
     rlimits: tuple[RLimit, ...]  # NR_RLIMITS entries, in RLIMIT_* order
     sigactions: tuple[SigAction, ...]  # NSIG entries, [i] is signal i + 1
     itimers: tuple[ITimer, ...]  # REAL, VIRTUAL, PROF
+    posix_timers: tuple[PosixTimer, ...]  # ascending ids
     shared_pending: tuple[bytes, ...]  # raw 128-byte siginfo, process-wide pending
     vmas: tuple[Vma, ...]  # sorted by start, non-overlapping
     page_runs: tuple[PageRun, ...]  # sorted by vaddr, stored back to back
@@ -451,11 +476,25 @@ class Extent:
 
 
 @dataclass(frozen=True)
+class SysvSegment:
+    """What a SysV shared memory segment is besides its data: the ids and permissions shmctl(IPC_STAT) shows."""
+
+    key: int  # the key it was made with, as maps names it (/SYSV%08x); 0: IPC_PRIVATE
+    uid: int  # owner (IPC_SET)
+    gid: int
+    cuid: int  # creator: the effective ids of the shmget that made it
+    cgid: int
+    removed: bool = False  # SHM_DEST: IPC_RMID was done while attached; it goes with its last detach
+    locked: bool = False  # SHM_LOCKED: SHM_LOCK keeps its pages in memory
+
+
+@dataclass(frozen=True)
 class SharedMemory:
     """Shared memory no file holds: one object however many mappings map it.
 
     MAP_SHARED|MAP_ANONYMOUS memory, or a file mapped shared and then deleted
-    (sem_open + sem_unlink, shm_open + shm_unlink). A fork gives the child the
+    (sem_open + sem_unlink, shm_open + shm_unlink), or a SysV segment (shmget,
+    made again with its id and attached with shmat, runtime/mm/sysv.py). A fork gives the child the
     parent's object, so the pages of both are one; a restore creates the
     object once (a deleted file: created at its name and unlinked again) and
     maps it into every process at every address a Vma with its id names.
@@ -468,6 +507,7 @@ class SharedMemory:
     mode: int = 0  # that file's st_mode
     memfd: bool = False  # a memfd (path is /memfd:NAME), made again with memfd_create
     seals: int = 0  # a memfd's F_GET_SEALS
+    sysv: SysvSegment | None = None  # a SysV segment (its id is the shmid, mode its permission bits), path None
 
 
 @dataclass(frozen=True)
@@ -478,6 +518,10 @@ class Pipe:
     size: int  # its capacity (F_GETPIPE_SZ), bytes
     data: bytes = b""  # what was written and not yet read at dump, oldest first
     path: str | None = None  # a FIFO's path; None: a pipe
+    # Packet mode (O_DIRECT): each packet's length, in order, data their bytes; (): data is a stream of bytes.
+    packets: tuple[int, ...] = ()
+    # Named by dump --external: held outside the tree too, its ends the restoring caller's (--inherit-fd); no data.
+    external: bool = False
 
 
 @dataclass(frozen=True)
@@ -497,6 +541,8 @@ class UnixSocket:
     listening: bool = False
     backlog: int = 0  # a listening socket's listen() backlog
     listener: int = 0  # a connection accepted from a listening socket of the tree: that socket's id
+    waiting: tuple[int, ...] = ()  # a listening socket's connections not yet accepted: their clients' ids, oldest first
+    external: bytes = b""  # --ext-unix-sk: the name of the socket outside the tree it is connected to (again)
 
 
 @dataclass(frozen=True)

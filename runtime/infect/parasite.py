@@ -112,6 +112,15 @@ class Parasite:
         return ThreadState(t.tid, t.blocked, SigAltStack(t.ss_sp, t.ss_size, t.ss_flags), t.clear_child_tid,
                            _controls(t.controls))
 
+    def dump_posix_timers(self, ids: list[int]) -> list:
+        """Each timer's parasite_posix_timer (timer_gettime's spec, the overrun), in the order of ids."""
+        header, timer = self.proto.ParasitePosixTimers, self.proto.ParasitePosixTimer
+        if ctypes.sizeof(header) + ctypes.sizeof(timer) * len(ids) > self.cmd_size:
+            raise InfectError(self.pid, f"DUMP_POSIX_TIMERS: {len(ids)} timers do not fit the command area")
+        self._put(header(nr_timers=len(ids)), (timer * len(ids))(*(timer(id=i) for i in ids)))
+        self._call(self.proto.PARASITE_CMD_DUMP_POSIX_TIMERS)
+        return list((timer * len(ids)).from_buffer_copy(self.area, self.cmd_offset + ctypes.sizeof(header)))
+
     def drain_fds(self, fds: list[int]) -> list[int]:
         """Copies of the target's fds, in order, as descriptors of this process (caller closes them)."""
         header = self.proto.ParasiteDrainFds

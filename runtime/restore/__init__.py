@@ -25,15 +25,16 @@ import signal
 
 from runtime import faults
 from runtime.errors import RestoreError
-from runtime.files import pipe as pipe_kind, table, unix as unix_kind
+from runtime.files import inherit, pipe as pipe_kind, table, unix as unix_kind
 from runtime.images import loader, names, sessions
 from runtime.images.model import FdKind, FileEntry, Process, RLimit, SharedMemory, TreeProcess
+from runtime.kernel.procfs import sysvipc
 from runtime.kernel.procfs.holders import describe_holder
-from runtime.mm import shmem
+from runtime.mm import shmem, sysv
 from runtime.mm.vdso import RunningVdso, VdsoMode, VdsoPlan, plan_restore, read_running_vdso
 from runtime.restore import child as restore_child, conductor, spawn
 from runtime.restore.restorer_args import build_area, created_threads, fd_base, own_layout, plan_fds, target_ranges
-from runtime.task import rseq
+from runtime.task import posix_timers, rseq
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ STAND_IN_NAME = "revive-stand-in"  # what a stand-in for a gone session or group
 
 
 def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_mode: VdsoMode = VdsoMode.AUTO,
-            leave_traced: bool = False) -> int:
+            leave_traced: bool = False, inherit_fds: tuple[inherit.InheritFd, ...] = ()) -> int:
     """Restore the tree in directory; the restored root's exit status (0 at once with detach).
+
+    inherit_fds: --inherit-fd, the caller's descriptors that stand for the ends of the pipes dumped as external.
 
     leave_traced (for tests): return at once with every task still stopped
     under this process's ptrace, in its own registers, before it has run
@@ -57,16 +60,23 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
         # The loader checked that the tree's sessions and groups can be made.
         stand_ins = sessions.stand_ins(checkpoint.tree.processes, checkpoint.root.process.shell_job)
         check_restorable(checkpoint, stand_ins, shell_job, detach)
+        caller_ends = external_pipe_ends(checkpoint, inherit_fds)
         faults.point("restore.validate")
         shmem_fds = {}
+        segments = opened.enter_context(sysv.removed_on_failure())  # the SysV segments made
         for obj in checkpoint.tree.shared_memory:
+            if obj.sysv is not None:
+                sysv.create(obj, checkpoint.shmem[obj.id], _attacher(checkpoint, obj.id))
+                segments.append(obj)
+                continue
             shmem_fds[obj.id] = _make_shared_memory(checkpoint, obj)
             opened.callback(os.close, shmem_fds[obj.id])
         pipes = conductor.Pipes.open([node.pid for node in checkpoint.tree.processes] + [s.pid for s in stand_ins])
         opened.callback(pipes.close)
-        tree = plan_tree(checkpoint, stand_ins, shmem_fds, pipes, vdso_mode)
+        tree = plan_tree(checkpoint, stand_ins, shmem_fds, pipes, vdso_mode, caller_ends)
         faults.point("restore.clone")
         root = conductor.Conductor(tree, pipes).restore(leave_traced)
+        sysv.finish(segments)  # every process has attached its segments
     log.info("the tree of pid %d restored from %s", root, directory)
     if detach or leave_traced:
         return 0
@@ -86,6 +96,12 @@ def _make_shared_memory(checkpoint: loader.Checkpoint, obj: SharedMemory) -> int
         return shmem.create(obj, checkpoint.shmem[obj.id])
 
 
+def _attacher(checkpoint: loader.Checkpoint, shmem_id: int) -> int:
+    """The first process that maps a shared memory object (the one an error about it names)."""
+    return next(image.process.pid for image in checkpoint.processes
+                if any(vma.shmem == shmem_id for vma in image.process.vmas))
+
+
 def _raise_nofile_limit() -> None:
     """The tree's pipes and files may need more descriptors than the soft limit; each member sets its own later."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -94,8 +110,12 @@ def _raise_nofile_limit() -> None:
 
 
 def plan_tree(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.StandIn, ...], shmem_fds: dict[int, int],
-              pipes: conductor.Pipes, vdso_mode: VdsoMode) -> spawn.TreePlan:
-    """Every member's plan (the stand-ins' too), fd numbers for the whole tree, who opens each shared file."""
+              pipes: conductor.Pipes, vdso_mode: VdsoMode,
+              caller_ends: dict[int, dict[bool, int]] | None = None) -> spawn.TreePlan:
+    """Every member's plan (the stand-ins' too), fd numbers for the whole tree, who opens each shared file.
+
+    caller_ends: external_pipe_ends's answer.
+    """
     tree = checkpoint.tree
     images = {image.process.pid: image for image in checkpoint.processes}
     base = fd_base([image.process for image in checkpoint.processes], _open_fds())
@@ -114,7 +134,7 @@ def plan_tree(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.StandIn, 
         children[stand_in.creator].append(stand_in.pid)
     for node in tree.processes:
         children[adopted.get(node.pid, sessions.RUNTIME if node is tree.processes[0] else node.ppid)].append(node.pid)
-    openers = _openers(checkpoint, shared_slots, shmem_fds)
+    openers = _openers(checkpoint, shared_slots, shmem_fds, caller_ends or {})
     running_vdso = read_running_vdso()
     own = own_layout()
     root = tree.processes[0]
@@ -161,8 +181,8 @@ def _creation_order(children: dict[int, list[int]]) -> list[int]:
     return order
 
 
-def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int],
-             shmem_fds: dict[int, int]) -> dict[int, list[spawn.Made]]:
+def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int], shmem_fds: dict[int, int],
+             caller_ends: dict[int, dict[bool, int]]) -> dict[int, list[spawn.Made]]:
     """Who makes each file with a slot: the nearest common ancestor of its holders, before it forks them.
 
     A shared file is opened as its first holder would; a pipe is made once
@@ -198,7 +218,8 @@ def _openers(checkpoint: loader.Checkpoint, slots: dict[int, int],
     for made in tree.pipes:
         opener, first = common_ancestor({entry.id for entry in ends[made.id]})
         openers.setdefault(opener, []).append(
-            spawn.PipeOpen(made, tuple((entry, slots[entry.id]) for entry in ends[made.id]), first.creds, first.pid))
+            spawn.PipeOpen(made, tuple((entry, slots[entry.id]) for entry in ends[made.id]), first.creds, first.pid,
+                           tuple(caller_ends.get(made.id, {}).items())))
     held: dict[int, list[FileEntry]] = {}
     for entry in tree.files + tuple(e for image in checkpoint.processes for e in image.process.files):
         if entry.kind is FdKind.UNIX:
@@ -250,6 +271,33 @@ def check_restorable(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.St
         if inherited and not shell_job:
             raise RestoreError(process.pid, f"fds {inherited} are a shell job's stdio: restore with --shell-job")
         rseq.check_kernel_supports(process)
+    segments = [obj for obj in tree.shared_memory if obj.sysv is not None]
+    if segments:
+        listed = sysvipc.read_shm()
+        for obj in segments:
+            sysv.check_free(obj, _attacher(checkpoint, obj.id), listed)
+        posix_timers.check_kernel_supports(process)
+
+
+def external_pipe_ends(checkpoint: loader.Checkpoint,
+                       inherit_fds: tuple[inherit.InheritFd, ...]) -> dict[int, dict[bool, int]]:
+    """The caller's descriptor of each end of each external pipe the tree holds: pipe id -> {reading: fd}.
+
+    A RestoreError, before anything is made, for an end no --inherit-fd gives.
+    """
+    external = {made.id for made in checkpoint.tree.pipes if made.external}
+    ends: dict[int, dict[bool, int]] = {}
+    for image in checkpoint.processes:
+        entries = table.entries_by_id(image.process, checkpoint.tree.files)
+        for slot in image.process.fds:
+            entry = entries[slot.file_id]
+            if entry.kind is FdKind.PIPE and entry.pipe in external:
+                reading = pipe_kind.is_read_end(entry)
+                ends.setdefault(entry.pipe, {})[reading] = inherit.caller_pipe_end(
+                    inherit_fds, entry.pipe, reading, image.process.pid, slot.fd)
+    for unused in sorted({given.pipe for given in inherit_fds} - external):
+        log.warning("--inherit-fd names %s, which is no external pipe of the image", inherit.pipe_name(unused))
+    return ends
 
 
 def capped_rlimits(process: Process) -> tuple[RLimit, ...]:

@@ -33,8 +33,10 @@ from runtime.infect import blobs
 from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, Creds, Process, ThreadCore, Vma, VmaAdvice,
                                   VmaKind)
 from runtime.kernel.procfs.maps import read_mappings
+from runtime.mm import sysv
 from runtime.mm.address_space import free_gaps
 from runtime.mm.vdso import VdsoPlan
+from runtime.task import posix_timers
 
 # Below 4 GiB sit non-PIE executables and their brk heaps; above the gaps
 # near TASK_SIZE the kernel places mmaps and the stack. Prefer the first gap
@@ -149,7 +151,8 @@ def plan_fds(process: Process, first: int, shared: dict[int, int] | None = None)
         if vma.kind is VmaKind.FILE and vma.shmem is None and (vma.path, _file_flags(vma)) not in seen:
             seen.add((vma.path, _file_flags(vma)))
             files.append(MappedFile(vma.path, _file_flags(vma), first + 3 + len(files)))
-    objects = sorted({vma.shmem for vma in process.vmas if vma.shmem is not None})
+    # A SysV segment needs no descriptor: the restorer attaches it by its id.
+    objects = sorted({vma.shmem for vma in process.vmas if vma.shmem is not None and vma.kind is not VmaKind.SYSV})
     next_fd = first + 3 + len(files)
     held = sorted({slot.file_id for slot in process.fds} & set(shared or {}))
     helpers = HelperFds(err=first, pages=first + 1, exe=first + 2, files=tuple(files),
@@ -296,7 +299,11 @@ def _fill_vmas(arena: Arena, args, process: Process, fds: HelperFds) -> None:
     for slot, v in zip(slots, vmas):
         slot.start, slot.end, slot.prot = v.start, v.end, v.prot
         slot.flags = (arch.MAP_SHARED if v.shared else arch.MAP_PRIVATE) | (arch.MAP_GROWSDOWN if v.growsdown else 0)
-        if v.kind is VmaKind.FILE or v.shmem is not None:
+        slot.shmid, slot.shmflg = -1, 0
+        if v.kind is VmaKind.SYSV:
+            slot.fd, slot.offset, slot.shmid = -1, v.offset, v.shmem
+            slot.shmflg = sysv.SHM_RDONLY if v.sysv_readonly else 0
+        elif v.kind is VmaKind.FILE or v.shmem is not None:
             slot.fd, slot.offset = fds.fd_for(v), v.offset
         else:
             slot.fd, slot.offset = -1, 0
@@ -348,14 +355,32 @@ def _fill_close_fds(arena: Arena, args, fds: HelperFds) -> None:
 
 
 def _fill_signals(arena: Arena, args, process: Process) -> None:
-    """The process's signal state: actions, interval timers and the signals pending on it as a whole."""
+    """The process's signal state: actions, interval and POSIX timers, and the signals pending on it as a whole."""
     for slot, timer in zip(args.itimers, process.itimers):
         slot.interval_sec, slot.interval_usec = timer.interval_sec, timer.interval_usec
         slot.value_sec, slot.value_usec = timer.value_sec, timer.value_usec
     for slot, action in zip(args.sigactions, process.sigactions):
         slot.handler, slot.flags, slot.restorer, slot.mask = action.handler, action.flags, action.restorer, action.mask
-    args.nr_pending = len(process.shared_pending)
-    args.pending = _add_siginfos(arena, blobs.protocol().RestorerSiginfo, process.shared_pending)
+    pending = _queued_again(process.shared_pending, process)
+    args.nr_pending = len(pending)
+    args.pending = _add_siginfos(arena, blobs.protocol().RestorerSiginfo, pending)
+    _fill_posix_timers(arena, args, process)
+
+
+def _fill_posix_timers(arena: Arena, args, process: Process) -> None:
+    slots, args.posix_timers = arena.add(blobs.protocol().RestorerPosixTimer, len(process.posix_timers))
+    args.nr_posix_timers = len(process.posix_timers)
+    for slot, timer in zip(slots, process.posix_timers):
+        slot.id, slot.clock, slot.signo, slot.notify, slot.tid = (timer.id, timer.clock, timer.signal, timer.notify,
+                                                                  timer.tid)
+        slot.value = timer.sigev_value
+        slot.spec.interval_sec, slot.spec.interval_nsec = timer.interval_sec, timer.interval_nsec
+        slot.spec.value_sec, slot.spec.value_nsec = timer.value_sec, timer.value_nsec
+
+
+def _queued_again(infos: tuple[bytes, ...], process: Process) -> tuple[bytes, ...]:
+    """The pending signals the restorer queues: all but the periodic timers' own, which they queue themselves."""
+    return tuple(info for info in infos if not posix_timers.refired_by_timer(info, process.posix_timers))
 
 
 def _add_siginfos(arena: Arena, siginfo_type, infos: tuple[bytes, ...]) -> int:
@@ -399,8 +424,9 @@ def _fill_threads(arena: Arena, args, process: Process, xstates: dict[int, bytes
         slot.clear_child_tid = thread.clear_child_tid
         slot.robust_list, slot.robust_list_len = thread.robust_list, thread.robust_list_len
         _fill_name(slot, thread.comm or process.comm)
-        slot.nr_pending = len(thread.pending)
-        slot.pending = _add_siginfos(arena, proto.RestorerSiginfo, thread.pending)
+        pending = _queued_again(thread.pending, process)
+        slot.nr_pending = len(pending)
+        slot.pending = _add_siginfos(arena, proto.RestorerSiginfo, pending)
         xstate = xstates[thread.tid]
         frame_view, frame_address = arena.add(ctypes.c_uint8, arch.rt_sigframe_size(len(xstate)))
         frame, slot.sigreturn_sp = arch.build_rt_sigframe(thread.regs, xstate, thread.blocked, frame_address)

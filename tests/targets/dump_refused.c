@@ -3,7 +3,7 @@
  * leader's not), "thread_slack" (a second thread with its own timer slack),
  * "thread_seccomp" (a second thread under a seccomp filter of its own),
  * "socket" (a TCP socket), "pidfd" (a pidfd of itself), "pipe"
- * (a pipe at fds 3 and 4), "posix_timer" (timer_create), "flock" (a lock on
+ * (a pipe at fds 3 and 4), "cpu_timer" (a POSIX timer on a second thread's CPU clock), "flock" (a lock on
  * a file "locked" of the working directory, deleted since, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
  * "child" (a child process holding a pidfd, killed when its parent dies: the tree
@@ -81,10 +81,13 @@ int main(int argc, char **argv) {
 		if (syscall(SYS_pidfd_open, getpid(), 0) < 0) return 1;
 	} else if (!strcmp(argv[1], "pipe")) {
 		if (pipe(fds)) return 1;
-	} else if (!strcmp(argv[1], "posix_timer")) {
+	} else if (!strcmp(argv[1], "cpu_timer")) {
+		pthread_t thread;
+		clockid_t clock;
 		timer_t timer;
 		struct sigevent ev = { .sigev_notify = SIGEV_NONE };
-		if (timer_create(CLOCK_MONOTONIC, &ev, &timer)) return 1;
+		if (pthread_create(&thread, NULL, sleeper, NULL) || pthread_getcpuclockid(thread, &clock) ||
+		    timer_create(clock, &ev, &timer)) return 1;
 	} else if (!strcmp(argv[1], "flock")) {
 		int fd = open("locked", O_RDWR | O_CREAT, 0600);
 		if (fd < 0 || flock(fd, LOCK_EX) || unlink("locked")) return 1;

@@ -16,28 +16,42 @@ from sock_diag (kernel/sock_diag.py).
 
 Supported: sockets of a pair (stream, datagram, seqpacket) whose both ends
 are in the tree, unconnected sockets, and sockets bound to an absolute path
-or an abstract name, listening or not, with no connection waiting to be
-accepted and no datagram queued: bound again (a stale socket file of the
-path, one no socket is bound to any more, replaced; a live one is an error)
-with the file mode they had, and listening with their backlog; and
+or an abstract name, listening or not: bound again (a stale socket file of
+the path, one no socket is bound to any more, replaced; a live one is an
+error) with the file mode they had, and listening with their backlog;
 connections accepted from a listening socket of the tree whose client is in
-the tree too, made again by a connect and an accept. Refused, naming the fd:
-connections waiting on a listening socket, a bound client, a connection
-accepted from a listener outside the tree, a name relative to the working
-directory, one connected to a socket outside the tree, and descriptors in
-flight in a queue (SCM_RIGHTS). A socket with SO_PASSCRED receives the credentials of the
-process that sends its queued messages again at restore, not the original
-sender's.
+the tree too, made again by a connect and an accept; connections waiting to
+be accepted whose client is in the tree and has sent nothing yet, made
+again by a connect (unix_listen.py); datagrams queued on a bound socket
+without a peer of the tree, sent to its name again from an unnamed socket
+before it connects (recvfrom then reports no sender). With --ext-unix-sk, a
+socket connected to a named socket outside the tree is connected to that
+name again (a stream or seqpacket: a new connection, which the outside
+server accepts as a new client; the old one cannot be moved to another
+process).
+
+Refused, naming the fd: a waiting connection whose client is outside the
+tree, or into which its client already sent data (only an accept could read
+it); a bound client or a connection accepted from a listener outside the
+tree; a name relative to the working directory; one connected to a socket
+outside the tree without --ext-unix-sk, or to one with no name even with
+it, or with data queued from it that only it could send again (a stream's
+bytes, or datagrams on a socket with no name of its own); descriptors in
+flight in a queue (SCM_RIGHTS). A socket with SO_PASSCRED receives the
+credentials of the process that sends its queued messages again at restore,
+not the original sender's.
 """
 
 import array
+import contextlib
 import errno
 import fcntl
 import os
 import socket
-import stat
+from dataclasses import dataclass
 
 from runtime.errors import DumpError, ImageError, RestoreError
+from runtime.files import unix_listen
 from runtime.files.base import SETFL_FLAGS, FdTable, FileKindBase, held_entries, refuse_payload
 from runtime.images.model import FdKind, FileEntry, UnixSocket
 from runtime.kernel import pidfd, sock_diag
@@ -91,77 +105,93 @@ def ends_of(tables: dict[int, FdTable], shared: tuple[FileEntry, ...]) -> dict[i
     return found
 
 
-def save(held: dict[int, tuple[int, int]]) -> tuple[UnixSocket, ...]:
-    """Every unix socket of the tree with its peer, shutdowns, options and queue; DumpError for what is refused."""
+@dataclass(frozen=True)
+class _Seen:
+    """What the dump knows of every socket before it saves one."""
+
+    held: dict[int, tuple[int, int]]  # each socket of the tree: one (pid, fd) holding it
+    diag: dict[int, sock_diag.UnixDiag]  # every unix socket of the namespace
+    listeners: dict[bytes, int]  # the tree's listening sockets by name
+    waiting: dict[int, int]  # a client of the tree waiting on a listener of the tree: that listener
+    external: bool  # --ext-unix-sk
+
+
+def save(held: dict[int, tuple[int, int]], external: bool = False) -> tuple[UnixSocket, ...]:
+    """Every unix socket of the tree with its peer, shutdowns, options and queue; DumpError for what is refused.
+
+    external (--ext-unix-sk): a socket connected to a named one outside the tree is saved with that name.
+    """
     if not held:
         return ()
     diag = sock_diag.unix_sockets()
-    # A listening socket of the tree, by the name its accepted connections share with it.
-    listeners = {}
-    for inode in held:
-        if inode in diag and diag[inode].listening:
-            pid, fd = held[inode]
-            mine = pidfd.get_fd(pid, fd)
-            with socket.socket(fileno=mine) as sock:
-                listeners[_bound_name(pid, f"fd {fd} (socket:[{inode}])", sock)] = inode
+    seen = _Seen(held, diag, unix_listen.listeners(held, diag), unix_listen.waiting_clients(held, diag), external)
     saved = []
     for inode, (pid, fd) in sorted(held.items()):
         what = f"fd {fd} (socket:[{inode}])"
         found = diag.get(inode)
         if found is None or found.type not in TYPES:
             raise DumpError(pid, f"{what}: a unix socket sock_diag does not report: not supported")
-        if found.listening and found.pending:
-            raise DumpError(pid, f"{what}: a listening unix socket with {found.pending} connections not yet "
-                                 "accepted: not supported yet")
         mine = pidfd.get_fd(pid, fd)
         try:
             with socket.socket(fileno=mine) as sock:
-                connected = _connected(sock)
-                if connected and found.peer not in held:
-                    peer = f"socket {found.peer}" if found.peer else "a socket"
-                    raise DumpError(pid, f"{what}: connected to {peer} outside the tree: not supported yet")
-                name = _bound_name(pid, what, sock)
-                listener = listeners.get(name, 0) if connected else 0
-                if name and connected and not listener:
-                    raise DumpError(pid, f"{what}: a named unix socket connected to another (a bound client, or "
-                                         "a connection accepted from a listening socket outside the tree): "
-                                         "not supported yet")
-                queue = () if found.listening else _peek_queue(pid, what, sock)  # a listener queues connections
-                if queue and not connected:
-                    raise DumpError(pid, f"{what}: an unconnected unix socket with {len(queue)} datagrams queued: "
-                                         "not supported yet")
-                saved.append(UnixSocket(
-                    id=inode, type=found.type, peer=found.peer if connected else 0, shutdown=found.shutdown,
-                    queue=queue,
-                    rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-                    sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-                    passcred=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)),
-                    name=b"" if listener else name, mode=0 if listener else _socket_file_mode(pid, what, name),
-                    listening=found.listening, backlog=found.backlog, listener=listener))
+                saved.append(_save_one(pid, what, sock, found, seen))
         except OSError as exc:
             raise DumpError(pid, f"{what}: {exc.strerror}") from exc
     return tuple(saved)
 
 
-def _bound_name(pid: int, what: str, sock: socket.socket) -> bytes:
-    """The address it is bound to, raw: a path, or NUL and an abstract name; empty when unbound."""
-    name = sock.getsockname()
-    raw = os.fsencode(name) if isinstance(name, str) else bytes(name)
-    if raw and not raw.startswith((b"/", b"\0")):
-        raise DumpError(pid, f"{what}: bound to the relative path {raw!r}, which names no file once the "
-                             "working directory changed: not supported")
-    return raw
+def _save_one(pid: int, what: str, sock: socket.socket, found: sock_diag.UnixDiag, seen: _Seen) -> UnixSocket:
+    connected = _connected(sock)
+    waiting = found.inode in seen.waiting  # its connection waits on a listener of the tree: no peer yet
+    outside = connected and not waiting and found.peer not in seen.held
+    name = unix_listen.bound_name(pid, what, sock)
+    listener = seen.listeners.get(name, 0) if connected and not outside and not waiting else 0
+    if name and connected and not listener and not outside:
+        raise DumpError(pid, f"{what}: a named unix socket connected to another (a bound client, or "
+                             "a connection accepted from a listening socket outside the tree): "
+                             "not supported yet")
+    queue = () if found.listening else _peek_queue(pid, what, sock)  # a listener queues connections
+    external = _external(pid, what, sock, found, name, queue, seen) if outside else b""
+    if queue and not connected and not name:
+        raise DumpError(pid, f"{what}: an unconnected unix socket with {len(queue)} datagrams queued and no "
+                             "name to send them to again: not supported")
+    return UnixSocket(
+        id=found.inode, type=found.type, peer=found.peer if connected and not outside else 0,
+        shutdown=found.shutdown, queue=queue,
+        rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        passcred=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)),
+        name=b"" if listener else name, mode=0 if listener else unix_listen.socket_file_mode(pid, what, name),
+        listening=found.listening, backlog=found.backlog, listener=listener,
+        waiting=found.waiting if found.listening else (), external=external)
 
 
-def _socket_file_mode(pid: int, what: str, name: bytes) -> int:
-    """A path-bound socket's file mode (0 for an abstract or no name)."""
-    if not name.startswith(b"/"):
-        return 0
-    try:
-        return os.stat(name).st_mode
-    except OSError as exc:
-        raise DumpError(pid, f"{what}: its socket file {name!r}: {exc.strerror} (removed since it was bound): "
-                             "not supported") from exc
+def _external(pid: int, what: str, sock: socket.socket, found: sock_diag.UnixDiag, name: bytes,
+              queue: tuple[bytes, ...], seen: _Seen) -> bytes:
+    """The name of the socket outside the tree it is connected to, to connect to again; DumpError if it cannot be."""
+    peer = f"socket {found.peer}" if found.peer else "a socket"
+    if name and found.type != socket.SOCK_DGRAM and any(
+            other.listening and other.name == name for other in seen.diag.values()):
+        raise DumpError(pid, f"{what}: a connection accepted from {name!r} whose client ({peer}) is outside the "
+                             "tree, which no restore can connect to again: not supported")
+    raw = sock.getpeername()
+    remote = os.fsencode(raw) if isinstance(raw, str) else bytes(raw)
+    if not remote:
+        raise DumpError(pid, f"{what}: connected to {peer} outside the tree, which has no name to connect to "
+                             "again: not supported (not even with --ext-unix-sk)")
+    if not remote.startswith((b"/", b"\0")):
+        raise DumpError(pid, f"{what}: connected to {peer} outside the tree, bound to the relative path "
+                             f"{remote!r}: not supported")
+    if not seen.external:
+        raise DumpError(pid, f"{what}: connected to {peer} ({remote!r}) outside the tree: not supported without "
+                             "--ext-unix-sk, with which the restore connects it to that name again")
+    if queue and found.type != socket.SOCK_DGRAM:
+        raise DumpError(pid, f"{what}: {sum(map(len, queue))} bytes queued from {peer} ({remote!r}) outside the "
+                             "tree, which only that socket could send again: not supported")
+    if queue and not name:
+        raise DumpError(pid, f"{what}: {len(queue)} datagrams queued from {peer} ({remote!r}) outside the tree "
+                             "and no name of its own to send them to again: not supported")
+    return remote
 
 
 def _connected(sock: socket.socket) -> bool:
@@ -209,13 +239,17 @@ def _peek_queue(pid: int, what: str, sock: socket.socket) -> tuple[bytes, ...]:
 # -- the restore ------------------------------------------------------------------------------------------------
 
 def groups(sockets: tuple[UnixSocket, ...]) -> list[list[UnixSocket]]:
-    """The sockets made together: a pair, or a listener with every connection accepted from it and its client."""
+    """The sockets made together: a pair, or a listener with every connection accepted from it and its client
+    and every client whose connection waits on it."""
     by_id = {s.id: s for s in sockets}
+    waiting_on = {client: s.id for s in sockets for client in s.waiting}
     grouped: dict[int, list[UnixSocket]] = {}
     for sock in sockets:
         accepted = sock if sock.listener else by_id.get(sock.peer) if sock.peer else None
         if accepted is not None and accepted.listener:
             key = accepted.listener
+        elif sock.id in waiting_on:
+            key = waiting_on[sock.id]
         elif sock.peer:
             key = min(sock.id, sock.peer)
         else:
@@ -225,17 +259,8 @@ def groups(sockets: tuple[UnixSocket, ...]) -> list[list[UnixSocket]]:
 
 
 def _make_sockets(sockets: list[UnixSocket], made: dict[int, socket.socket], pid: int) -> None:
-    """Listeners bound and listening first, then each accepted connection by a connect and an accept, then pairs."""
-    by_id = {s.id: s for s in sockets}
-    for record in sockets:
-        if record.listening or (record.name and not record.peer):
-            made[record.id] = socket.socket(socket.AF_UNIX, record.type)
-            _bind(made[record.id], record, pid)
-    for record in sockets:
-        if record.listener:
-            client = made[record.peer] = socket.socket(socket.AF_UNIX, record.type)
-            client.connect(by_id[record.listener].name)
-            made[record.id], _ = made[record.listener].accept()
+    """The named ones and what goes through a listener first (unix_listen.py), then pairs and lone sockets."""
+    unix_listen.make_named(sockets, made, pid)
     for record in sockets:
         if record.id in made:
             continue
@@ -245,34 +270,29 @@ def _make_sockets(sockets: list[UnixSocket], made: dict[int, socket.socket], pid
             made[record.id] = socket.socket(socket.AF_UNIX, record.type)
 
 
-def _stale(record: UnixSocket, pid: int) -> bool:
-    """A socket file at the name that no socket is bound to any more (a connect is refused); a RestoreError
-    if a live socket has it: unlinking it would cut that process off silently."""
+def _fill_queue(record: UnixSocket, made: dict[int, socket.socket], pid: int) -> None:
+    """Its queued messages sent again: from its peer, or (a datagram socket without one) to its name."""
+    sender = made.get(record.peer) if record.peer else None
+    if sender is None and not record.name:
+        raise RestoreError(pid, f"unix socket {record.id}: {len(record.queue)} queued messages and no peer or "
+                                "name to send them from")
+    with socket.socket(socket.AF_UNIX, record.type) if sender is None else contextlib.nullcontext(sender) as by:
+        # Never blocking: what does not fit the buffers it had is an error, not a hang.
+        by.setblocking(False)
+        for message in record.queue:
+            sent = by.send(message) if sender is not None else by.sendto(message, record.name)
+            if sent != len(message):
+                raise RestoreError(pid, f"unix socket {record.id}: its queue does not fit its buffers")
+
+
+def _connect_outside(record: UnixSocket, sock: socket.socket, pid: int) -> None:
+    """Connected again to the name of the socket outside the tree it was connected to (--ext-unix-sk)."""
+    sock.setblocking(False)  # a full backlog is an error, not a hang
     try:
-        if not stat.S_ISSOCK(os.lstat(record.name).st_mode):
-            return False  # not a socket: bind fails, naming it
-    except FileNotFoundError:
-        return False
-    with socket.socket(socket.AF_UNIX, record.type) as probe:
-        try:
-            probe.connect(record.name)
-        except ConnectionRefusedError:
-            return True
-        except OSError:
-            return False  # bind will say why
-    raise RestoreError(pid, f"unix socket {record.id}: {record.name!r} is bound by a live socket of another "
-                            "process")
-
-
-def _bind(sock: socket.socket, record: UnixSocket, pid: int) -> None:
-    """Bound again to its name (a stale socket file of that path replaced), with its file's mode; listening."""
-    if record.name.startswith(b"/") and _stale(record, pid):
-        os.unlink(record.name)  # what the dumped socket left behind
-    sock.bind(record.name)
-    if record.mode:
-        os.chmod(record.name, stat.S_IMODE(record.mode))
-    if record.listening:
-        sock.listen(record.backlog)
+        sock.connect(record.external)
+    except OSError as exc:
+        raise RestoreError(pid, f"unix socket {record.id}: connecting it again to {record.external!r} outside the "
+                                f"tree: {exc.strerror}") from exc
 
 
 def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int) -> None:
@@ -291,15 +311,10 @@ def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, int(record.passcred))
         for record in sockets:
             if record.queue:
-                sender = made.get(record.peer)
-                if sender is None:
-                    raise RestoreError(pid, f"unix socket {record.id}: {len(record.queue)} queued messages and no "
-                                            "peer to send them from")
-                # Never blocking: what does not fit the buffers it had is an error, not a hang.
-                sender.setblocking(False)
-                for message in record.queue:
-                    if sender.send(message) != len(message):
-                        raise RestoreError(pid, f"unix socket {record.id}: its queue does not fit its buffers")
+                _fill_queue(record, made, pid)
+        for record in sockets:  # after the queues: a connected datagram socket takes messages from its peer only
+            if record.external:
+                _connect_outside(record, made[record.id], pid)
         for record in sockets:
             how = {RCV_SHUTDOWN: socket.SHUT_RD, SEND_SHUTDOWN: socket.SHUT_WR,
                    RCV_SHUTDOWN | SEND_SHUTDOWN: socket.SHUT_RDWR}.get(record.shutdown)

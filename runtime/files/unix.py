@@ -150,6 +150,11 @@ def _save_one(pid: int, what: str, sock: socket.socket, found: sock_diag.UnixDia
         raise DumpError(pid, f"{what}: a named unix socket connected to another (a bound client, or "
                              "a connection accepted from a listening socket outside the tree): "
                              "not supported yet")
+    closed = found.shutdown == RCV_SHUTDOWN | SEND_SHUTDOWN and found.type != socket.SOCK_DGRAM
+    if outside and not found.peer and closed:
+        # A peek would also take the ECONNRESET the closing peer may have left for the process to read.
+        raise DumpError(pid, f"{what}: connected to a socket that has closed the connection (an error may wait for "
+                             "the process, which the dump cannot read without taking it): not supported")
     queue = () if found.listening else _peek_queue(pid, what, sock)  # a listener queues connections
     external = _external(pid, what, sock, found, name, queue, seen) if outside else b""
     if queue and not connected and not name:

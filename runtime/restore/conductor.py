@@ -165,6 +165,11 @@ class Conductor:
                     raise failure(pid, self.errors[pid], "exited")
                 data = os.read(report, 1 << 12)
                 if not data:
+                    # The last member's exit ends the pipe a moment before its pidfd says so: name the one that failed.
+                    exited, _, _ = select.select(list(self.pidfds.values()), [], [], 1.0)
+                    for pid, pidfd in self.pidfds.items():
+                        if pidfd in exited:
+                            raise failure(pid, self.errors[pid], "exited")
                     raise RestoreError(self.tree.root, "every process of the tree went away")
                 pending += data
                 while len(pending) >= spawn.REPORT.size:

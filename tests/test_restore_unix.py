@@ -158,6 +158,41 @@ def test_a_descriptor_in_flight_is_refused_and_stays_in_the_queue_for_the_proces
         tree.stop()
 
 
+INBOX = """
+import os, socket, sys, time
+inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+inbox.bind(sys.argv[1])
+os.write(1, b"ready ok=1\\n")
+while not os.path.exists("go"):
+    time.sleep(0.01)
+inbox.setblocking(False)
+for _ in range(3):
+    os.write(1, f"inbox {len(inbox.recv(1 << 16))}\\n".encode())
+os.write(1, b"inbox done\\n")
+time.sleep(1000)
+"""
+
+
+def test_datagrams_queued_on_a_bound_socket_without_a_peer_keep_their_boundaries(reaper, tmp_path):
+    """Sent from outside the tree to its name; sent to it again at restore, each datagram whole."""
+    path = tmp_path / "inbox.sock"
+    tree = start_tree([PYTHON, "-c", INBOX, str(path)], tmp_path)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            for size in (1, 3000, 40):
+                sender.sendto(b"d" * size, str(path))
+        tree.dump()
+        with loader.load(tree.images) as checkpoint:
+            [sock] = checkpoint.tree.sockets
+        assert [len(m) for m in sock.queue] == [1, 3000, 40] and not sock.peer
+        tree.restore()
+        (tmp_path / "go").touch()
+        wait_for(lambda: "inbox done" in tree.out.read_text(), what="the inbox to be read")
+        assert lines(tree.out, "inbox") == [["inbox", "1"], ["inbox", "3000"], ["inbox", "40"], ["inbox", "done"]]
+    finally:
+        tree.stop()
+
+
 SERVER = """
 import os, socket, sys, time
 servers = []

@@ -7,18 +7,23 @@ three conversations go on (each client asks and gets answers, the first
 two's questions from before the dump included), and a client from outside
 the tree connects to the path. A waiting connection the restore could not
 make again (its client outside the tree, or data already sent into it) is
-refused naming the fd, and the tree goes on as if nothing happened.
+refused naming the fd, and the tree goes on as if nothing happened. An
+image whose waiting connections or outside names a restore could not make
+is refused naming the field.
 """
 
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 
 from restore_support import lines, wait_for
 from runtime.dump import DumpOptions, dump
-from runtime.errors import DumpError
-from runtime.images import loader
+from runtime.errors import DumpError, ImageError
+from runtime.images import loader, names
+from runtime.images.loader import load
+from test_images_tree import rewrite_tree
 from tree_support import exists, start_tree
 
 PYTHON = "/usr/bin/python3"
@@ -153,3 +158,45 @@ def test_a_connection_from_outside_the_tree_not_yet_accepted_is_refused_and_the_
             assert outsider.recv(100) == b"served-me"
     finally:
         tree.stop()
+
+
+HOSTILE = """
+import os, socket, sys, time
+server = socket.socket(socket.AF_UNIX)
+server.bind("\\0revive-hostile-" + str(os.getpid()))
+server.listen(2)
+client = socket.socket(socket.AF_UNIX)
+client.connect(server.getsockname())
+log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+log.bind(sys.argv[2])
+log.connect(sys.argv[1])
+os.write(1, b"ready ok=1\\n")
+time.sleep(1000)
+"""
+
+
+def _change_socket(tree, pick, **changes):
+    return replace(tree, sockets=tuple(replace(s, **changes) if pick(s) else s for s in tree.sockets))
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda t: _change_socket(t, lambda s: s.listening, waiting=(12345,)), "waiting"),
+    (lambda t: _change_socket(t, lambda s: s.listening, waiting=2 * next(s.waiting for s in t.sockets if s.waiting)),
+     "waiting"),
+    (lambda t: _change_socket(t, lambda s: s.listening, external=b"/elsewhere"), "external"),
+    (lambda t: _change_socket(t, lambda s: s.type == socket.SOCK_DGRAM, external=b"relative"), "external"),
+    (lambda t: _change_socket(t, lambda s: s.type == socket.SOCK_DGRAM, name=b""), "queue"),
+])
+def test_a_hostile_waiting_connection_or_outside_name_is_refused_naming_the_field(change, field, reaper, tmp_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as outside:
+        outside.bind(str(tmp_path / "log.sock"))
+        tree = start_tree([PYTHON, "-c", HOSTILE, str(tmp_path / "log.sock"), str(tmp_path / "own.sock")], tmp_path)
+        try:
+            outside.sendto(b"queued", str(tmp_path / "own.sock"))
+            dump(tree.root, tree.images, DumpOptions(leave_running=True, ext_unix_sk=True))
+        finally:
+            tree.stop()
+    load(tree.images).close()  # the pristine image loads
+    rewrite_tree(tree.images, change)
+    with pytest.raises(ImageError, match=rf"^{names.TREE}: sockets\[\d+\]\.{field}: [^\n]*$"):
+        load(tree.images)

@@ -92,7 +92,13 @@ def _render_tree(checkpoint: Checkpoint, console: Console) -> None:
         mappers = [f"{pid} at {vma.start:#x}" for pid, process in processes.items() for vma in process.vmas
                    if vma.shmem == obj.id]
         stored = sum(extent.length for extent in obj.extents)
-        console.print(f"shared memory {obj.id}: {_size(obj.size)}, {stored:,} bytes stored in "
+        what = f"shared memory {obj.id}"
+        if obj.sysv is not None:
+            segment = obj.sysv
+            what = (f"SysV segment {obj.id} key {segment.key:#010x} mode {obj.mode:03o} owner {segment.uid}:"
+                    f"{segment.gid} creator {segment.cuid}:{segment.cgid}" + (" removed" if segment.removed else "")
+                    + (" locked" if segment.locked else ""))
+        console.print(f"{what}: {_size(obj.size)}, {stored:,} bytes stored in "
                       f"{names.shmem_file(obj.id)}; mapped by {', '.join(mappers)}")
     for made in tree.pipes:
         ends = [f"{pid} fd {slot.fd} ({'read' if entry.flags & 3 == 0 else 'write'})"
@@ -186,7 +192,10 @@ def _render_vmas(vmas: Iterable[Vma], console: Console) -> None:
         table.add_column(name, no_wrap=True)
     table.add_column("name", overflow="fold")
     for vma in vmas:
-        kind = (f"shmem {vma.shmem}" if vma.shmem is not None else vma.kind.value) + (" gd" if vma.growsdown else "")
+        if vma.kind is VmaKind.SYSV:
+            kind = f"sysv {vma.shmem}" + (" ro" if vma.sysv_readonly else "")
+        else:
+            kind = (f"shmem {vma.shmem}" if vma.shmem is not None else vma.kind.value) + (" gd" if vma.growsdown else "")
         table.add_row(f"{vma.start:#x}", f"{vma.end:#x}", _size(vma.size), _prot(vma), kind,
                       f"{vma.offset:#x}" if vma.kind is VmaKind.FILE or vma.shmem is not None else "",
                       ",".join(advice.value for advice in vma.advice), vma.name or (vma.path or ""))

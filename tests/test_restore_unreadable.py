@@ -4,15 +4,10 @@ The parasite moves pages by vmsplice, which reads as the process does; such
 pages are read through /proc/PID/mem instead, which may (FOLL_FORCE), and the
 restorer writes them before it sets the mapping's protection. A file mapped
 privately and then deleted is made again (deleted) for the pages that are
-still its; a SysV segment, which also shows as deleted, is refused.
+still its (a SysV segment, which also shows as deleted, is no such file: tests/test_restore_sysv_shm.py).
 """
 
-
-import pytest
-
 from restore_support import lines, wait_for
-from runtime.dump import DumpOptions, dump
-from runtime.errors import DumpError
 from tree_support import start_tree, subreaper
 
 PYTHON = "/usr/bin/python3"
@@ -82,25 +77,3 @@ def test_a_private_mapping_of_a_deleted_file_keeps_the_files_pages_and_its_own(t
         finally:
             tree.stop()
 
-
-SYSV = """
-import ctypes, os, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-segment = libc.shmget(0, 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
-assert segment >= 0 and libc.shmat(segment, None, 0) not in (None, ctypes.c_void_p(-1).value)
-libc.shmctl(segment, 0, None)  # IPC_RMID: gone once detached
-os.write(1, f"ready pid={os.getpid()}\\n".encode())
-time.sleep(1000)
-"""
-
-
-def test_a_sysv_shared_memory_segment_is_refused_not_taken_for_a_deleted_file(tmp_path):
-    with subreaper():
-        tree = start_tree([PYTHON, "-c", SYSV], tmp_path)
-        try:
-            with pytest.raises(DumpError, match=r"/SYSV0+ \(deleted\): a SysV shared memory segment: not supported"):
-                dump(tree.root, tmp_path / "img", DumpOptions())
-            assert not (tmp_path / "img").exists()
-        finally:
-            tree.stop()

@@ -21,6 +21,7 @@ from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, 
 
 SIGINFO_SIZE = 128
 PROT_MASK = 0x7  # PROT_READ | PROT_WRITE | PROT_EXEC
+PROT_WRITE = 0x2
 U32_MAX = (1 << 32) - 1
 PID_MAX_LIMIT = 4 * 1024 * 1024  # the kernel's ceiling for kernel.pid_max on 64-bit (include/linux/threads.h)
 OFF_MAX = (1 << 63) - 1  # off_t: file offsets and positions
@@ -191,8 +192,13 @@ def _check_vmas(vmas: tuple[Vma, ...], file: str, mmap_min_addr: int) -> None:
             raise ImageError(file, f"{field}.prot", f"{vma.prot:#x} has bits beyond PROT_READ|WRITE|EXEC")
         if vma.kind is VmaKind.FILE and not (vma.path or "").startswith("/"):
             raise ImageError(file, f"{field}.path", "a file mapping needs an absolute path")
-        if vma.shmem is not None and not (vma.kind is VmaKind.FILE or vma.kind is VmaKind.ANON and vma.shared):
+        if vma.shmem is not None and not (vma.kind is VmaKind.FILE
+                                          or vma.kind in (VmaKind.ANON, VmaKind.SYSV) and vma.shared):
             raise ImageError(file, f"{field}.shmem", f"a {vma.kind.value} mapping maps no shared memory object")
+        if vma.kind is VmaKind.SYSV and (vma.shmem is None or vma.shmem > INT_MAX or vma.growsdown):
+            raise ImageError(file, f"{field}.shmem", "a SysV attach is a shared mapping of a segment's id")
+        if vma.sysv_readonly and (vma.kind is not VmaKind.SYSV or vma.prot & PROT_WRITE):
+            raise ImageError(file, f"{field}.sysv_readonly", "only a SysV attach is read-only, and never writable")
         _check_advice(vma, file, field)
         previous_end = vma.end
 
@@ -584,14 +590,16 @@ def _check_shared_memory(objects: tuple[SharedMemory, ...], processes: Mapping[i
         field = f"shared_memory[{index}]"
         if known and obj.id <= max(known):
             raise ImageError(file, f"{field}.id", f"{obj.id} is not above the previous id")
-        # An anonymous object is whole pages; a deleted file has the size it was given (a semaphore's 32 bytes).
-        if obj.size == 0 or obj.size > OFF_MAX or (obj.path is None and obj.size % PAGE_SIZE):
+        # An anonymous object is whole pages; a deleted file or a SysV segment has the size it was given.
+        if obj.size == 0 or obj.size > OFF_MAX or (obj.path is None and obj.sysv is None and obj.size % PAGE_SIZE):
             raise ImageError(file, f"{field}.size", f"{obj.size} is not the size of a shared memory object")
         if obj.memfd and not (obj.path or "").startswith("/memfd:"):
             raise ImageError(file, f"{field}.path", "a memfd's path is /memfd:NAME")
         if obj.path is not None and (not obj.path.startswith("/") or not stat.S_ISREG(obj.mode)):
             raise ImageError(file, f"{field}.path", "a deleted file's object needs an absolute path and a regular "
                                                     "file's mode")
+        if obj.sysv is not None:
+            _check_sysv_segment(obj, file, field)
         data = layout.shmem_file(obj.id)
         if data not in sizes:
             raise ImageError(layout.INVENTORY, "files", f"{data} (the data of {file} {field}) is not listed")
@@ -620,10 +628,51 @@ def _check_shared_memory(objects: tuple[SharedMemory, ...], processes: Mapping[i
             if obj is None:
                 raise ImageError(layout.process_file(pid), f"vmas[{index}].shmem",
                                  f"{vma.shmem} is no shared memory object of {file}")
-            if obj.path is None and vma.offset + vma.size > obj.size:  # a file's mapping may reach past its end
+            if (vma.kind is VmaKind.SYSV) != (obj.sysv is not None):
+                raise ImageError(layout.process_file(pid), f"vmas[{index}].kind",
+                                 f"object {obj.id} is {'a' if obj.sysv else 'no'} SysV segment, the mapping "
+                                 f"{'is' if vma.kind is VmaKind.SYSV else 'is not'} a SysV attach")
+            # A file's mapping may reach past its end; an attach maps its segment's last page whole.
+            limit = obj.size + -obj.size % PAGE_SIZE if obj.sysv is not None else obj.size
+            if obj.path is None and vma.offset + vma.size > limit:
                 raise ImageError(layout.process_file(pid), f"vmas[{index}].offset",
                                  f"the mapping ends at byte {vma.offset + vma.size} of object {obj.id}, "
                                  f"beyond its {obj.size} bytes")
+        _check_sysv_attaches(process, known, layout.process_file(pid))
+
+
+def _check_sysv_segment(obj: SharedMemory, file: str, field: str) -> None:
+    """What shmget and IPC_SET take: an int id, a 32-bit key and ids, permission bits only."""
+    if obj.id > INT_MAX:
+        raise ImageError(file, f"{field}.id", f"{obj.id} is not a SysV segment id")
+    if obj.path is not None or obj.memfd or obj.seals:
+        raise ImageError(file, f"{field}.sysv", "a SysV segment has no path, and is no memfd")
+    if obj.mode & ~0o777:
+        raise ImageError(file, f"{field}.mode", f"{obj.mode:o} has bits beyond a SysV segment's permissions (0777)")
+    for name in ("key", "uid", "gid", "cuid", "cgid"):
+        if getattr(obj.sysv, name) > U32_MAX:
+            raise ImageError(file, f"{field}.sysv.{name}", f"{getattr(obj.sysv, name)} does not fit 32 bits")
+
+
+def _check_sysv_attaches(process: Process, known: Mapping[int, SharedMemory], file: str) -> None:
+    """Each attach is whole, as the restorer's one shmat maps it: VMAs one after the other, offset 0 to the end."""
+    pending = None  # (segment id, where the attach's next VMA starts, that VMA's offset, the attach's end)
+    for index, vma in enumerate(process.vmas):
+        if pending is not None:
+            if (vma.kind, vma.shmem, vma.start, vma.offset) != (VmaKind.SYSV, *pending[:3]):
+                raise ImageError(file, f"vmas[{index}]", f"the attach of SysV segment {pending[0]} stops at "
+                                                         f"{pending[1]:#x}, before the segment's end ({pending[3]:#x})")
+        elif vma.kind is not VmaKind.SYSV:
+            continue
+        elif vma.offset:
+            raise ImageError(file, f"vmas[{index}].offset", "a SysV attach starts at offset 0 of its segment")
+        else:
+            size = known[vma.shmem].size
+            pending = (vma.shmem, vma.start, 0, vma.start + size + -size % PAGE_SIZE)
+        pending = None if vma.end >= pending[3] else (vma.shmem, vma.end, vma.offset + vma.size, pending[3])
+    if pending is not None:
+        raise ImageError(file, "vmas", f"the attach of SysV segment {pending[0]} stops at {pending[1]:#x}, before "
+                                       f"the segment's end ({pending[3]:#x})")
 
 
 def check_files_claimed(inventory: Inventory, processes: Iterable[Process], tree: Tree) -> None:

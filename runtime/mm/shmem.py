@@ -38,7 +38,7 @@ from runtime.arch import x86_64 as arch
 from runtime.errors import DumpError, RestoreError
 from runtime.images.model import Extent, SharedMemory, Vma
 from runtime.kernel.libc import libc as _libc
-from runtime.kernel.procfs.maps import DELETED_SUFFIX, SHARED_ANON_NAME
+from runtime.kernel.procfs.maps import DELETED_SUFFIX, SHARED_ANON_NAME, SYSV_NAME
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def _add(found: dict[int, Reach], shmem_id: int, reach: Reach) -> None:
 
 
 def check_ghost_size(reach: Reach, limit: int) -> None:
-    """A deleted regular file (not shared anonymous memory, not a memfd) must fit the image's ghost limit."""
-    if reach.name == SHARED_ANON_NAME or reach.name.startswith(MEMFD_PREFIX):
+    """A deleted regular file (not shared anonymous memory, a memfd or a SysV segment) must fit the ghost limit."""
+    if reach.name == SHARED_ANON_NAME or reach.name.startswith(MEMFD_PREFIX) or SYSV_NAME.match(reach.name):
         return
     size = os.stat(reach.through).st_size
     if size > limit:
@@ -155,15 +155,20 @@ def create(obj: SharedMemory, data: io.FileIO) -> int:
     else:
         fd = _create_deleted_file(obj) if obj.path is not None else _create_anonymous(obj)
     try:
-        for extent in obj.extents:
-            os.lseek(fd, extent.start, os.SEEK_SET)
-            _send(fd, data.fileno(), extent.offset, extent.length)
+        write_extents(fd, obj, data)
         if obj.seals:
             fcntl.fcntl(fd, F_ADD_SEALS, obj.seals)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def write_extents(fd: int, obj: SharedMemory, data: io.FileIO) -> None:
+    """obj's saved extents (read from data) written into the object's file fd, each at its place."""
+    for extent in obj.extents:
+        os.lseek(fd, extent.start, os.SEEK_SET)
+        _send(fd, data.fileno(), extent.offset, extent.length)
 
 
 def _create_deleted_file(obj: SharedMemory) -> int:

@@ -20,15 +20,15 @@ def plan_page_runs(pid: int, mappings: tuple[Mapping, ...]) -> tuple[PageRun, ..
     cache in a file mapping equal the file (a private mapping's page becomes
     anonymous when first written), so restore maps them from the file. A
     page mapped to the shared zero page reads as zeros and a fresh anonymous
-    mapping gives that. Shared anonymous memory is not the process's: its
-    object is saved once for the tree (runtime/mm/shmem.py).
+    mapping gives that. Shared anonymous memory and SysV segments are not the
+    process's: each object is saved once for the tree (runtime/mm/shmem.py, sysv.py).
     The kernel's own mappings ([vdso], [vvar], [vvar_vclock], [vsyscall]) are
     not the process's data: reading [vvar] pages could even fault.
     """
     runs: list[PageRun] = []
     offset = 0
     for m in mappings:
-        if m.name == maps.VSYSCALL or m.shared_anon or m.vma().kind in KERNEL_MAPPING_KINDS:
+        if m.name == maps.VSYSCALL or m.shared_anon or m.sysv_key is not None or m.vma().kind in KERNEL_MAPPING_KINDS:
             continue
         for start, end in _saved_ranges(pid, m):
             runs.append(PageRun(start, (end - start) // PAGE_SIZE, offset))

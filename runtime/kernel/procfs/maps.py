@@ -43,6 +43,8 @@ ADVICE_FLAGS = {
 # A MAP_SHARED|MAP_ANONYMOUS mapping is backed by an unlinked shmem file the
 # kernel names "dev/zero" (shmem_zero_setup), printed as below.
 SHARED_ANON_NAME = "/dev/zero (deleted)"
+# A SysV shared memory attach: the segment's file is named for its key when shmget made it, and is never linked.
+SYSV_NAME = re.compile(r"/SYSV([0-9a-f]{8}) \(deleted\)\Z")
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,21 @@ class Mapping:
     def shared_anon(self) -> bool:
         return self.name == SHARED_ANON_NAME
 
+    @property
+    def sysv_key(self) -> int | None:
+        """The key a SysV attach's name shows (the segment's inode is its shmid); None for any other mapping."""
+        match = SYSV_NAME.match(self.name) if self.inode and self.shared else None
+        return int(match.group(1), 16) if match else None
+
     def vma(self) -> Vma:
         """The model's Vma for this mapping ([vsyscall] has none: it is not the process's)."""
         if self.name == VSYSCALL:
             raise ValueError("[vsyscall] is the kernel's, not a VMA of the process")
         growsdown = "gd" in self.vmflags
+        if self.sysv_key is not None:
+            # Its pages are the segment's (runtime/mm/sysv.py); an SHM_RDONLY attach lacks VM_MAYWRITE (mw).
+            return Vma(self.start, self.end, self.prot, True, VmaKind.SYSV, growsdown, offset=self.offset,
+                       name=self.name, advice=self.advice, shmem=self.inode, sysv_readonly="mw" not in self.vmflags)
         if self.file_backed:
             # A deleted file (or memfd) is an object of the tree's, as shared anonymous memory is: mapped from it.
             shmem = self.inode if self.deleted else None

@@ -6,7 +6,8 @@ logger to /dev/log) has datagrams the test sent it queued: without the flag
 the dump is refused naming the peer's path and the tree goes on untouched;
 with it the restored process reads the same datagrams and its next one
 reaches the test's socket. A stream client connected to the test's server
-comes back as a new connection the server accepts.
+comes back as a new connection the server accepts (dumped through the
+command line's --ext-unix-sk).
 """
 
 import os
@@ -14,7 +15,7 @@ import socket
 
 import pytest
 
-from restore_support import lines, wait_for
+from restore_support import lines, run_cli, wait_for
 from runtime.dump import DumpOptions, dump
 from runtime.errors import DumpError, RestoreError
 from runtime.images import loader
@@ -102,8 +103,11 @@ def test_a_stream_client_of_a_server_outside_comes_back_as_a_new_connection(reap
             with first:
                 first.settimeout(5)
                 assert first.recv(100) == b"hello"
-                dump(tree.root, tree.images, DumpOptions(ext_unix_sk=True))
+                done = run_cli("dump", "-t", str(tree.root), "-D", str(tree.images), "--ext-unix-sk")
+                assert done.returncode == 0, done.stderr
                 tree.reap_killed()
+                shown = run_cli("show", str(tree.images))
+                assert f"connected outside the tree to {os.fsencode(path)!r}" in shown.stdout, shown.stdout
                 assert first.recv(100) == b""  # the old connection ended with the dumped process
             tree.restore()
             (tmp_path / "go").touch()

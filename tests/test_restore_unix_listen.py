@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import pytest
 
-from restore_support import lines, wait_for
+from restore_support import lines, run_cli, wait_for
 from runtime.dump import DumpOptions, dump
 from runtime.errors import DumpError, ImageError
 from runtime.images import loader, names
@@ -90,6 +90,8 @@ def test_a_server_with_two_clients_and_one_waiting_in_its_backlog_serves_all_thr
             sockets = checkpoint.tree.sockets
         [listener] = [s for s in sockets if s.listening]
         assert len(listener.waiting) == 1 and sum(1 for s in sockets if s.listener == listener.id) == 2
+        shown = run_cli("show", str(tree.images)).stdout
+        assert "listening (backlog 4, 1 waiting)" in shown and f"waiting to be accepted by {listener.id}" in shown
         tree.restore()
         (tmp_path / "go").touch()
         wait_for(lambda: "server served" in tree.out.read_text(), what="the server to serve its three clients")

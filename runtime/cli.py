@@ -47,7 +47,8 @@ def _parasite(args: argparse.Namespace) -> None:
 
 def _dump(args: argparse.Namespace) -> None:
     dump(args.pid, args.images_dir, DumpOptions(leave_running=args.leave_running, shell_job=args.shell_job,
-                                                force_dir=args.force_dir, ghost_limit=args.ghost_limit))
+                                                force_dir=args.force_dir, ghost_limit=args.ghost_limit,
+                                                ext_unix_sk=args.ext_unix_sk))
 
 
 def _restore(args: argparse.Namespace) -> None:
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     dump_parser.add_argument("--ghost-limit", type=_size, default=1 << 20, metavar="SIZE",
                              help="keep the contents of deleted files up to SIZE bytes (K, M, G suffixes; "
                                   "default 1M); a larger one is refused")
+    dump_parser.add_argument("--ext-unix-sk", action="store_true",
+                             help="a unix socket connected to a named socket outside the tree is connected to "
+                                  "that name again at restore (a stream: a new connection the server accepts)")
     dump_parser.add_argument("-j", "--shell-job", action="store_true",
                              help="the tree's stdio terminal or pipes, and the root's session and group, "
                                   "belong to the caller's shell")

@@ -36,8 +36,10 @@ it); a bound client or a connection accepted from a listener outside the
 tree; a name relative to the working directory; one connected to a socket
 outside the tree without --ext-unix-sk, or to one with no name even with
 it, or with data queued from it that only it could send again (a stream's
-bytes, or datagrams on a socket with no name of its own); descriptors in
-flight in a queue (SCM_RIGHTS). A socket with SO_PASSCRED receives the
+bytes, or datagrams on a socket with no name of its own), or whose
+connection the outside peer has closed (a peek would take the ECONNRESET it
+may have left for the process); descriptors in flight in a queue
+(SCM_RIGHTS). A socket with SO_PASSCRED receives the
 credentials of the process that sends its queued messages again at restore,
 not the original sender's.
 """

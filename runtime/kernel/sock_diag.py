@@ -34,7 +34,6 @@ class UnixDiag:
     peer: int  # the peer's inode; 0 for none, and for a connection still waiting on its listener
     name: bytes  # the bound address: a path, or NUL and an abstract name (cut at a NUL inside it); empty: unbound
     shutdown: int  # sk_shutdown: 1 receiving, 2 sending
-    pending: int  # a listening socket's connections not yet accepted
     backlog: int  # a listening socket's listen() backlog
     waiting: tuple[int, ...] = ()  # a listening socket's waiting connections: their clients' inodes, oldest first
     unread: int = 0  # the memory what it sent and its peer has not read holds (sk_wmem_alloc); 0: nothing
@@ -58,8 +57,7 @@ def unix_sockets() -> dict[int, UnixDiag]:
                 peer=attrs.get("UNIX_DIAG_PEER", 0) or 0,
                 name=name,
                 shutdown=attrs.get("UNIX_DIAG_SHUTDOWN", 0) or 0,
-                # For a listening socket the queue lengths are its pending connections and its backlog.
-                pending=queues.get("udiag_rqueue", 0) if listening else 0,
+                # For a listening socket the write-queue figure is its backlog (the read one: len(waiting)).
                 backlog=queues.get("udiag_wqueue", 0) if listening else 0,
                 waiting=_inodes(attrs.get("UNIX_DIAG_ICONS")),
                 unread=0 if listening else queues.get("udiag_wqueue", 0))

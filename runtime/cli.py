@@ -16,6 +16,7 @@ import sys
 from runtime.check import check
 from runtime.dump import DumpOptions, dump
 from runtime.errors import ReviveError, shorten
+from runtime.files import inherit
 from runtime.infect.session import infect
 from runtime.mm.vdso import VdsoMode
 from runtime.restore import restore
@@ -48,12 +49,12 @@ def _parasite(args: argparse.Namespace) -> None:
 def _dump(args: argparse.Namespace) -> None:
     dump(args.pid, args.images_dir, DumpOptions(leave_running=args.leave_running, shell_job=args.shell_job,
                                                 force_dir=args.force_dir, ghost_limit=args.ghost_limit,
-                                                ext_unix_sk=args.ext_unix_sk))
+                                                ext_unix_sk=args.ext_unix_sk, external=frozenset(args.external)))
 
 
 def _restore(args: argparse.Namespace) -> None:
     status = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
-                     vdso_mode=VdsoMode(args.vdso))
+                     vdso_mode=VdsoMode(args.vdso), inherit_fds=tuple(args.inherit_fd))
     if status:
         raise SystemExit(status)
 
@@ -125,6 +126,17 @@ def _int(text: str) -> int:
     return int(text, 0)
 
 
+def _parsed(parse):
+    """parse(text) as an argparse type: its ValueError becomes argparse's usage error."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
 def _size(text: str) -> int:
     """A byte count with an optional K, M or G suffix (powers of 1024)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -169,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     dump_parser.add_argument("-j", "--shell-job", action="store_true",
                              help="the tree's stdio terminal or pipes, and the root's session and group, "
                                   "belong to the caller's shell")
+    dump_parser.add_argument("--external", type=_parsed(inherit.parse_external), action="append", default=[],
+                             metavar="pipe:[INODE]",
+                             help="a pipe a process outside the tree holds too: its ends are saved without its "
+                                  "bytes, and the restore takes them with --inherit-fd (repeatable)")
     _add_logging_options(dump_parser)
     dump_parser.set_defaults(run=_dump)
 
@@ -183,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore_parser.add_argument("--vdso", choices=[m.value for m in VdsoMode], default=VdsoMode.AUTO.value,
                                 help="remap the running vDSO to the dumped place (needs the same vDSO), "
                                      "proxy the dumped one, or auto: remap when they match (docs/vdso.md)")
+    restore_parser.add_argument("--inherit-fd", type=_parsed(inherit.parse_inherit_fd), action="append", default=[],
+                                metavar="fd[N]:pipe:[INODE]",
+                                help="this caller's fd N is the end of the pipe dumped with --external pipe:[INODE] "
+                                     "(repeatable: one for each end the tree held)")
     _add_logging_options(restore_parser)
     restore_parser.set_defaults(run=_restore)
 

@@ -82,6 +82,9 @@ def _node(tree, index, **changes):
     (lambda t: replace(t, shared_memory=(replace(t.shared_memory[0], extents=(
         replace(t.shared_memory[0].extents[0], offset=4096),)),)), "shared_memory[0].extents[0].offset"),
     (lambda t: replace(t, pipes=(replace(t.pipes[0], data=b"x" * (t.pipes[0].size + 1)),)), "pipes[0].data"),
+    (lambda t: replace(t, pipes=(replace(t.pipes[0], packets=(len(t.pipes[0].data) + 1,)),)), "pipes[0].packets"),
+    (lambda t: replace(t, pipes=(replace(t.pipes[0], data=b"x" * 8192, packets=(8192,)),)), "pipes[0].packets"),
+    (lambda t: replace(t, pipes=(replace(t.pipes[0], external=True),)), "pipes[0].external"),
     (lambda t: replace(t, sockets=(replace(t.sockets[0], peer=12345),) + t.sockets[1:]), "sockets[0].peer"),
     (lambda t: replace(t, sockets=t.sockets[1:]), "files"),
 ])

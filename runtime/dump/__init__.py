@@ -9,8 +9,8 @@ to user mode), the full xstate, the signal mask, the pending signals and
 the rseq state (the kernel clears (struct rseq).rseq_cs as soon as the task
 returns to user mode outside a critical section, which the parasite does),
 for every thread. What the tree shares is found next: open files held by
-several processes (kcmp, files/table.py) and shared anonymous memory
-(mm/shmem.py), each saved once. What only the process itself can say
+several processes (kcmp, files/table.py), shared anonymous memory
+(mm/shmem.py) and SysV segments (mm/sysv.py), each saved once. What only the process itself can say
 (sigactions, umask, rlimits, itimers, brk) and the page data come from the
 parasite in the leader of each process; what only a thread can say about
 itself (altstack, clear_child_tid) from the parasite run in that thread
@@ -64,6 +64,9 @@ class DumpOptions:
     shell_job: bool = False  # stdio terminal/pipes are the caller's: saved as FdKind.INHERIT
     force_dir: bool = False  # accept an image directory of ours that group or others may write (made 0700)
     ghost_limit: int = 1 << 20  # the largest deleted file whose contents the image keeps, in bytes
+    external: frozenset[int] = frozenset()  # --external pipe:[INODE]: pipes held outside too, the caller's at restore
+
+
     ext_unix_sk: bool = False  # a unix socket connected to a named one outside the tree: connected to it again
     external: frozenset[int] = frozenset()  # --external pipe:[INODE]: pipes held outside too, the caller's at restore
 

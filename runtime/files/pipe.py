@@ -11,10 +11,20 @@ finds it at; a third open file of the same end (one reopened through
 The bytes in flight are read without consuming them: the dump opens the
 pipe once more through /proc/PID/fd/N (a new reader, while every process
 of the tree is stopped) and tee(2)s what it holds into a pipe of its own,
-which it reads. Packet mode (O_DIRECT) keeps message boundaries in the
-buffers, which tee does not show: a packet-mode pipe with bytes in flight
-is refused. So is a pipe an end of which a process outside the tree
-holds: the restored pipe could not be that process's too.
+which it reads. Packet mode (O_DIRECT) keeps each write in a buffer of its
+own flagged as a packet, and a read from such a buffer returns that packet
+and no more; tee copies the buffers with their flag, so reading the copy
+one read at a time gives the packets back, which the restore writes one
+write each through a packet-mode end. (A packet written behind stream bytes
+merges with them, as the kernel merges it; a read that returns both is
+taken for one packet.)
+
+A pipe an end of which a process outside the tree holds is refused: the
+restored pipe could not be that process's too. Unless the user names it,
+dump --external pipe:[INODE]: then it is recorded as external, without its
+bytes (they are the outside holder's as much as the tree's), and the
+restore takes each end the tree held from its caller (--inherit-fd,
+files/inherit.py).
 """
 
 import ctypes
@@ -27,6 +37,7 @@ from dataclasses import replace
 
 from runtime.errors import DumpError, ImageError, RestoreError, shorten
 from runtime.files import by_path
+from runtime.files.inherit import pipe_name
 from runtime.files.base import (SETFL_FLAGS, FdTable, FileKindBase, held_entries, refuse_payload,
                                 require_node_of_type)
 from runtime.images.model import FdKind, FileEntry, FileNode, Pipe
@@ -45,6 +56,7 @@ PIPE_KINDS = (FdKind.PIPE, FdKind.FIFO)
 _libc.tee.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
 _libc.tee.restype = ctypes.c_ssize_t
 SPLICE_F_NONBLOCK = 2
+PIPE_BUF = 4096  # a packet's most bytes: one page, one buffer
 
 
 def is_read_end(entry: FileEntry) -> bool:
@@ -121,13 +133,19 @@ def ends_of(tables: dict[int, FdTable], shared: tuple[FileEntry, ...],
     return ends
 
 
-def save(ends: dict[int, list[tuple[int, int, int, FileEntry]]], tree_pids: set[int]) -> tuple[Pipe, ...]:
+def save(ends: dict[int, list[tuple[int, int, int, FileEntry]]], tree_pids: set[int],
+         external: frozenset[int] = frozenset()) -> tuple[Pipe, ...]:
     """Each pipe and FIFO of the tree with its capacity and the bytes in it, read without consuming them.
 
     ends: pipe id -> every (pid, live task, fd, entry) of it in the tree;
-    a DumpError for one that is also held outside the tree (the restored one
-    could not be that process's too), or a packet-mode pipe with bytes in it.
+    external: the pipes dump --external named, recorded without their bytes.
+    A DumpError for one that is also held outside the tree and not named
+    (the restored one could not be that process's too), or one named that
+    no fd of the tree holds.
     """
+    for pipe_id in sorted(external - {pipe_id for pipe_id, held in ends.items() if held[0][3].kind is FdKind.PIPE}):
+        raise DumpError(min(tree_pids), f"--external {pipe_name(pipe_id)}: no fd of the tree is an end of that pipe "
+                                        "(with --shell-job, a stdio pipe is the caller's already)")
     for pipe_id, held in ends.items():
         if len({_link(entry, pipe_id) for _, _, _, entry in held}) > 1:
             pid, _, fd, _ = held[0]
@@ -139,15 +157,19 @@ def save(ends: dict[int, list[tuple[int, int, int, FileEntry]]], tree_pids: set[
     for pipe_id, held in sorted(ends.items()):
         pid, view, fd, entry = held[0]
         what = _link(entry, pipe_id)
+        if pipe_id in external:
+            pipes.append(Pipe(pipe_id, _capacity(pid, view, fd), external=True))
+            continue
         if pipe_id in outside:
-            raise DumpError(pid, f"fd {fd} ({what}): it is also held by pid "
-                                 f"{', '.join(str(p) for p in outside[pipe_id])}, outside the dump: not supported "
-                                 "yet (dump that process's tree, or use --shell-job for stdio)")
-        size, data = _peek(pid, view, fd)
-        if data and any(end.flags & O_DIRECT for _, _, _, end in held):
-            raise DumpError(pid, f"fd {fd} ({what}): a packet-mode (O_DIRECT) pipe with {len(data)} "
-                                 "bytes in flight: not supported yet")
-        pipes.append(Pipe(pipe_id, size, data, entry.node.path if entry.kind is FdKind.FIFO else None))
+            holders = ", ".join(str(p) for p in outside[pipe_id])
+            hint = (f"name it with --external {what} and restore with --inherit-fd fd[N]:{what}"
+                    if entry.kind is FdKind.PIPE else "a FIFO's other holders cannot be named yet")
+            raise DumpError(pid, f"fd {fd} ({what}): it is also held by pid {holders}, outside the dump: {hint} "
+                                 "(or dump that process's tree, or use --shell-job for stdio)")
+        # Packets are made by writes through a packet-mode write end; O_DIRECT on a read end changes nothing.
+        packet_mode = any(end.flags & O_DIRECT and not is_read_end(end) for _, _, _, end in held)
+        size, data, packets = _peek(pid, view, fd, packet_mode)
+        pipes.append(Pipe(pipe_id, size, data, entry.node.path if entry.kind is FdKind.FIFO else None, packets))
     return tuple(pipes)
 
 
@@ -156,17 +178,34 @@ def _link(entry: FileEntry, pipe_id: int) -> str:
     return entry.node.path if entry.kind is FdKind.FIFO else f"{PIPE_PREFIX}{pipe_id}]"
 
 
-def _peek(pid: int, view: int, fd: int) -> tuple[int, bytes]:
-    """(capacity, bytes in flight) of the pipe behind fd of view, through a reader of its own."""
+def _reader(pid: int, view: int, fd: int) -> int:
+    """A reader of its own of the pipe behind fd of view (a new open file: the tree's flags stay as they are)."""
     try:
-        reader = os.open(f"/proc/{view}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(f"/proc/{view}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise DumpError(pid, f"fd {fd}: cannot open its pipe through /proc: {exc.strerror}") from exc
+
+
+def _capacity(pid: int, view: int, fd: int) -> int:
+    reader = _reader(pid, view, fd)
+    try:
+        return fcntl.fcntl(reader, F_GETPIPE_SZ)
+    finally:
+        os.close(reader)
+
+
+def _peek(pid: int, view: int, fd: int, packet_mode: bool) -> tuple[int, bytes, tuple[int, ...]]:
+    """(capacity, bytes in flight, packet lengths) of the pipe behind fd of view, through a reader of its own.
+
+    The packets are the reads the copy gives, one packet buffer each (see the
+    module docstring); () for a stream: one read, and no end in packet mode.
+    """
+    reader = _reader(pid, view, fd)
     try:
         size = fcntl.fcntl(reader, F_GETPIPE_SZ)
         waiting = int.from_bytes(fcntl.ioctl(reader, termios.FIONREAD, b"\0" * 4), "little")
         if not waiting:
-            return size, b""
+            return size, b"", ()
         copy_r, copy_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             fcntl.fcntl(copy_w, F_SETPIPE_SZ, size)
@@ -175,18 +214,35 @@ def _peek(pid: int, view: int, fd: int) -> tuple[int, bytes]:
                 err = ctypes.get_errno() if copied < 0 else errno.EAGAIN
                 raise DumpError(pid, f"fd {fd}: tee copied {copied} of the {waiting} bytes in its pipe: "
                                      f"{os.strerror(err)}")
-            return size, os.read(copy_r, waiting)
+            reads = []
+            while sum(len(each) for each in reads) < waiting:
+                reads.append(os.read(copy_r, waiting))
         finally:
             os.close(copy_r)
             os.close(copy_w)
     finally:
         os.close(reader)
+    data = b"".join(reads)
+    if len(reads) == 1 and not packet_mode:
+        return size, data, ()
+    if any(len(each) > PIPE_BUF for each in reads):
+        raise DumpError(pid, f"fd {fd}: its pipe holds packets (O_DIRECT) and a run of {max(map(len, reads))} "
+                             f"stream bytes, more than one packet holds: not supported")
+    return size, data, tuple(len(each) for each in reads)
 
 
 # -- the restore: each pipe made once, its ends at their slots --------------------------------------------------
 
-def make(pipe: Pipe, ends: list[tuple[FileEntry, int]], pid: int) -> None:
-    """The pipe (or FIFO, opened by path) with its capacity and bytes, each end at its slot with its flags."""
+def make(pipe: Pipe, ends: list[tuple[FileEntry, int]], pid: int, caller: dict[bool, int] | None = None) -> None:
+    """The pipe (or FIFO, opened by path) with its capacity and bytes, each end at its slot with its flags.
+
+    caller: for an external pipe, the restoring caller's descriptor of each
+    end the tree holds (reading -> fd, from --inherit-fd): those are put in
+    place, and no pipe is made.
+    """
+    if pipe.external:
+        _place_ends(pipe, ends, caller.get(True), caller.get(False), {True: False, False: False})
+        return
     if pipe.path is None:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
     else:
@@ -200,24 +256,47 @@ def make(pipe: Pipe, ends: list[tuple[FileEntry, int]], pid: int) -> None:
             if fcntl.fcntl(write_end, F_GETPIPE_SZ) != pipe.size:
                 fcntl.fcntl(write_end, F_SETPIPE_SZ, pipe.size)
         except OSError as exc:
-            raise RestoreError(pid, f"{pipe.path or f'pipe:[{pipe.id}]'}: cannot make its capacity {pipe.size} "
+            raise RestoreError(pid, f"{pipe.path or pipe_name(pipe.id)}: cannot make its capacity {pipe.size} "
                                     f"bytes: {exc.strerror}") from exc
-        if pipe.data and os.write(write_end, pipe.data) != len(pipe.data):
-            raise RestoreError(pid, f"pipe:[{pipe.id}]: {len(pipe.data)} bytes do not fit its capacity")
-        made = {True: pipe.path is not None, False: pipe.path is not None}  # a FIFO's every open is its own
-        for entry, slot in ends:
-            reading = is_read_end(entry)
-            source = read_end if reading else write_end
-            if made[reading]:
-                # Another open file of the same end: a new one, as an open by path or through /proc made it.
-                again = os.open(f"/proc/self/fd/{source}", os.O_RDONLY if reading else os.O_WRONLY)
-                os.dup2(again, slot)
-                os.close(again)
-            else:
-                os.dup2(source, slot)
-                made[reading] = True
-            fcntl.fcntl(slot, fcntl.F_SETFL, entry.flags & SETFL_FLAGS)
+        _write_back(pipe, write_end, pid)
+        # A FIFO's every open is its own.
+        _place_ends(pipe, ends, read_end, write_end, {True: pipe.path is not None, False: pipe.path is not None})
     finally:
         os.close(read_end)
         if write_end != read_end:
             os.close(write_end)
+
+
+def _write_back(pipe: Pipe, write_end: int, pid: int) -> None:
+    """The bytes in flight into the new pipe: a stream in one write, packets one write each in packet mode."""
+    if pipe.packets:
+        # The ends' own flags are set after, on each: packet mode here makes each write one packet buffer.
+        fcntl.fcntl(write_end, fcntl.F_SETFL, fcntl.fcntl(write_end, fcntl.F_GETFL) | O_DIRECT)
+    chunks, at = [], 0
+    for length in pipe.packets or (len(pipe.data),):
+        chunks.append(pipe.data[at:at + length])
+        at += length
+    for chunk in chunks:
+        if chunk and os.write(write_end, chunk) != len(chunk):
+            raise RestoreError(pid, f"{pipe_name(pipe.id)}: {len(pipe.data)} bytes do not fit its capacity")
+
+
+def _place_ends(pipe: Pipe, ends: list[tuple[FileEntry, int]], read_end: int | None, write_end: int | None,
+                made: dict[bool, bool]) -> None:
+    """Each end's entry at its slot, from read_end or write_end, with its flags.
+
+    made: whether an end's first entry must be a new open file too (a FIFO's
+    every open is its own), not the descriptor itself.
+    """
+    for entry, slot in ends:
+        reading = is_read_end(entry)
+        source = read_end if reading else write_end
+        if made[reading]:
+            # Another open file of the same end: a new one, as an open by path or through /proc made it.
+            again = os.open(f"/proc/self/fd/{source}", os.O_RDONLY if reading else os.O_WRONLY)
+            os.dup2(again, slot)
+            os.close(again)
+        else:
+            os.dup2(source, slot)
+            made[reading] = True
+        fcntl.fcntl(slot, fcntl.F_SETFL, entry.flags & SETFL_FLAGS)

@@ -65,10 +65,11 @@ class PipeOpen:
     ends: tuple[tuple[FileEntry, int], ...]  # (entry, slot)
     creds: Creds  # a FIFO is reopened by path with the first holder's file identity
     holder: int  # the first holder's pid, for messages
+    caller: tuple[tuple[bool, int], ...] = ()  # an external pipe: (reading, the caller's fd) of each end held
 
     def make(self) -> None:
         with restore_child.acting_as(self.creds):
-            pipe_kind.make(self.pipe, list(self.ends), self.holder)
+            pipe_kind.make(self.pipe, list(self.ends), self.holder, dict(self.caller))
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,6 @@ class DumpOptions:
     shell_job: bool = False  # stdio terminal/pipes are the caller's: saved as FdKind.INHERIT
     force_dir: bool = False  # accept an image directory of ours that group or others may write (made 0700)
     ghost_limit: int = 1 << 20  # the largest deleted file whose contents the image keeps, in bytes
-    external: frozenset[int] = frozenset()  # --external pipe:[INODE]: pipes held outside too, the caller's at restore
-
-
     ext_unix_sk: bool = False  # a unix socket connected to a named one outside the tree: connected to it again
     external: frozenset[int] = frozenset()  # --external pipe:[INODE]: pipes held outside too, the caller's at restore
 

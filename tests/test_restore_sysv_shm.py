@@ -154,16 +154,17 @@ def test_a_forked_child_shares_the_restored_segment_with_its_parent(reaper, tmp_
 
 
 def test_a_segment_removed_while_attached_stays_attached_and_goes_when_its_process_exits(reaper, tmp_path):
+    """Locked too (SHM_LOCK): the lock comes back with it."""
     key = fresh_key()
-    tree = start(tmp_path, key, "rmid")
+    tree = start(tmp_path, key, "rmid", "lock")
     shmid = int(tree.info["shmid"])
     try:
         before, maps_before = segment(shmid), sysv_maps(tree.root)
-        assert before.removed and before.key == 0
+        assert before.removed and before.locked and before.key == 0
         tree.dump()
         tree.restore()
         after = segment(shmid)
-        assert after is not None and after.removed and after.key == 0 and after.perms == before.perms
+        assert after is not None and after.removed and after.locked and after.key == 0 and after.perms == before.perms
         assert sysv_maps(tree.root) == maps_before  # still /SYSV<the key it was made with> (deleted)
         reports = go_and_read(tree, ("data", "id", "write"))
         assert reports == {"data": ["ok"], "id": ["-1"], "write": ["ok"]}

@@ -1,11 +1,12 @@
 /*
  * sysv_shm: a SysV shared memory segment with known state, which checks that state itself once told to go.
  *
- * Usage: sysv_shm KEY [fork] [rmid] [partial]
+ * Usage: sysv_shm KEY [fork] [rmid] [partial] [lock]
  *   KEY      the segment's key, hex (the test picks one no other segment has)
  *   fork     a child forked after the attaches shares both of them
  *   rmid     IPC_RMID once attached: the segment stays while attached, without its key
  *   partial  the last page of the read-write attach unmapped (a dump refuses that)
+ *   lock     SHM_LOCK: its pages kept in memory
  *
  * The segment is SIZE bytes (not whole pages), each byte i holding PATTERN(i). It is
  * attached twice: read-write at `rw` (its middle page then made read-only with
@@ -92,7 +93,7 @@ static void child_loop(unsigned char *rw, const unsigned char *ro)
 int main(int argc, char **argv)
 {
 	key_t key;
-	int shmid, i, fork_child = 0, rmid = 0, partial = 0;
+	int shmid, i, fork_child = 0, rmid = 0, partial = 0, lock = 0;
 	unsigned char *rw, *ro;
 	pid_t child = 0;
 
@@ -103,6 +104,7 @@ int main(int argc, char **argv)
 		fork_child |= strcmp(argv[i], "fork") == 0;
 		rmid |= strcmp(argv[i], "rmid") == 0;
 		partial |= strcmp(argv[i], "partial") == 0;
+		lock |= strcmp(argv[i], "lock") == 0;
 	}
 	shmid = shmget(key, SIZE, IPC_CREAT | IPC_EXCL | 0640);
 	if (shmid < 0)
@@ -119,6 +121,8 @@ int main(int argc, char **argv)
 		return 6;
 	if (rmid && shmctl(shmid, IPC_RMID, NULL) != 0)
 		return 7;
+	if (lock && shmctl(shmid, SHM_LOCK, NULL) != 0)
+		return 9;
 	if (fork_child) {
 		child = fork();
 		if (child < 0)

@@ -97,9 +97,9 @@ def _make_shared_memory(checkpoint: loader.Checkpoint, obj: SharedMemory) -> int
 
 
 def _attacher(checkpoint: loader.Checkpoint, shmem_id: int) -> int:
-    """The first process that maps a shared memory object (the one an error about it names)."""
-    return next(image.process.pid for image in checkpoint.processes
-                if any(vma.shmem == shmem_id for vma in image.process.vmas))
+    """The first process that maps a shared memory object (the one an error about it names), else the root."""
+    return next((image.process.pid for image in checkpoint.processes
+                 if any(vma.shmem == shmem_id for vma in image.process.vmas)), checkpoint.root.process.pid)
 
 
 def _raise_nofile_limit() -> None:

@@ -49,7 +49,8 @@ def _parasite(args: argparse.Namespace) -> None:
 def _dump(args: argparse.Namespace) -> None:
     dump(args.pid, args.images_dir, DumpOptions(leave_running=args.leave_running, shell_job=args.shell_job,
                                                 force_dir=args.force_dir, ghost_limit=args.ghost_limit,
-                                                ext_unix_sk=args.ext_unix_sk, external=frozenset(args.external)))
+                                                ext_unix_sk=args.ext_unix_sk, external=frozenset(args.external),
+                                                tcp_established=args.tcp_established, tcp_close=args.tcp_close))
 
 
 def _restore(args: argparse.Namespace) -> None:
@@ -178,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     dump_parser.add_argument("--ext-unix-sk", action="store_true",
                              help="a unix socket connected to a named socket outside the tree is connected to "
                                   "that name again at restore (a stream: a new connection the server accepts)")
+    tcp = dump_parser.add_mutually_exclusive_group()
+    tcp.add_argument("--tcp-established", action="store_true",
+                     help="keep established TCP connections (TCP repair; their packets are dropped until the "
+                          "restore, docs/tcp.md)")
+    tcp.add_argument("--tcp-close", action="store_true",
+                     help="reset established TCP connections (and ones waiting to be accepted): the peer sees a "
+                          "reset, the restored process a socket whose connection was reset")
     dump_parser.add_argument("-j", "--shell-job", action="store_true",
                              help="the tree's stdio terminal or pipes, and the root's session and group, "
                                   "belong to the caller's shell")

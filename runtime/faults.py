@@ -37,6 +37,11 @@ DUMP_STEPS = (
     "dump.kill",  # the inventory is written; the target is about to be killed (or released)
 )
 
+# Reached only by a tree with established TCP connections dumped with --tcp-established.
+NETWORK_STEPS = (
+    "dump.network",  # the network lock is taken and every connection read in repair mode
+)
+
 # The parasite's infection and cure (runtime/remote_syscall.py, infect.py, channel.py);
 # a runtime that dies at any of them must leave the target in its own state.
 INFECT_STEPS = (

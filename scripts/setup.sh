@@ -22,6 +22,9 @@ command -v gcc >/dev/null || missing+=(gcc)
 [ -e /usr/include/x86_64-linux-gnu/asm/unistd_64.h ] || missing+=(linux-libc-dev)
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
 command -v flock >/dev/null || missing+=(util-linux)
+# nft: the network lock of TCP connections at dump (docs/tcp.md); redis-server: a server the TCP tests dump.
+command -v nft >/dev/null || missing+=(nftables)
+command -v redis-server >/dev/null || missing+=(redis-server)
 # Debian splits `venv`'s ensurepip (which puts pip into a new venv) into
 # python3-venv; without it `python3 -m venv` fails half way.
 "$python" -c '' 2>/dev/null || python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -33,7 +33,7 @@ from pathlib import Path
 from runtime import faults, progress
 from runtime.arch import x86_64 as arch
 from runtime.dump import refusals
-from runtime.files import pipe, table, unix, unlinked
+from runtime.files import inet, pipe, table, unix, unlinked
 from runtime.errors import DumpError, ReviveError
 from runtime.kernel import ptrace
 from runtime.task import futex_links, rseq, controls as task_controls, posix_timers as task_posix_timers
@@ -66,6 +66,8 @@ class DumpOptions:
     ghost_limit: int = 1 << 20  # the largest deleted file whose contents the image keeps, in bytes
     ext_unix_sk: bool = False  # a unix socket connected to a named one outside the tree: connected to it again
     external: frozenset[int] = frozenset()  # --external pipe:[INODE]: pipes held outside too, the caller's at restore
+    tcp_established: bool = False  # established TCP connections kept (TCP repair, the network lock: docs/tcp.md)
+    tcp_close: bool = False  # established TCP connections reset
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
     frozen = freeze_tree(pid)
     directory = Path(directory)
     writer = None
+    network = inet.Dumped()  # the tree's TCP connections in repair mode and the network lock, until the end
     try:
         faults.point("dump.seize")
         snapshots: dict[int, Snapshot] = {}
@@ -129,6 +132,10 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
         tables, shared_files = table.share_across({p: (s.fds, s.files) for p, s in snapshots.items()}, views)
         pipes = pipe.save(pipe.ends_of(tables, shared_files, views), set(frozen.pids), options.external)
         sockets = unix.save(unix.ends_of(tables, shared_files), options.ext_unix_sk)
+        tables, shared_files = inet.save(tables, shared_files, inet.TcpChoice(options.tcp_established,
+                                                                              options.tcp_close), network)
+        if network.locked:
+            faults.point("dump.network")
         faults.point("dump.snapshot")
         writer = ImageWriter(directory, force_dir=options.force_dir)
         processes = {}
@@ -142,6 +149,7 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
         writer.close()
     except BaseException as exc:
         log.debug("dump of the tree of pid %d failed: %s", pid, exc)
+        network.release()
         try:
             frozen.release()
         except ReviveError as release_error:
@@ -152,11 +160,13 @@ def dump(pid: int, directory: str | os.PathLike, options: DumpOptions = DumpOpti
             raise DumpError(pid, f"{exc.strerror or exc}") from exc
         raise
     if options.leave_running:
+        network.release()
         frozen.release()
         log.info("tree of pid %d dumped and left running", pid)
     else:
         for seized in reversed(list(frozen.seized.values())):
             kill_seized(seized)
+        network.close()  # after the kill: the runtime's descriptors are the sockets' last
         sysv.remove_dumped(shared_memory)
         log.info("tree of pid %d dumped and killed", pid)
     return processes[pid]

@@ -8,14 +8,14 @@ kind is one entry here.
 """
 
 from runtime.errors import DumpError
-from runtime.files import chrdev, epoll, eventfd, inherit, inotify, pipe, regular, timers, unix, unlinked
+from runtime.files import chrdev, epoll, eventfd, inet, inherit, inotify, pipe, regular, timers, unix, unlinked
 from runtime.files.base import FileKindBase
 from runtime.images.model import FileEntry
 from runtime.kernel.procfs.fds import OpenFile
 
 KINDS: tuple[FileKindBase, ...] = (
     inherit.KIND, unlinked.MEMFD_KIND, unlinked.DELETED_KIND, regular.KIND, chrdev.KIND, pipe.KIND, pipe.FIFO_KIND,
-    unix.KIND, eventfd.KIND, epoll.KIND, timers.TIMER_KIND, timers.SIGNAL_KIND, inotify.KIND,
+    unix.KIND, inet.KIND, eventfd.KIND, epoll.KIND, timers.TIMER_KIND, timers.SIGNAL_KIND, inotify.KIND,
 )
 
 _BY_KIND = {k.kind: k for k in KINDS}

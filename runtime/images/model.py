@@ -78,6 +78,7 @@ class FdKind(enum.Enum):
     MEMFD = "memfd"  # an open file of a memfd: the memfd itself is one of the tree's SharedMemory objects
     DELETED = "deleted"  # an open file of a regular file since deleted: its contents are a SharedMemory object
     INOTIFY = "inotify"  # an inotify instance: its watches (FileEntry.inotify)
+    INET = "inet"  # a TCP or UDP socket, IPv4 or IPv6: addresses, options, queues (FileEntry.inet, docs/tcp.md)
 
 
 class RseqCase(enum.Enum):
@@ -387,6 +388,67 @@ class FileEntry:
     shmem: int | None = None  # MEMFD, DELETED: the SharedMemory.id of its memfd or deleted file
     locks: tuple[FileLock, ...] = ()  # FILE: the locks it holds
     inotify: tuple[InotifyWatch, ...] | None = None  # INOTIFY: its watches, ascending descriptors
+    inet: InetSocket | None = None  # INET: the socket
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """A datagram waiting in a UDP socket's receive queue, with the address it came from."""
+
+    source: str  # the sender's address, as inet_ntop writes it
+    source_port: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TcpRepair:
+    """An established TCP connection as TCP_REPAIR reads it and writes it back (docs/tcp.md)."""
+
+    send_seq: int  # TCP_QUEUE_SEQ of the send queue: the sequence number after its last byte (write_seq)
+    recv_seq: int  # TCP_QUEUE_SEQ of the receive queue: the next byte expected (rcv_nxt)
+    send_queue: bytes  # written by the process, not yet acknowledged by the peer (sent or not)
+    unsent: int  # how many bytes at the end of send_queue were never sent (SIOCOUTQNSD)
+    recv_queue: bytes  # received, not yet read by the process
+    mss: int  # TCP_MAXSEG
+    snd_wscale: int  # the window scale the peer announced (tcpi_snd_wscale); 0 with wscale False
+    rcv_wscale: int  # the window scale this end announced (tcpi_rcv_wscale)
+    wscale: bool  # window scaling agreed (TCPI_OPT_WSCALE)
+    sack: bool  # SACK permitted (TCPI_OPT_SACK)
+    timestamps: bool  # timestamps agreed (TCPI_OPT_TIMESTAMPS)
+    timestamp: int  # TCP_TIMESTAMP: this end's timestamp clock
+    snd_wl1: int  # TCP_REPAIR_WINDOW, struct tcp_repair_window, field by field
+    snd_wnd: int
+    max_window: int
+    rcv_wnd: int
+    rcv_wup: int
+
+
+@dataclass(frozen=True)
+class InetSocket:
+    """A TCP or UDP socket (IPv4 or IPv6), made again by the restoring child with its options and queues."""
+
+    family: int  # AF_INET 2, AF_INET6 10
+    type: int  # SOCK_STREAM 1 (TCP), SOCK_DGRAM 2 (UDP)
+    state: str  # "unbound", "bound", "listening", "established" (TCP with tcp, or reset), "connected" (UDP)
+    local: str  # the bound address ("" unbound), as inet_ntop writes it
+    local_port: int
+    remote: str  # the peer's address ("" none)
+    remote_port: int
+    backlog: int = 0  # a listening socket's listen() backlog
+    reuseaddr: bool = False
+    reuseport: bool = False
+    nodelay: bool = False  # TCP_NODELAY
+    keepalive: bool = False  # SO_KEEPALIVE
+    keepidle: int = 0  # TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT (TCP only; 0 for UDP)
+    keepintvl: int = 0
+    keepcnt: int = 0
+    v6only: bool = False  # IPV6_V6ONLY (IPv6 only)
+    rcvbuf: int = 0  # SO_RCVBUF as getsockopt reports it, when it is not the default a new socket has; 0: default
+    sndbuf: int = 0  # SO_SNDBUF, likewise
+    shutdown: int = 0  # 1 receiving, 2 sending shut down (INET_DIAG_SHUTDOWN)
+    tcp: TcpRepair | None = None  # an established connection dumped with --tcp-established
+    reset: bool = False  # an established connection dumped with --tcp-close: restored as one the peer reset
+    queue: tuple[Datagram, ...] = ()  # UDP: the datagrams waiting in its receive queue, oldest first
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ import signal
 
 from runtime import faults
 from runtime.errors import RestoreError
-from runtime.files import inherit, pipe as pipe_kind, table, unix as unix_kind
+from runtime.files import inet, inherit, pipe as pipe_kind, table, unix as unix_kind
 from runtime.images import loader, names, sessions
 from runtime.images.model import FdKind, FileEntry, Process, RLimit, SharedMemory, TreeProcess
+from runtime.kernel import netlock
 from runtime.kernel.procfs import sysvipc
 from runtime.kernel.procfs.holders import describe_holder
 from runtime.mm import shmem, sysv
@@ -77,10 +78,22 @@ def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_
         faults.point("restore.clone")
         root = conductor.Conductor(tree, pipes).restore(leave_traced)
         sysv.finish(segments)  # every process has attached its segments
+        # Every connection is live again in its process: their packets go through (docs/tcp.md).
+        _unlock(checkpoint)
     log.info("the tree of pid %d restored from %s", root, directory)
     if detach or leave_traced:
         return 0
     return wait_relaying_signals(root)
+
+
+def _unlock(checkpoint: loader.Checkpoint) -> None:
+    """The network lock the dump took on the tree's TCP connections, lifted (the restore has succeeded)."""
+    try:
+        netlock.unlock(inet.connections(checkpoint.tree.files + tuple(
+            entry for image in checkpoint.processes for entry in image.process.files)))
+    except netlock.LockError as exc:
+        log.error("the restored TCP connections stay blocked: %s; lift the lock by hand: nft delete table %s %s",
+                  exc, netlock.FAMILY, netlock.TABLE)
 
 
 def _make_shared_memory(checkpoint: loader.Checkpoint, obj: SharedMemory) -> int:

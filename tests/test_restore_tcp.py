@@ -1,0 +1,260 @@
+"""TCP sockets across dump and restore: listeners, connections inside the tree and to a client outside it.
+
+A Python echo server and its client, both in the tree, with bytes unread
+each way at the dump: after the restore the conversation goes on and every
+byte arrives once. A client outside the tree holds a connection to a dumped
+server and sends during the dump window: nothing is lost and the
+connection is never reset. Without --tcp-established the dump refuses,
+naming the connection, and the server serves on; a dump that fails after
+the network lock leaves the connection working and the lock gone.
+"""
+
+import contextlib
+import errno
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from restore_support import lines, wait_for
+from runtime import faults
+from runtime.dump import DumpOptions, dump
+from runtime.errors import DumpError
+from runtime.files import inet
+from runtime.images import loader
+from runtime.kernel import netlock
+from tree_support import start_tree
+
+PYTHON = "/usr/bin/python3"
+LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+
+# A server and the client it forks, each with bytes sent to the other and not yet read at the dump.
+ECHO_PAIR = """
+import os, socket, sys, time
+family = int(sys.argv[1])
+host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+server = socket.socket(family, socket.SOCK_STREAM)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((host, 0))
+server.listen(5)
+port = server.getsockname()[1]
+child = os.fork()
+if child == 0:
+    server.close()
+    conn = socket.create_connection((host, port))
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.sendall(b"question-" * 1000)
+    while not os.path.exists("go"):
+        time.sleep(0.01)
+    conn.sendall(b"end")
+    got = b""
+    while not got.endswith(b"bye"):
+        got += conn.recv(65536)
+    os.write(1, f"client got {len(got)} {got.count(b'welcome-')} {got.count(b'answer-')}\\n".encode())
+    os._exit(0)
+conn, _ = server.accept()
+conn.sendall(b"welcome-" * 5000)
+time.sleep(0.2)
+os.write(1, f"ready child={child} port={port}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+got = b""
+while not got.endswith(b"end"):
+    got += conn.recv(65536)
+conn.sendall(b"answer-" * got.count(b"question-") + b"bye")
+os.write(1, f"server got {len(got)} {got.count(b'question-')}\\n".encode())
+os.waitpid(child, 0)
+os.write(1, b"done\\n")
+time.sleep(1000)
+"""
+
+# A server with one connection from outside: it echoes each line, counting them; a listener for new clients.
+SERVER = """
+import os, selectors, socket, sys, time
+family = int(sys.argv[1])
+host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+server = socket.socket(family, socket.SOCK_STREAM)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((host, 0))
+server.listen(8)
+os.write(1, f"ready port={server.getsockname()[1]}\\n".encode())
+sel = selectors.DefaultSelector()
+sel.register(server, selectors.EVENT_READ)
+buffers = {}
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is server:
+            conn, _ = server.accept()
+            sel.register(conn, selectors.EVENT_READ)
+            buffers[conn] = b""
+            continue
+        conn = key.fileobj
+        try:
+            data = conn.recv(65536)
+        except OSError as exc:
+            os.write(1, f"dropped {exc.errno}\\n".encode())
+            data = b""
+        if not data:
+            sel.unregister(conn)
+            conn.close()
+            continue
+        buffers[conn] += data
+        while b"\\n" in buffers[conn]:
+            line, _, buffers[conn] = buffers[conn].partition(b"\\n")
+            conn.sendall(b"echo " + line + b"\\n")
+"""
+
+
+def _dump(tree, **options) -> None:
+    dump(tree.root, tree.images, DumpOptions(**options))
+    tree.reap_killed()
+
+
+def _ask(conn: socket.socket, line: bytes, timeout: float = 20.0) -> bytes:
+    conn.settimeout(timeout)
+    conn.sendall(line + b"\n")
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        assert chunk, "the server closed the connection"
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_an_echo_server_and_its_client_in_the_tree_go_on_with_every_byte_once(family, reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", ECHO_PAIR, str(int(family))], tmp_path)
+    try:
+        tree.pids = [tree.root, int(tree.info["child"])]
+        _dump(tree, tcp_established=True)
+        with loader.load(tree.images) as checkpoint:
+            records = [e.inet for image in checkpoint.processes for e in image.process.files if e.inet is not None]
+        states = sorted(record.state for record in records)
+        assert states == ["established", "established", "listening"]
+        queued = sorted(len(r.tcp.recv_queue) for r in records if r.tcp is not None)
+        assert queued == [9000, 40000]
+        assert netlock.locked(), "the lock holds the connection until the restore"
+        tree.restore()
+        assert not netlock.locked(), "the restore released the lock"
+        (tmp_path / "go").touch()
+        wait_for(lambda: "done" in tree.out.read_text(), timeout=30, what="the conversation to end")
+        assert lines(tree.out, "server") == [["server", "got", str(9003), "1000"]]
+        assert lines(tree.out, "client") == [["client", "got", str(40000 + 7000 + 3), "5000", "1000"]]
+    finally:
+        tree.stop()
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_a_client_outside_sending_during_the_dump_loses_nothing_and_is_never_reset(family, reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", SERVER, str(int(family))], tmp_path)
+    address = (LOOPBACK[family], int(tree.info["port"]))
+    try:
+        with socket.create_connection(address) as client:
+            assert _ask(client, b"one") == b"echo one\n"
+            _dump(tree, tcp_established=True)
+            client.sendall(b"two\nthree\n")  # sent into the dump window: dropped by the lock, retransmitted
+            time.sleep(0.3)
+            tree.restore()
+            client.settimeout(20)
+            got = b""
+            while got.count(b"\n") < 2:
+                chunk = client.recv(4096)
+                assert chunk, "the connection was closed"
+                got += chunk
+            assert got == b"echo two\necho three\n"
+            assert _ask(client, b"four") == b"echo four\n"
+            with socket.create_connection(address, timeout=10) as newcomer:
+                assert _ask(newcomer, b"new") == b"echo new\n"
+    finally:
+        tree.stop()
+
+
+def test_without_tcp_established_the_dump_names_the_connection_and_the_server_serves_on(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", SERVER, str(int(socket.AF_INET))], tmp_path)
+    address = ("127.0.0.1", int(tree.info["port"]))
+    try:
+        with socket.create_connection(address) as client:
+            assert _ask(client, b"one") == b"echo one\n"
+            local = client.getsockname()
+            with pytest.raises(DumpError, match=rf"tcp 127\.0\.0\.1:{address[1]} <-> 127\.0\.0\.1:{local[1]}\): an "
+                                                r"established TCP connection: dump with --tcp-established"):
+                dump(tree.root, tree.images, DumpOptions())
+            assert _ask(client, b"two") == b"echo two\n"
+            assert not netlock.locked()
+    finally:
+        tree.stop()
+
+
+def test_a_dump_failing_after_the_lock_leaves_the_connection_working_and_no_lock(reaper, tmp_path, monkeypatch):
+    tree = start_tree([PYTHON, "-c", SERVER, str(int(socket.AF_INET))], tmp_path)
+    address = ("127.0.0.1", int(tree.info["port"]))
+    try:
+        with socket.create_connection(address) as client:
+            assert _ask(client, b"one") == b"echo one\n"
+            monkeypatch.setenv(faults.ENV, faults.NETWORK_STEPS[0])
+            with pytest.raises(faults.InjectedFault):
+                dump(tree.root, tree.images, DumpOptions(tcp_established=True))
+            monkeypatch.delenv(faults.ENV)
+            assert not netlock.locked()
+            assert _ask(client, b"two", timeout=5) == b"echo two\n"
+    finally:
+        tree.stop()
+
+
+def test_leave_running_takes_the_connection_out_of_repair_and_lifts_the_lock(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", SERVER, str(int(socket.AF_INET))], tmp_path)
+    address = ("127.0.0.1", int(tree.info["port"]))
+    try:
+        with socket.create_connection(address) as client:
+            assert _ask(client, b"one") == b"echo one\n"
+            dump(tree.root, tree.images, DumpOptions(tcp_established=True, leave_running=True))
+            assert not netlock.locked()
+            assert _ask(client, b"two", timeout=5) == b"echo two\n"
+    finally:
+        tree.stop()
+
+
+def test_tcp_close_resets_the_peer_and_the_restored_server_sees_a_reset_connection(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", SERVER, str(int(socket.AF_INET))], tmp_path)
+    address = ("127.0.0.1", int(tree.info["port"]))
+    try:
+        with socket.create_connection(address) as client:
+            assert _ask(client, b"one") == b"echo one\n"
+            _dump(tree, tcp_close=True)
+            client.settimeout(5)
+            with pytest.raises(ConnectionResetError):
+                client.sendall(b"two\n")
+                client.recv(10)
+        assert not netlock.locked()
+        tree.restore()
+        # The server's select reports the reset connection; it reads an error or EOF and drops it, then serves.
+        with socket.create_connection(address, timeout=10) as newcomer:
+            assert _ask(newcomer, b"new") == b"echo new\n"
+        assert lines(tree.out, "dropped") == [["dropped", str(errno.ECONNRESET)]]
+    finally:
+        tree.stop()
+
+
+def test_show_lists_each_socket_with_addresses_state_and_queues(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", SERVER, str(int(socket.AF_INET))], tmp_path)
+    address = ("127.0.0.1", int(tree.info["port"]))
+    try:
+        with socket.create_connection(address) as client:
+            assert _ask(client, b"one") == b"echo one\n"
+            client.sendall(b"unread")  # no newline: the server keeps it in its buffer, the kernel queue is read
+            _dump(tree, tcp_established=True)
+            shown = subprocess.run([sys.executable, "-m", "runtime", "show", str(tree.images)], capture_output=True,
+                                   text=True, check=True).stdout
+            assert f"tcp 127.0.0.1:{address[1]} listening backlog 8" in shown
+            assert f"tcp 127.0.0.1:{address[1]} <-> 127.0.0.1:{client.getsockname()[1]} established" in shown
+        with contextlib.suppress(netlock.LockError):
+            netlock.unlock(inet.connections(_entries(tree.images)))
+    finally:
+        tree.stop()
+
+
+def _entries(images):
+    with loader.load(images) as checkpoint:
+        return tuple(e for image in checkpoint.processes for e in image.process.files)

@@ -11,6 +11,7 @@ the network lock leaves the connection working and the lock gone.
 
 import contextlib
 import errno
+import json
 import socket
 import subprocess
 import sys
@@ -258,3 +259,100 @@ def test_show_lists_each_socket_with_addresses_state_and_queues(reaper, tmp_path
 def _entries(images):
     with loader.load(images) as checkpoint:
         return tuple(e for image in checkpoint.processes for e in image.process.files)
+
+
+# Sockets of each kind but established ones, with the options users set; datagrams queued on a UDP socket.
+SOCKETS = """
+import fcntl, json, os, socket, sys, time
+S, T, U = socket.SOL_SOCKET, socket.IPPROTO_TCP, socket.SOCK_DGRAM
+listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener.setsockopt(S, socket.SO_REUSEADDR, 1)
+listener.setsockopt(T, socket.TCP_NODELAY, 1)
+listener.setsockopt(S, socket.SO_KEEPALIVE, 1)
+listener.setsockopt(T, socket.TCP_KEEPIDLE, 77)
+listener.setsockopt(T, socket.TCP_KEEPINTVL, 11)
+listener.setsockopt(T, socket.TCP_KEEPCNT, 5)
+listener.setsockopt(S, socket.SO_RCVBUF, 100000)
+listener.bind(("127.0.0.1", 0))
+listener.listen(17)
+listener.setblocking(False)
+v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+v6.setsockopt(S, socket.SO_REUSEPORT, 1)
+v6.bind(("::", 0))
+v6.listen(3)
+bound = socket.socket()
+bound.bind(("127.0.0.1", 0))
+unbound = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+udp = socket.socket(socket.AF_INET, U)
+udp.bind(("127.0.0.1", 0))
+sender = socket.socket(socket.AF_INET, U)
+sender.bind(("127.0.0.1", 0))
+for n in range(3):
+    sender.sendto(f"queued {n}".encode(), udp.getsockname())
+connected = socket.socket(socket.AF_INET6, U)
+connected.connect(("::1", 9))
+names = dict(listener=listener, v6=v6, bound=bound, unbound=unbound, udp=udp, sender=sender, connected=connected)
+ports = {name: s.getsockname()[1] for name, s in names.items()}
+os.write(1, ("ready " + " ".join(f"{k}={v}" for k, v in ports.items()) + "\\n").encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+def opts(s):
+    found = dict(reuseaddr=s.getsockopt(S, socket.SO_REUSEADDR), reuseport=s.getsockopt(S, socket.SO_REUSEPORT),
+                 keepalive=s.getsockopt(S, socket.SO_KEEPALIVE), rcvbuf=s.getsockopt(S, socket.SO_RCVBUF),
+                 nonblock=bool(fcntl.fcntl(s.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK),
+                 name=list(s.getsockname()[:2]))
+    if s.type == socket.SOCK_STREAM:
+        found.update(nodelay=s.getsockopt(T, socket.TCP_NODELAY), idle=s.getsockopt(T, socket.TCP_KEEPIDLE),
+                     intvl=s.getsockopt(T, socket.TCP_KEEPINTVL), cnt=s.getsockopt(T, socket.TCP_KEEPCNT),
+                     listening=s.getsockopt(S, socket.SO_ACCEPTCONN))
+    if s.family == socket.AF_INET6:
+        found["v6only"] = s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    return found
+os.write(1, ("options " + json.dumps({name: opts(s) for name, s in names.items()}) + "\\n").encode())
+udp.settimeout(20)
+for n in range(4):
+    data, source = udp.recvfrom(100)
+    os.write(1, f"datagram {data.decode().replace(' ', '_')} {source[1]}\\n".encode())
+listener.setblocking(True)
+conn, _ = listener.accept()
+conn.sendall(b"accepted\\n")
+os.write(1, b"done\\n")
+time.sleep(1000)
+"""
+
+
+def test_listening_bound_unbound_and_udp_sockets_keep_their_addresses_options_and_queued_datagrams(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", SOCKETS], tmp_path)
+    ports = {name: int(port) for name, port in tree.info.items()}
+    try:
+        _dump(tree)
+        with loader.load(tree.images) as checkpoint:
+            records = {e.inet.local_port: e.inet for image in checkpoint.processes for e in image.process.files
+                       if e.inet is not None}
+        assert records[ports["listener"]].backlog == 17
+        assert [d.data for d in records[ports["udp"]].queue] == [b"queued 0", b"queued 1", b"queued 2"]
+        tree.restore()
+        (tmp_path / "go").touch()
+        wait_for(lambda: lines(tree.out, "options"), what="the options")
+        options = json.loads(tree.out.read_text().split("options ", 1)[1].splitlines()[0])
+        assert options["listener"] == dict(reuseaddr=1, reuseport=0, keepalive=1, rcvbuf=200000, nonblock=True,
+                                           name=["127.0.0.1", ports["listener"]], nodelay=1, idle=77, intvl=11,
+                                           cnt=5, listening=1)
+        assert options["v6"]["v6only"] == 1 and options["v6"]["reuseport"] == 1 and options["v6"]["listening"]
+        assert options["v6"]["name"] == ["::", ports["v6"]]
+        assert options["bound"]["name"] == ["127.0.0.1", ports["bound"]] and not options["bound"]["listening"]
+        assert options["unbound"]["name"][1] == 0
+        # Bound to ::1 again, it is IPv6-only, as a socket bound to a non-mapped IPv6 address always is.
+        assert options["connected"]["name"] == ["::1", ports["connected"]]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as outside:
+            outside.sendto(b"after", ("127.0.0.1", ports["udp"]))
+            wait_for(lambda: len(lines(tree.out, "datagram")) == 4, what="the datagrams")
+            outside_port = outside.getsockname()[1]
+        assert lines(tree.out, "datagram") == [
+            ["datagram", f"queued_{n}", str(ports["sender"])] for n in range(3)] + [
+            ["datagram", "after", str(outside_port)]]
+        with socket.create_connection(("127.0.0.1", ports["listener"]), timeout=10) as client:
+            assert client.recv(100) == b"accepted\n"
+    finally:
+        tree.stop()

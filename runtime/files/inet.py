@@ -59,30 +59,7 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
 STATES = ("unbound", "bound", "listening", "established", "connected")
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 TYPES = (socket.SOCK_STREAM, socket.SOCK_DGRAM)
-_PROC_NET = ("tcp", "tcp6", "udp", "udp6")
-
-
-def _inet_inodes() -> set[int]:
-    """The TCP and UDP sockets of the runtime's network namespace (the dump refuses other namespaces)."""
-    inodes = set()
-    for name in _PROC_NET:
-        with open(f"/proc/self/net/{name}") as f:
-            for line in f.readlines()[1:]:
-                words = line.split()
-                if len(words) > 9:
-                    inodes.add(int(words[9]))
-    return inodes
-
-
-_known: set[int] = set()
-
-
-def _is_inet(inode: int) -> bool:
-    # The tree is stopped while its fds are read: an inode once seen stays what it is, so one read serves many fds.
-    if inode not in _known:
-        _known.clear()
-        _known.update(_inet_inodes())
-    return inode in _known
+PROTOCOLS = ("TCP", "TCPv6", "UDP", "UDPv6")  # the sockets' xattr system.sockprotoname (OpenFile.protocol)
 
 
 def endpoint(family: int, address: str, port: int) -> str:
@@ -105,7 +82,7 @@ class InetEnd(FileKindBase):
     kind = FdKind.INET
 
     def matches(self, open_file: OpenFile, shell_job: bool) -> bool:
-        return open_file.kind is FileKind.SOCKET and _is_inet(open_file.inode)
+        return open_file.kind is FileKind.SOCKET and open_file.protocol in PROTOCOLS
 
     def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
         # The socket itself is read by save(), once the whole tree's fds are known (the network lock is one).
@@ -308,23 +285,29 @@ def _address(sock: socket.socket, peer: bool) -> tuple[str, int]:
 
 def _read(pid: int, fd: int, sock: socket.socket, diag: inet_diag.InetDiag | None,
           choice: TcpChoice) -> InetSocket:
-    """Everything but a connection's repair state; a DumpError for what is refused."""
+    """Everything but a connection's repair state; a DumpError for what is refused.
+
+    diag: what sock_diag reports of it, which is nothing for a socket no port is hashed for (unbound, or a
+    TCP socket bound and not listening).
+    """
     what = f"fd {fd} (socket:[{os.fstat(sock.fileno()).st_ino}])"
-    if diag is None:
-        raise DumpError(pid, f"{what}: an inet socket sock_diag does not report: not supported")
     if sock.family not in FAMILIES or sock.type not in TYPES:
         raise DumpError(pid, f"{what}: an inet socket of family {sock.family} type {sock.type}: not supported")
     local, local_port = _address(sock, peer=False)
     remote, remote_port = _address(sock, peer=True)
     stream = sock.type == socket.SOCK_STREAM
     base = InetSocket(family=sock.family, type=sock.type, state="unbound", local=local if local_port else "",
-                      local_port=local_port, remote=remote, remote_port=remote_port, shutdown=diag.shutdown,
+                      local_port=local_port, remote=remote, remote_port=remote_port,
+                      shutdown=diag.shutdown if diag is not None else 0,
                       **_options(sock, stream))
     what = f"fd {fd} ({describe_socket(base)})"
     if not stream:
         state = "connected" if remote_port else "bound" if local_port else "unbound"
         return replace(base, state=state, queue=_peek_datagrams(pid, what, sock))
     state = tcp_repair.tcp_state(sock)
+    if diag is None and state != TCP_CLOSE:
+        raise DumpError(pid, f"{what}: a TCP socket sock_diag does not report (of another network namespace?): "
+                             "not supported")
     if state == TCP_LISTEN:
         if diag.pending and not choice.close:
             raise DumpError(pid, f"{what}: {diag.pending} connections completed and not yet accepted, which the "

@@ -2,7 +2,7 @@
  * "thread_creds" (a second thread whose gids a raw setresgid changed, the
  * leader's not), "thread_slack" (a second thread with its own timer slack),
  * "thread_seccomp" (a second thread under a seccomp filter of its own),
- * "socket" (a TCP socket), "pidfd" (a pidfd of itself), "pipe"
+ * "socket" (a netlink socket), "pidfd" (a pidfd of itself), "pipe"
  * (a pipe at fds 3 and 4), "cpu_timer" (a POSIX timer on a second thread's CPU clock), "flock" (a lock on
  * a file "locked" of the working directory, deleted since, at fd 3), "seccomp" (strict-free
  * filter mode: a filter that allows everything), "mlock" (a locked page),
@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
 	} else if (!strcmp(argv[1], "thread_seccomp")) {
 		if (start_thread_with(own_seccomp)) return 1;
 	} else if (!strcmp(argv[1], "socket")) {
-		if (socket(AF_INET, SOCK_STREAM, 0) < 0) return 1;
+		if (socket(AF_NETLINK, SOCK_RAW, 0) < 0) return 1;
 	} else if (!strcmp(argv[1], "pidfd")) {
 		if (syscall(SYS_pidfd_open, getpid(), 0) < 0) return 1;
 	} else if (!strcmp(argv[1], "pipe")) {

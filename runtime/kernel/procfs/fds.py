@@ -47,6 +47,7 @@ class OpenFile:
     inode: int  # st_ino: with the link, which pipe or FIFO this is
     locks: tuple[str, ...] = ()  # the fdinfo "lock:" lines: file locks this open file holds or waits for
     fdinfo: str = ""  # the whole of /proc/PID/fdinfo/FD, for the kinds that read more of it
+    protocol: str = ""  # a socket's protocol as the kernel names it (xattr system.sockprotoname): "TCP", "UDPv6", ...
 
     @property
     def cloexec(self) -> bool:
@@ -102,8 +103,13 @@ def read_open_file(pid: int, fd: int) -> OpenFile:
         st = os.stat(proc_path(pid, f"fd/{fd}"))
     fdinfo = read_text(pid, f"fdinfo/{fd}")
     pos, flags, locks = parse_fdinfo(pid, fd, fdinfo)
-    return OpenFile(fd, link, classify(link, st), flags, pos, st.st_mode, st.st_rdev, st.st_nlink, st.st_ino, locks,
-                    fdinfo)
+    kind = classify(link, st)
+    protocol = ""
+    if kind is FileKind.SOCKET:
+        with translated(pid, f"fd/{fd}"):
+            protocol = os.getxattr(proc_path(pid, f"fd/{fd}"), "system.sockprotoname").rstrip(b"\0").decode()
+    return OpenFile(fd, link, kind, flags, pos, st.st_mode, st.st_rdev, st.st_nlink, st.st_ino, locks, fdinfo,
+                    protocol)
 
 
 def list_fds(pid: int) -> tuple[int, ...]:

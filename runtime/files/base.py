@@ -10,6 +10,7 @@ who calls each and when.
 from __future__ import annotations
 
 import abc
+import fcntl
 import os
 import stat
 
@@ -84,6 +85,21 @@ def place(fd: int, number: int, inheritable: bool) -> int:
         os.dup2(fd, number, inheritable=inheritable)
         os.close(fd)
     return number
+
+
+def above(fd: int, floor: int) -> int:
+    """fd moved to the lowest free number at or above floor (close-on-exec): the new number.
+
+    Why: a maker's new descriptors take the lowest free numbers, and once a
+    member's numbers below the tree-wide slots are used up those are slots
+    not filled yet; a dup2 onto one would close the maker's own descriptor.
+    Above every slot it fills, a temporary descriptor is safe.
+    """
+    if fd >= floor:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    os.close(fd)
+    return moved
 
 
 def refuse_payload(entry: FileEntry, file: str, field: str, expected: bool) -> None:

@@ -38,7 +38,7 @@ from dataclasses import replace
 from runtime.errors import DumpError, ImageError, RestoreError, shorten
 from runtime.files import by_path
 from runtime.files.inherit import pipe_name
-from runtime.files.base import (SETFL_FLAGS, FdTable, FileKindBase, held_entries, refuse_payload,
+from runtime.files.base import (SETFL_FLAGS, FdTable, FileKindBase, above, held_entries, refuse_payload,
                                 require_node_of_type)
 from runtime.images.model import FdKind, FileEntry, FileNode, Pipe
 from runtime.kernel.libc import libc as _libc
@@ -251,6 +251,9 @@ def make(pipe: Pipe, ends: list[tuple[FileEntry, int]], pid: int, caller: dict[b
             read_end = write_end = by_path.open_checked(pipe.path, os.O_RDWR, stat.S_IFIFO)
         except OSError as exc:
             raise RestoreError(pid, f"cannot reopen the FIFO {shorten(pipe.path)}: {exc.strerror}") from exc
+    floor = max(slot for _, slot in ends) + 1
+    read_end = above(read_end, floor)
+    write_end = read_end if pipe.path is not None else above(write_end, floor)
     try:
         try:
             if fcntl.fcntl(write_end, F_GETPIPE_SZ) != pipe.size:
@@ -293,7 +296,8 @@ def _place_ends(pipe: Pipe, ends: list[tuple[FileEntry, int]], read_end: int | N
         source = read_end if reading else write_end
         if made[reading]:
             # Another open file of the same end: a new one, as an open by path or through /proc made it.
-            again = os.open(f"/proc/self/fd/{source}", os.O_RDONLY if reading else os.O_WRONLY)
+            again = above(os.open(f"/proc/self/fd/{source}", os.O_RDONLY if reading else os.O_WRONLY),
+                          max(slot for _, slot in ends) + 1)
             os.dup2(again, slot)
             os.close(again)
         else:

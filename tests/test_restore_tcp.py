@@ -12,6 +12,7 @@ the network lock leaves the connection working and the lock gone.
 import contextlib
 import errno
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -354,5 +355,90 @@ def test_listening_bound_unbound_and_udp_sockets_keep_their_addresses_options_an
             ["datagram", "after", str(outside_port)]]
         with socket.create_connection(("127.0.0.1", ports["listener"]), timeout=10) as client:
             assert client.recv(100) == b"accepted\n"
+    finally:
+        tree.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _redis(conn: socket.socket, *commands: bytes) -> list[bytes]:
+    """Inline commands, one reply each (a status, an integer or a bulk string's value)."""
+    conn.sendall(b"".join(command + b"\r\n" for command in commands))
+    replies, buffer = [], b""
+    while len(replies) < len(commands):
+        while b"\r\n" not in buffer:
+            chunk = conn.recv(65536)
+            assert chunk, "redis closed the connection"
+            buffer += chunk
+        head, _, rest = buffer.partition(b"\r\n")
+        if head.startswith(b"$") and head != b"$-1":
+            size = int(head[1:])
+            while len(rest) < size + 2:
+                chunk = conn.recv(65536)
+                assert chunk, "redis closed the connection"
+                rest += chunk
+            replies.append(rest[:size])
+            buffer = rest[size + 2:]
+        else:
+            replies.append(head)
+            buffer = rest
+    return replies
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed (scripts/setup.sh)")
+def test_redis_with_a_client_outside_keeps_every_key_and_the_open_connection(reaper, tmp_path):
+    port = _free_port()
+    tree = start_tree(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                       "--dir", str(tmp_path)], tmp_path, ready=False)
+    try:
+        wait_for(lambda: _listening(port), what="redis to listen")
+        tree.pids = [tree.root]
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+            keys = 1000
+            assert set(_redis(client, *(b"SET key%d value-%d" % (n, n) for n in range(keys)))) == {b"+OK"}
+            _dump(tree, tcp_established=True)
+            tree.restore()
+            values = _redis(client, *(b"GET key%d" % n for n in range(keys)))
+            assert values == [b"value-%d" % n for n in range(keys)]
+            assert _redis(client, b"SET after restored", b"GET after") == [b"+OK", b"restored"]
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as newcomer:
+                assert _redis(newcomer, b"GET key999", b"DBSIZE") == [b"value-999", b":%d" % (keys + 1)]
+    finally:
+        tree.stop()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+NOT_ACCEPTING = """
+import os, socket, time
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(4)
+os.write(1, f"ready port={server.getsockname()[1]}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+conn, _ = server.accept()
+conn.sendall(b"accepted")
+time.sleep(1000)
+"""
+
+
+def test_a_connection_waiting_to_be_accepted_is_refused_and_still_accepted_afterwards(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", NOT_ACCEPTING], tmp_path)
+    port = int(tree.info["port"])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            with pytest.raises(DumpError, match=rf"fd 3 \(tcp 127\.0\.0\.1:{port}\): 1 connections completed and not "
+                                                r"yet accepted, which the dump would reset"):
+                dump(tree.root, tree.images, DumpOptions(tcp_established=True))
+            (tmp_path / "go").touch()
+            assert client.recv(100) == b"accepted"
     finally:
         tree.stop()

@@ -10,6 +10,7 @@ the network lock leaves the connection working and the lock gone.
 """
 
 import contextlib
+import dataclasses
 import errno
 import json
 import shutil
@@ -23,9 +24,10 @@ import pytest
 from restore_support import lines, wait_for
 from runtime import faults
 from runtime.dump import DumpOptions, dump
-from runtime.errors import DumpError
-from runtime.files import inet
+from runtime.errors import DumpError, ImageError
+from runtime.files import inet, registry
 from runtime.images import loader
+from runtime.images.model import Datagram, FdKind, FileEntry, InetSocket
 from runtime.kernel import netlock
 from tree_support import start_tree
 
@@ -442,3 +444,20 @@ def test_a_connection_waiting_to_be_accepted_is_refused_and_still_accepted_after
             assert client.recv(100) == b"accepted"
     finally:
         tree.stop()
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(inet=None), r"files\[0\]\.inet"),
+    (dict(family=99), r"files\[0\]\.inet\.family"),
+    (dict(state="half-open"), r"files\[0\]\.inet\.state"),
+    (dict(local="not-an-address"), r"files\[0\]\.inet\.local"),
+    (dict(local_port=70000), r"files\[0\]\.inet\.local_port"),
+    (dict(state="established"), r"files\[0\]\.inet\.tcp"),
+    (dict(queue=(Datagram("127.0.0.1", 1, b"x"),)), r"files\[0\]\.inet\.queue"),
+])
+def test_a_corrupt_inet_socket_is_refused_naming_the_field(change, field):
+    record = InetSocket(family=socket.AF_INET, type=socket.SOCK_STREAM, state="listening", local="127.0.0.1",
+                        local_port=5000, remote="", remote_port=0, backlog=5)
+    entry = FileEntry(1, FdKind.INET, inet=None if "inet" in change else dataclasses.replace(record, **change))
+    with pytest.raises(ImageError, match=rf"process-1\.json: {field}: "):
+        registry.check(entry, "process-1.json", "files[0]")

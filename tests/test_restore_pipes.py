@@ -142,6 +142,8 @@ def test_a_pipe_to_a_process_outside_is_refused_then_dumped_external_and_restore
         with loader.load(images) as checkpoint:
             (external,) = checkpoint.tree.pipes
         assert external.external and external.data == b""
+        assert f"pipe {external.id}: capacity 64K, external" in run_cli("show", str(images)).stdout
+        assert run_cli("restore", "-D", str(images), "--inherit-fd", f"fd[x]:{name}").returncode == 2
 
         missing = run_cli("restore", "-D", str(images), "-d")
         assert missing.returncode == 1

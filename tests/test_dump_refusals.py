@@ -66,8 +66,9 @@ def test_dump_refuses_what_is_not_supported_and_leaves_it_running(refused_target
 
 def test_dump_refuses_stdio_pipe_without_shell_job(piped_sleep, tmp_path):
     """The other end of its stdout is ours, outside the dump: a restored pipe could not be ours too."""
-    with pytest.raises(DumpError, match=rf"fd 1 \(pipe:\[\d+\]\): it is also held by pid {os.getpid()}, "
-                                        r"outside the dump: not supported yet \(dump that process's tree, or use "
+    with pytest.raises(DumpError, match=rf"fd 1 \(pipe:\[(\d+)\]\): it is also held by pid {os.getpid()}, "
+                                        r"outside the dump: name it with --external pipe:\[\1\] and restore with "
+                                        r"--inherit-fd fd\[N\]:pipe:\[\1\] \(or dump that process's tree, or use "
                                         r"--shell-job for stdio\)"):
         dump(piped_sleep.pid, tmp_path / "img", LEAVE_RUNNING)
     assert_left_as_before(piped_sleep.pid)

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 from runtime.images.model import FdKind, FdSlot, FileEntry, LockKind, Process
 from runtime.kernel import kcmp
-from runtime.kernel.procfs.fds import OpenFile
+from runtime.kernel.procfs.fds import OpenFile, fdinfo_fields
 
 
 def dump_table(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool, first_id: int = 1,
@@ -31,15 +31,30 @@ def dump_table(pid: int, open_files: tuple[OpenFile, ...], shell_job: bool, firs
     view = pid if view is None else view
     slots: list[FdSlot] = []
     entries: list[FileEntry] = []
-    first_fd: dict[int, int] = {}  # file_id -> its lowest fd: kcmp's answer is an equivalence, one compare each
+    # What two fds of one open file read alike -> (file_id, its lowest fd) of each entry so far: kcmp's answer
+    # is an equivalence, so one compare per entry, and only against entries that could be the same file
+    # (a thousand eventfds would otherwise cost half a million kcmp calls).
+    alike: dict[tuple, list[tuple[int, int]]] = {}
     for f in open_files:
-        shared = next((file_id for file_id, fd in first_fd.items() if kcmp.same_file(view, fd, f.fd)), None)
+        group = alike.setdefault(_identity(f), [])
+        shared = next((file_id for file_id, fd in group if kcmp.same_file(view, fd, f.fd)), None)
         if shared is None:
             entries.append(registry.dump(pid, f, first_id + len(entries), shell_job))
             shared = entries[-1].id
-            first_fd[shared] = f.fd
+            group.append((shared, f.fd))
         slots.append(FdSlot(f.fd, shared, f.cloexec))
     return tuple(slots), tuple(entries)
+
+
+def _identity(f: OpenFile) -> tuple:
+    """What never differs between two fds of one open file: the file and its mount, and an eventfd's own id.
+
+    Only what cannot change: a timerfd's time left, an offset another
+    process moves, or an interest list changed meanwhile would split one
+    open file in two.
+    """
+    fields = fdinfo_fields(f.fdinfo)
+    return f.link, f.inode, fields.get("mnt_id"), fields.get("eventfd-id")
 
 
 def share_across(tables: dict[int, FdTable], views: dict[int, int]) -> tuple[dict[int, FdTable], tuple[FileEntry, ...]]:

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 from runtime.errors import DumpError, ImageError, RestoreError
 from runtime.files import unix_listen
-from runtime.files.base import SETFL_FLAGS, FdTable, FileKindBase, held_entries, refuse_payload
+from runtime.files.base import SETFL_FLAGS, above, FdTable, FileKindBase, held_entries, refuse_payload
 from runtime.images.model import FdKind, FileEntry, UnixSocket
 from runtime.kernel import pidfd, sock_diag
 from runtime.kernel.procfs.fds import FileKind, OpenFile
@@ -310,6 +310,9 @@ def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int)
     made: dict[int, socket.socket] = {}
     try:
         _make_sockets(sockets, made, pid)
+        floor = max((slot for _, slot in ends), default=0) + 1
+        for key, sock in made.items():  # out of the way of the slots the dup2s below fill
+            made[key] = socket.socket(fileno=above(sock.detach(), floor))
         for record in sockets:
             sock = made[record.id]
             # getsockopt reports twice what setsockopt was given (the kernel's bookkeeping share).

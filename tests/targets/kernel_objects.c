@@ -103,7 +103,7 @@ int main(int argc, char **argv)
 	sigemptyset(&usr1);
 	sigaddset(&usr1, SIGUSR1);
 	sigaddset(&usr1, SIGUSR2);
-	sigprocmask(SIG_BLOCK, &usr1, &wait_mask);
+	sigprocmask(SIG_BLOCK, &usr1, NULL);
 	sigdelset(&usr1, SIGUSR2);
 	timer_event.sigev_value.sival_int = 0x51;
 	mkdir("watched", 0700);
@@ -142,7 +142,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	say("ready pid=%d shmid=%d timer=%d\n", getpid(), shmid, (int)(intptr_t)timer);
-	sigdelset(&wait_mask, SIGUSR2);
+	sigemptyset(&wait_mask); /* SIGUSR1 stays blocked while waiting: it is the signalfd's */
+	sigaddset(&wait_mask, SIGUSR1);
 	while (!go)
 		sigsuspend(&wait_mask);
 

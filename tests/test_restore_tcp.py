@@ -111,6 +111,15 @@ while True:
 """
 
 
+@pytest.fixture(autouse=True)
+def no_lock_left():
+    """A test that failed between a dump and its restore leaves the lock: lifted, so the next test starts clean."""
+    yield
+    with contextlib.suppress(netlock.LockError):
+        if netlock.locked():
+            subprocess.run(["nft", "delete", "table", netlock.FAMILY, netlock.TABLE], check=False)
+
+
 def _dump(tree, **options) -> None:
     dump(tree.root, tree.images, DumpOptions(**options))
     tree.reap_killed()
@@ -461,3 +470,68 @@ def test_a_corrupt_inet_socket_is_refused_naming_the_field(change, field):
     entry = FileEntry(1, FdKind.INET, inet=None if "inet" in change else dataclasses.replace(record, **change))
     with pytest.raises(ImageError, match=rf"process-1\.json: {field}: "):
         registry.check(entry, "process-1.json", "files[0]")
+
+
+# The server writes until its send queue is full too: megabytes in both queues of one connection at the dump.
+FULL_QUEUES = """
+import hashlib, os, socket, time
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+address = server.getsockname()
+child = os.fork()
+if child == 0:
+    server.close()
+    conn = socket.create_connection(address)
+    while not os.path.exists("go"):
+        time.sleep(0.01)
+    digest, size = hashlib.sha256(), 0
+    while True:
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        digest.update(data)
+        size += len(data)
+    os.write(1, f"client got {size} {digest.hexdigest()}\\n".encode())
+    os._exit(0)
+conn, _ = server.accept()
+conn.setblocking(False)
+digest, sent, block = hashlib.sha256(), 0, bytes(range(256)) * 256
+while True:
+    try:
+        n = conn.send(block)
+    except BlockingIOError:
+        time.sleep(0.05)
+        try:
+            n = conn.send(block)
+        except BlockingIOError:
+            break
+    digest.update(block[:n])
+    sent += n
+os.write(1, f"ready child={child} sent={sent} digest={digest.hexdigest()}\\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.01)
+conn.setblocking(True)
+conn.close()
+os.waitpid(child, 0)
+os.write(1, b"done\\n")
+time.sleep(1000)
+"""
+
+
+def test_megabytes_in_both_queues_of_a_connection_arrive_whole(reaper, tmp_path):
+    tree = start_tree([PYTHON, "-c", FULL_QUEUES], tmp_path)
+    try:
+        tree.pids = [tree.root, int(tree.info["child"])]
+        _dump(tree, tcp_established=True)
+        with loader.load(tree.images) as checkpoint:
+            repaired = [e.inet.tcp for image in checkpoint.processes for e in image.process.files
+                        if e.inet is not None and e.inet.tcp is not None]
+        assert all(len(tcp.send_queue) + len(tcp.recv_queue) > 0 for tcp in repaired)
+        assert sum(len(tcp.send_queue) for tcp in repaired) > 100_000
+        tree.restore()
+        (tmp_path / "go").touch()
+        wait_for(lambda: "done" in tree.out.read_text(), timeout=30, what="the client to read everything")
+        assert lines(tree.out, "client") == [["client", "got", tree.info["sent"], tree.info["digest"]]]
+    finally:
+        tree.stop()

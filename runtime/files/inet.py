@@ -52,6 +52,7 @@ from runtime.kernel.procfs.fds import FileKind, OpenFile
 log = logging.getLogger(__name__)
 
 SO_PEEK_OFF = 42
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 UDP_PEEK_MAX = 1 << 16  # the largest UDP datagram
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
@@ -413,8 +414,12 @@ def _make(record: InetSocket, sock: socket.socket, pid: int, what: str) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, record.keepidle)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, record.keepintvl)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, record.keepcnt)
-    if record.state != "established":
-        # An established connection's buffers grow by themselves (autotuning) unless set: left to do so.
+    if record.tcp is not None:
+        # Its queues must fit (a repair-mode write waits for buffer room like any other): the dumped sizes, at
+        # least twice each queue's bytes, forced past net.core.[rw]mem_max (CAP_NET_ADMIN). They stay fixed.
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, max(record.sndbuf // 2, len(record.tcp.send_queue)))
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, max(record.rcvbuf // 2, len(record.tcp.recv_queue)))
+    elif record.state != "established":
         # getsockopt reports twice what setsockopt was given (the kernel's bookkeeping share).
         if record.rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, record.rcvbuf // 2)

@@ -195,7 +195,8 @@ def _render_vmas(vmas: Iterable[Vma], console: Console) -> None:
         if vma.kind is VmaKind.SYSV:
             kind = f"sysv {vma.shmem}" + (" ro" if vma.sysv_readonly else "")
         else:
-            kind = (f"shmem {vma.shmem}" if vma.shmem is not None else vma.kind.value) + (" gd" if vma.growsdown else "")
+            kind = f"shmem {vma.shmem}" if vma.shmem is not None else vma.kind.value
+            kind += " gd" if vma.growsdown else ""
         table.add_row(f"{vma.start:#x}", f"{vma.end:#x}", _size(vma.size), _prot(vma), kind,
                       f"{vma.offset:#x}" if vma.kind is VmaKind.FILE or vma.shmem is not None else "",
                       ",".join(advice.value for advice in vma.advice), vma.name or (vma.path or ""))

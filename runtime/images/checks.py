@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from runtime.errors import ImageError, shorten
 from runtime.images import names as layout, sessions
 from runtime.images.model import (KERNEL_MAPPING_KINDS, NR_ITIMERS, NR_RLIMITS, NSIG, PAGE_SIZE, TASK_SIZE,
-                                  TIMER_CLOCKS, TIMER_NOTIFY, FdKind, FileEntry, Inventory, Process, RseqCase, SharedMemory, ThreadCore, Tree,
-                                  UnixSocket, VdsoInfo, Vma, VmaAdvice, VmaKind)
+                                  TIMER_CLOCKS, TIMER_NOTIFY, FdKind, FileEntry, Inventory, Process, RseqCase,
+                                  SharedMemory, ThreadCore, Tree, UnixSocket, VdsoInfo, Vma, VmaAdvice, VmaKind)
 
 SIGINFO_SIZE = 128
 PROT_MASK = 0x7  # PROT_READ | PROT_WRITE | PROT_EXEC

@@ -9,7 +9,8 @@ parse, so an inventory cannot point a restore at `../../etc/shadow`.
 import re
 
 FORMAT_VERSION = 5  # 2: fd slots apart from file entries (runtime/files/); 3: per-thread name, scheduling, affinity;
-# 4: process trees (tree.json), shared memory objects (shmem-ID.img); 5: POSIX timers
+# 4: process trees (tree.json), shared memory objects (shmem-ID.img); 5: POSIX timers, SysV segments, inet sockets,
+# unix sockets' waiting connections and outside names, external and packet-mode pipes
 TOOL = "revive"
 
 DIR_MODE = 0o700

@@ -119,12 +119,18 @@ def _check_posix_timers(process: Process, file: str) -> None:
             raise ImageError(file, f"{field}.tid", f"{timer.tid} is not one of the process's threads")
         if timer.sigev_value >= 1 << 64:
             raise ImageError(file, f"{field}.sigev_value", f"{timer.sigev_value:#x} does not fit 64 bits")
-        for name in ("interval_nsec", "value_nsec"):
-            if getattr(timer, name) >= NSEC_PER_SEC:
-                raise ImageError(file, f"{field}.{name}", f"{getattr(timer, name)} is not below one second")
-        for name in ("interval_sec", "value_sec"):
-            if getattr(timer, name) > OFF_MAX:
-                raise ImageError(file, f"{field}.{name}", f"{getattr(timer, name)} does not fit a time_t")
+        _check_timer_times(timer, file, field, "nsec", NSEC_PER_SEC)
+
+
+def _check_timer_times(timer, file: str, field: str, fraction: str, per_second: int) -> None:
+    """A timer's interval and value as setitimer or timer_settime take them: seconds in a time_t, and a fraction
+    (usec or nsec) below one second."""
+    for part in ("interval", "value"):
+        if getattr(timer, f"{part}_{fraction}") >= per_second:
+            raise ImageError(file, f"{field}.{part}_{fraction}",
+                             f"{getattr(timer, f'{part}_{fraction}')} is not below one second")
+        if getattr(timer, f"{part}_sec") > OFF_MAX:
+            raise ImageError(file, f"{field}.{part}_sec", f"{getattr(timer, f'{part}_sec')} does not fit a time_t")
 
 
 def _check_counts(process: Process, file: str) -> None:
@@ -140,12 +146,7 @@ def _check_counts(process: Process, file: str) -> None:
             if getattr(action, name) >= TASK_SIZE:
                 raise ImageError(file, f"sigactions[{index}].{name}", f"{getattr(action, name):#x} is not a user address")
     for index, timer in enumerate(process.itimers):
-        for name in ("interval_usec", "value_usec"):
-            if getattr(timer, name) >= USEC_PER_SEC:
-                raise ImageError(file, f"itimers[{index}].{name}", f"{getattr(timer, name)} is not below one second")
-        for name in ("interval_sec", "value_sec"):
-            if getattr(timer, name) > OFF_MAX:
-                raise ImageError(file, f"itimers[{index}].{name}", f"{getattr(timer, name)} does not fit a time_t")
+        _check_timer_times(timer, file, f"itimers[{index}]", "usec", USEC_PER_SEC)
     _check_posix_timers(process, file)
     _check_siginfos(process.shared_pending, file, "shared_pending")
     if process.personality >= PERSONALITY_QUERY:

@@ -64,19 +64,15 @@ TYPES = (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET)
 RCV_SHUTDOWN, SEND_SHUTDOWN = 1, 2
 PEEK_MAX = 1 << 22  # larger than any message a socket queue holds (its SO_RCVBUF is capped far below)
 FDS_IN_FLIGHT_MAX = 253  # SCM_MAX_FD: the most descriptors one message carries
-
-
-def _unix_inodes() -> set[int]:
-    """The unix sockets of the runtime's network namespace (the dump refuses other namespaces)."""
-    with open("/proc/self/net/unix") as f:
-        return {int(line.split()[6]) for line in f.readlines()[1:] if len(line.split()) > 6}
+# The sockets' xattr system.sockprotoname (OpenFile.protocol): stream sockets, and datagram and seqpacket ones.
+PROTOCOLS = ("UNIX-STREAM", "UNIX")
 
 
 class UnixEnd(FileKindBase):
     kind = FdKind.UNIX
 
     def matches(self, open_file: OpenFile, shell_job: bool) -> bool:
-        return open_file.kind is FileKind.SOCKET and open_file.inode in _unix_inodes()
+        return open_file.kind is FileKind.SOCKET and open_file.protocol in PROTOCOLS
 
     def dump(self, pid: int, open_file: OpenFile, file_id: int) -> FileEntry:
         return FileEntry(file_id, self.kind, flags=open_file.flags, socket=open_file.inode)

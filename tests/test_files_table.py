@@ -15,11 +15,11 @@ import sys
 
 import pytest
 
-from images_sample import snapshot
+from images_sample import snapshot, start_sleeper, stop_and_reap
 from restore_support import wait_for
 from runtime.errors import DumpError, ImageError
 from runtime.files import registry, table
-from runtime.images.model import FdKind, FileEntry, FileNode
+from runtime.images.model import EpollTarget, FdKind, FdSlot, FileEntry, FileNode
 from runtime.kernel.procfs.fds import read_open_files
 
 SCRIPT = """
@@ -121,3 +121,24 @@ def test_each_kind_checks_its_own_entries(entry, field, words):
     with pytest.raises(ImageError) as refused:
         registry.check(entry, "process-1.json", "files[0]")
     assert str(refused.value).startswith(f"process-1.json: {field}: ") and words in str(refused.value)
+
+
+def test_epoll_instances_open_inner_first_and_a_loop_is_refused():
+    """An instance watching another is opened after it; two watching each other (no dump writes that) are refused."""
+    sleeper = start_sleeper()
+    try:
+        process = snapshot(sleeper.pid).process
+    finally:
+        stop_and_reap(sleeper)
+    inner = FileEntry(1, FdKind.EPOLL, epoll=(EpollTarget(3, 1, 0),))
+    outer = FileEntry(2, FdKind.EPOLL, epoll=(EpollTarget(4, 1, 0),))
+    null = FileEntry(3, FdKind.CHR, node=FileNode("/dev/null", stat.S_IFCHR | 0o666))
+    slots = (FdSlot(3, 3, False), FdSlot(4, 1, False), FdSlot(5, 2, False))
+    nested = dataclasses.replace(process, fds=slots, files=(inner, outer, null))
+    table.check_open_order(nested, (), "process-1.json")
+    assert [slot.fd for slot in table._opening_order(nested, table.entries_by_id(nested))] == [3, 4, 5]
+    looped = dataclasses.replace(nested, files=(dataclasses.replace(inner, epoll=(EpollTarget(5, 1, 0),)), outer,
+                                                null))
+    with pytest.raises(ImageError, match=r"^process-1\.json: fds: epoll instances nested more than 4 deep, or in a "
+                                         r"loop$"):
+        table.check_open_order(looped, (), "process-1.json")

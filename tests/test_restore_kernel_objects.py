@@ -18,7 +18,7 @@ libc.shmat.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
 libc.shmdt.argtypes = (ctypes.c_void_p,)
 IPC_RMID, SHM_RDONLY = 0, 0o10000
 SHM_SIZE = 128 * 1024
-CHECKS = ("epoll", "eventfd", "timerfd", "signalfd", "inotify", "memfd", "deleted", "posix_timer", "sysv",
+CHECKS = ("nested_epoll", "epoll", "eventfd", "timerfd", "signalfd", "inotify", "memfd", "deleted", "posix_timer", "sysv",
           "prot_none")
 
 

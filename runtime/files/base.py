@@ -15,7 +15,7 @@ import os
 import stat
 
 from runtime.errors import ImageError
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from runtime.images.model import FdKind, FdSlot, FileEntry
 from runtime.kernel.procfs.fds import OpenFile
@@ -25,8 +25,6 @@ class FileKindBase(abc.ABC):
     """One kind of open file description; a module defines one subclass and one instance of it."""
 
     kind: FdKind  # what the image records in FileEntry.kind
-    # Reopened only once every other fd of the process is in place (an epoll instance names them).
-    after_others: bool = False
     # May be one open file of several processes (made by their common ancestor before their own fds exist).
     shareable: bool = True
 
@@ -52,6 +50,14 @@ class FileKindBase(abc.ABC):
 
         A RestoreError naming the dumped pid and the fd if it cannot be.
         """
+
+    def open_order(self, entry: FileEntry, entry_at: Callable[[int], FileEntry | None]) -> int:
+        """When entry is opened among the process's fds, lowest first: 0 for a kind that names no other fd.
+
+        entry_at(fd): the entry the process holds at fd, None if none. A kind
+        that names other fds (epoll) comes after the entries it names.
+        """
+        return 0
 
     @abc.abstractmethod
     def describe(self, entry: FileEntry) -> tuple[str, str]:

@@ -13,15 +13,18 @@ the dump is reported ready again. An edge-triggered target that was ready
 is reported once more after the restore (a new registration looks at it
 anew).
 
-An instance several processes share (after a fork) is refused: its targets
-would have to exist in the process that makes it before that process forks.
-So is one watching another epoll instance, which would have to be made first.
+An instance may watch another (the kernel allows nesting up to
+EP_MAX_NESTS deep, and no loop): the inner one is made first
+(open_order). An instance several processes share (after a fork) is
+refused: its targets would have to exist in the process that makes it
+before that process forks.
 """
 
 import ctypes
 import os
 import re
 import select
+from collections.abc import Callable
 
 from runtime.errors import DumpError, ImageError, RestoreError
 from runtime.files.base import FileKindBase, place, refuse_payload
@@ -31,6 +34,7 @@ from runtime.kernel.procfs.fds import FileKind, OpenFile
 from runtime.kernel.procfs.files import proc_path
 
 LINK = "anon_inode:[eventpoll]"
+EP_MAX_NESTS = 4  # fs/eventpoll.c: instances inside instances, at most this deep
 EPOLL_CTL_ADD = 1
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
@@ -57,7 +61,6 @@ def parse_targets(pid: int, fd: int, text: str) -> list[tuple[EpollTarget, int, 
 
 class EpollInstance(FileKindBase):
     kind = FdKind.EPOLL
-    after_others = True
     shareable = False
 
     def matches(self, open_file: OpenFile, shell_job: bool) -> bool:
@@ -74,9 +77,6 @@ class EpollInstance(FileKindBase):
                     (inode, os.major(device), os.minor(device)):
                 raise DumpError(pid, f"fd {open_file.fd} ({open_file.description}): it watches a file that is no "
                                      f"longer open at fd {target.fd} (closed or replaced since): not supported")
-            if os.readlink(proc_path(pid, f"fd/{target.fd}")) == LINK:
-                raise DumpError(pid, f"fd {open_file.fd} ({open_file.description}): it watches another epoll "
-                                     f"instance (fd {target.fd}): not supported yet")
             targets.append(target)
         return FileEntry(file_id, self.kind, flags=open_file.flags, epoll=tuple(targets))
 
@@ -99,6 +99,18 @@ class EpollInstance(FileKindBase):
         made = os.dup(instance.fileno())  # select.epoll closes its own descriptor with it
         instance.close()
         return place(made, number, inheritable)
+
+    def open_order(self, entry: FileEntry, entry_at: Callable[[int], FileEntry | None], depth: int = 0) -> int:
+        """After every other kind (1), and after each instance it watches (one more than the deepest).
+
+        A ValueError for a loop or a nesting deeper than the kernel allows,
+        which no dump writes (the image checks call this).
+        """
+        if depth > EP_MAX_NESTS:
+            raise ValueError(f"epoll instances nested more than {EP_MAX_NESTS} deep, or in a loop")
+        inner = (entry_at(target.fd) for target in entry.epoll)
+        return 1 + max((self.open_order(e, entry_at, depth + 1) for e in inner if e is not None and
+                        e.kind is FdKind.EPOLL), default=0)
 
     def describe(self, entry: FileEntry) -> tuple[str, str]:
         watched = ", ".join(f"{t.fd} ({t.events:#x})" for t in entry.epoll) or "nothing"

@@ -12,7 +12,7 @@ them, so that each inherits it (runtime/restore/spawn.py).
 
 import os
 
-from runtime.errors import DumpError
+from runtime.errors import DumpError, ImageError
 from runtime.files import registry, regular
 from runtime.files.base import FdTable
 from dataclasses import replace
@@ -110,6 +110,21 @@ def check(entries: tuple[FileEntry, ...], file: str) -> None:
         registry.check(entry, file, f"files[{index}]")
 
 
+def check_open_order(process: Process, shared: tuple[FileEntry, ...], file: str) -> None:
+    """An ImageError if the slots name an order no restore can open them in (epoll instances in a loop)."""
+    try:
+        _opening_order(process, entries_by_id(process, shared))
+    except ValueError as exc:
+        raise ImageError(file, "fds", str(exc)) from None
+
+
+def _opening_order(process: Process, entries: dict[int, FileEntry]) -> list[FdSlot]:
+    """The slots in the order restore_table opens them: each kind's open_order, lowest first, then by fd."""
+    at_fd = {slot.fd: entries[slot.file_id] for slot in process.fds}
+    return sorted(process.fds, key=lambda s: registry.kind_of(entries[s.file_id]).open_order(entries[s.file_id],
+                                                                                             at_fd.get))
+
+
 def inherited_fds(process: Process) -> list[int]:
     """The fd numbers a --shell-job restore takes from its caller (never a tree's shared entry)."""
     entries = entries_by_id(process)
@@ -121,11 +136,11 @@ def restore_table(process: Process, shared: dict[int, int], shared_entries: tupl
 
     shared: the descriptor each of the tree's shared entries this process
     holds was inherited at (file_id -> fd): it is dup'ed, never reopened.
-    A kind that names other fds (epoll) comes after all the others.
+    A kind that names other fds (epoll) comes after what it names.
     """
     entries = entries_by_id(process, shared_entries)
     opened: dict[int, int] = dict(shared)  # file_id -> the fd it was opened at first
-    for slot in sorted(process.fds, key=lambda s: registry.kind_of(entries[s.file_id]).after_others):
+    for slot in _opening_order(process, entries):
         if slot.file_id in opened:
             # One open file description under two numbers: a dup shares its offset and flags.
             os.dup2(opened[slot.file_id], slot.fd, inheritable=not slot.cloexec)

@@ -1,7 +1,7 @@
 /*
  * One process holding one of each kernel object behind an fd or a mapping, in a state worth keeping:
  *   an eventfd whose counter is 7; an epoll watching it (data 0xe1), a timerfd (0xe2), a signalfd (0xe3) and
- *   an inotify fd (0xe4); a timerfd firing every 10 ms, never read; a signalfd for SIGUSR1 (blocked); an
+ *   an inotify fd (0xe4), itself watched by a second epoll (data 0xe0); a timerfd firing every 10 ms, never read; a signalfd for SIGUSR1 (blocked); an
  *   inotify watch on the directory "watched" for IN_CREATE; a memfd of 64 KiB of pattern sealed against
  *   growing and shrinking, also mapped shared; a file "ghost" written and deleted, still open; a POSIX timer
  *   signalling SIGRTMIN+3 with value 0x51 every 20 ms; a SysV segment of key argv[1] (decimal) with pattern,
@@ -96,7 +96,7 @@ int main(int argc, char **argv)
 	struct itimerspec every_20ms = { { 0, 20000000 }, { 0, 20000000 } };
 	sigset_t usr1, wait_mask;
 	unsigned char *memfd_map, *segment, *hidden;
-	int efd, tfd, sfd, ifd, epfd, mfd, ghost, locked, shmid;
+	int efd, tfd, sfd, ifd, epfd, outer, mfd, ghost, locked, shmid;
 
 	if (argc != 2)
 		return 2;
@@ -113,12 +113,13 @@ int main(int argc, char **argv)
 	sfd = signalfd(-1, &usr1, SFD_NONBLOCK);
 	ifd = inotify_init1(IN_NONBLOCK);
 	epfd = epoll_create1(0);
+	outer = epoll_create1(0);
 	mfd = memfd_create("objects", MFD_ALLOW_SEALING);
 	ghost = open("ghost", O_RDWR | O_CREAT | O_TRUNC, 0640);
 	locked = open("locked", O_RDWR | O_CREAT, 0600);
 	shmid = shmget((key_t)atol(argv[1]), SHM_SIZE, IPC_CREAT | IPC_EXCL | 0600);
 	hidden = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (efd < 0 || tfd < 0 || sfd < 0 || ifd < 0 || epfd < 0 || mfd < 0 || ghost < 0 || locked < 0 || shmid < 0 ||
+	if (efd < 0 || tfd < 0 || sfd < 0 || ifd < 0 || epfd < 0 || outer < 0 || mfd < 0 || ghost < 0 || locked < 0 || shmid < 0 ||
 	    hidden == MAP_FAILED) {
 		perror("objects");
 		return 1;
@@ -132,7 +133,7 @@ int main(int argc, char **argv)
 	fill(hidden, 4096);
 	if (eventfd_write(efd, 7) || timerfd_settime(tfd, 0, &every_10ms, NULL) ||
 	    inotify_add_watch(ifd, "watched", IN_CREATE) < 0 || add(epfd, efd, 0xe1) || add(epfd, tfd, 0xe2) ||
-	    add(epfd, sfd, 0xe3) || add(epfd, ifd, 0xe4) ||
+	    add(epfd, sfd, 0xe3) || add(epfd, ifd, 0xe4) || add(outer, epfd, 0xe0) ||
 	    fcntl(mfd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK) ||
 	    write(ghost, GHOST, sizeof(GHOST)) != sizeof(GHOST) || unlink("ghost") ||
 	    flock(locked, LOCK_EX) || mprotect(hidden, 4096, PROT_NONE) ||
@@ -147,6 +148,12 @@ int main(int argc, char **argv)
 	while (!go)
 		sigsuspend(&wait_mask);
 
+	{
+		struct epoll_event ready[1];
+
+		check("nested_epoll", epoll_wait(outer, ready, 1, 0) == 1 && ready[0].data.u64 == 0xe0,
+		      "the outer epoll does not report the inner one ready");
+	}
 	{
 		struct epoll_event ready[8];
 		int n = epoll_wait(epfd, ready, 8, 0), seen = 0;

@@ -28,10 +28,22 @@ async def tick():
     for n in range(100000):
         os.write(1, f"tick {n}\\n".encode())
         await asyncio.sleep(0.01)
+async def echo():
+    cat = await asyncio.create_subprocess_exec("cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    for n in range(100000):
+        cat.stdin.write(f"{n}\\n".encode())
+        await cat.stdin.drain()
+        os.write(1, f"echo {int(await cat.stdout.readline())}\\n".encode())
+        await asyncio.sleep(0.02)
+def later(loop, n):
+    os.write(1, f"later {n}\\n".encode())
+    loop.call_later(0.05, later, loop, n + 1)
 async def main():
-    task = asyncio.create_task(tick())
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, later, loop, 0)
+    tasks = [asyncio.create_task(tick()), asyncio.create_task(echo())]
     os.write(1, f"ready pid={os.getpid()}\\n".encode())
-    await task
+    await asyncio.gather(*tasks)
 asyncio.run(main())
 """
 
@@ -58,16 +70,23 @@ time.sleep(1000)
 
 
 def test_an_asyncio_program_restored_runs_its_coroutines_on(reaper, tmp_path):
+    """A periodic task, a conversation with a `cat` subprocess over pipes and a call_later chain, each at its rate."""
     tree = start_tree([PYTHON, "-c", ASYNCIO], tmp_path)
     try:
-        wait_for(lambda: len(lines(tree.out, "tick")) > 10, what="the ticks")
+        wait_for(lambda: all(len(lines(tree.out, tag)) > 3 for tag in ("tick", "echo", "later")), what="the loop")
         tree.dump()
-        at_dump = len(lines(tree.out, "tick"))
-        written = tree.out.stat().st_size
+        at_dump = {tag: len(lines(tree.out, tag)) for tag in ("tick", "echo", "later")}
         tree.restore()
-        wait_for(lambda: tree.out.stat().st_size > written + 400, what="the restored loop to tick on")
-        ticks = [int(words[1]) for words in lines(tree.out, "tick")]
-        assert len(ticks) > at_dump and ticks == list(range(len(ticks)))
+        wait_for(lambda: all(len(lines(tree.out, tag)) > at_dump[tag] + 2 for tag in at_dump), what="the loop on")
+        counted = {tag: len(lines(tree.out, tag)) for tag in at_dump}
+        started = time.monotonic()
+        time.sleep(1)
+        elapsed = time.monotonic() - started
+        for tag, period in (("tick", 0.01), ("echo", 0.02), ("later", 0.05)):
+            numbers = [int(words[1]) for words in lines(tree.out, tag)]
+            assert numbers == list(range(len(numbers))), f"{tag}: every one once, in order, across the restore"
+            # Never faster than its period, and not stalled (a lenient floor: the machine may be loaded).
+            assert elapsed / period / 4 <= len(numbers) - counted[tag] <= elapsed / period + 2, tag
     finally:
         tree.stop()
 

@@ -169,6 +169,8 @@ class Tree:
         return self.target.out
 
     def dump(self, leave_running: bool = False) -> None:
+        # The processes the tree started itself (a subprocess) are dumped too, and killed with it.
+        self.pids += [pid for pid in descendants(self.root) if pid not in self.pids]
         dump.dump(self.root, self.images, dump.DumpOptions(leave_running=leave_running))
         if not leave_running:
             self.reap_killed()

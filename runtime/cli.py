@@ -64,6 +64,12 @@ def _show(args: argparse.Namespace) -> None:
     show(args.directory, args.json)
 
 
+def _core(args: argparse.Namespace) -> None:
+    from runtime.convert.core import write_core  # only this command writes ELF files
+
+    write_core(args.images_dir, args.output, args.pid)
+
+
 def _check(args: argparse.Namespace) -> None:
     status = check(args.json)
     if status:
@@ -219,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     show_parser.add_argument("directory", metavar="DIR", help="the image directory")
     show_parser.add_argument("--json", action="store_true", help="print everything as JSON, for programs")
     show_parser.set_defaults(run=_show)
+
+    core_parser = commands.add_parser("core", help="write a process of an image as an ELF core file for gdb",
+                                      description="Write process PID of the image in DIR (default: its root) as "
+                                                  "an ELF core file gdb reads as if it had crashed at the dump.")
+    core_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="the image directory")
+    core_parser.add_argument("-o", "--output", required=True, metavar="FILE", help="the core file to write")
+    core_parser.add_argument("-p", "--pid", type=int, metavar="PID", help="which process of the tree")
+    core_parser.set_defaults(run=_core)
 
     check_parser = commands.add_parser("check", help="probe the kernel features dump and restore rely on",
                                        description="Probe every kernel feature the runtime relies on and print "

@@ -20,6 +20,7 @@ zeros (a hole in the core file). The kernel's [vvar] pages and mappings
 marked MADV_DONTDUMP are headers only, as in the kernel's cores.
 """
 
+import errno
 import io
 import os
 import struct
@@ -139,10 +140,18 @@ def _copy_file(vma: Vma, fd: int, offset: int) -> None:
 
 
 def _copy(source: int, source_offset: int, fd: int, offset: int, length: int) -> None:
+    """length bytes of source at source_offset to fd at offset, in the kernel: copy_file_range within one file
+    system, sendfile from another (copy_file_range refuses with EXDEV); a source that ends early leaves zeros."""
     while length > 0:
-        moved = os.copy_file_range(source, fd, min(length, COPY_CHUNK), source_offset, offset)
+        try:
+            moved = os.copy_file_range(source, fd, min(length, COPY_CHUNK), source_offset, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            os.lseek(fd, offset, os.SEEK_SET)
+            moved = os.sendfile(fd, source, source_offset, min(length, COPY_CHUNK))
         if moved == 0:
-            return  # the source ends early: the rest reads as zeros
+            return
         source_offset, offset, length = source_offset + moved, offset + moved, length - moved
 
 

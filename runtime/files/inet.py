@@ -10,13 +10,17 @@ The dump reads each socket through a descriptor of its own taken with
 pidfd_getfd (the same socket, while the tree is stopped): its addresses,
 the options users set, its state and shutdowns from sock_diag
 (kernel/inet_diag.py), a UDP socket's queued datagrams peeked with their
-senders. An established TCP connection is refused unless the dump is given
---tcp-established or --tcp-close (docs/tcp.md tells the whole story):
+senders. An established TCP connection, or one closing (FIN_WAIT1,
+FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING), is refused unless the dump is
+given --tcp-established or --tcp-close (docs/tcp.md tells the whole story):
 
 - --tcp-established: every such connection's packets are dropped first (the
   network lock, kernel/netlock.py), then its socket is put in repair mode
   (kernel/tcp_repair.py) and its sequence numbers, queues, options and
-  window are read. After a successful dump the process is killed with the
+  window are read, and which FINs were sent and received: the restore
+  makes this end's again by shutdown(SHUT_WR), the peer's by a segment
+  crafted as the peer's (kernel/tcp_fin.py), each at the sequence number it
+  had. After a successful dump the process is killed with the
   socket still in repair mode, which closes it without sending anything; the
   lock stays until a restore has made the socket again. A failed dump or
   --leave-running takes the socket out of repair mode and lifts the lock:
@@ -26,9 +30,11 @@ senders. An established TCP connection is refused unless the dump is given
   reset: its next read or write fails with ECONNRESET, then reads return 0
   and writes fail with EPIPE.
 
-Refused, naming the fd and the addresses: other TCP states (SYN_SENT,
-FIN_WAIT*, CLOSE_WAIT, LAST_ACK, CLOSING), an established connection shut
-down in one direction, connections completed on a listener and not yet
+Refused, naming the fd, the addresses and the state: a connection being
+made (SYN_SENT, SYN_RECV: repair cannot make a handshake), one that has
+ended (its descriptor's socket reads CLOSE, its unread bytes and EOF or
+reset with it; TIME_WAIT is never a descriptor's: the kernel's own socket
+holds it), connections completed on a listener and not yet
 accepted (they would be reset; with --tcp-close they are, and their clients
 reconnect), sockets of other protocols (raw, SCTP) or of another network
 namespace (no kind matches them).
@@ -41,12 +47,13 @@ import logging
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass, field, replace
 
 from runtime.errors import DumpError, ImageError, RestoreError
 from runtime.files.base import SETFL_FLAGS, FdTable, FileKindBase, held_entries, place, refuse_payload
 from runtime.images.model import Datagram, FdKind, FileEntry, InetSocket, TcpRepair
-from runtime.kernel import inet_diag, netlock, pidfd, tcp_repair
+from runtime.kernel import inet_diag, netlock, pidfd, tcp_fin, tcp_repair
 from runtime.kernel.procfs.fds import FileKind, OpenFile
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,12 @@ TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 STATES = ("unbound", "bound", "listening", "established", "connected")
+# A connection's TCP states that repair can make again; the FIN this end sent, the FIN the peer sent, in which.
+CONNECTED = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING")
+FIN_SENT = ("FIN_WAIT1", "FIN_WAIT2", "LAST_ACK", "CLOSING")
+FIN_RECEIVED = ("CLOSE_WAIT", "LAST_ACK", "CLOSING")
+TCPI_SEGS_OUT = struct.Struct("<I")  # struct tcp_info's tcpi_segs_out, at offset 136
+FIN_WAIT_TIMEOUT = 2.0  # seconds for the crafted FIN to reach its socket (over loopback: at once)
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 TYPES = (socket.SOCK_STREAM, socket.SOCK_DGRAM)
 PROTOCOLS = ("TCP", "TCPv6", "UDP", "UDPv6")  # the sockets' xattr system.sockprotoname (OpenFile.protocol)
@@ -128,6 +141,10 @@ class InetEnd(FileKindBase):
             raise ImageError(file, f"{where}.remote", f"a {record.state} socket has a peer")
         if record.tcp is not None and record.tcp.unsent > len(record.tcp.send_queue):
             raise ImageError(file, f"{where}.tcp.unsent", "more than its send queue")
+        if record.tcp is not None and record.tcp.state not in CONNECTED:
+            raise ImageError(file, f"{where}.tcp.state", f"{record.tcp.state!r} is none of {', '.join(CONNECTED)}")
+        if record.tcp is not None and record.tcp.state == "FIN_WAIT2" and record.tcp.send_queue:
+            raise ImageError(file, f"{where}.tcp.send_queue", "in FIN_WAIT2 the peer acknowledged every byte sent")
         if record.tcp is not None and any(getattr(record.tcp, name) > 0xFFFFFFFF for name in (
                 "send_seq", "recv_seq", "timestamp", "snd_wl1", "snd_wnd", "max_window", "rcv_wnd", "rcv_wup")):
             raise ImageError(file, f"{where}.tcp", "a sequence number or window of more than 32 bits")
@@ -155,6 +172,8 @@ class InetEnd(FileKindBase):
         words = [describe_socket(record), record.state]
         if record.reset:
             words.append("(reset at restore)")
+        if record.tcp is not None and record.tcp.state != "ESTABLISHED":
+            words.append(f"({record.tcp.state})")
         if record.tcp is not None:
             words.append(f"send queue {len(record.tcp.send_queue)} bytes ({record.tcp.unsent} unsent), "
                          f"receive queue {len(record.tcp.recv_queue)} bytes")
@@ -316,17 +335,32 @@ def _read(pid: int, fd: int, sock: socket.socket, diag: inet_diag.InetDiag | Non
                                  "clients see a reset)")
         return replace(base, state="listening", backlog=diag.backlog)
     if state == TCP_CLOSE:
+        if _ended(sock):
+            # TIME_WAIT is never a descriptor's: the kernel moves the connection to a socket of its own and the
+            # descriptor's reads CLOSE, its unread bytes and the peer's EOF (or a reset) still to be read.
+            raise DumpError(pid, f"{what}: a TCP socket whose connection has ended (closed by both ends, now in "
+                                 "TIME_WAIT, or reset): not supported")
         return replace(base, state="bound" if local_port else "unbound")
-    if state != TCP_ESTABLISHED:
-        raise DumpError(pid, f"{what}: a TCP socket in state {TCP_STATES.get(state, state)}: not supported (only "
-                             "listening, established, bound and unbound ones are)")
-    if diag.shutdown:
-        raise DumpError(pid, f"{what}: an established TCP connection shut down for "
-                             f"{'receiving' if diag.shutdown & 1 else 'sending'}: not supported")
+    name = TCP_STATES.get(state, str(state))
+    if name not in CONNECTED:
+        if not remote_port:  # a connecting socket has no peer getpeername tells
+            base = replace(base, remote=diag.peer, remote_port=diag.peer_port)
+        raise DumpError(pid, f"fd {fd} ({describe_socket(base)}): a TCP socket in state {name}: not supported (a "
+                             "connection not yet made, which TCP repair cannot make again)")
     if not (choice.established or choice.close):
-        raise DumpError(pid, f"{what}: an established TCP connection: dump with --tcp-established to keep it "
-                             "(TCP repair), or --tcp-close to reset it")
+        connection = "an established TCP connection" if name == "ESTABLISHED" else f"a TCP connection in state {name}"
+        raise DumpError(pid, f"{what}: {connection}: dump with --tcp-established to keep it (TCP repair), or "
+                             "--tcp-close to reset it")
     return replace(base, state="established", reset=not choice.established)
+
+
+def _ended(sock: socket.socket) -> bool:
+    """A TCP socket in CLOSE that had a connection (which sent segments), not one never connected or refused.
+
+    A refused or failed connect disconnects the socket, which clears its counters: it is like a new one.
+    """
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, tcp_repair.TCP_INFO_SIZE)
+    return len(info) >= 140 and TCPI_SEGS_OUT.unpack_from(info, 136)[0] > 0
 
 
 def _options(sock: socket.socket, stream: bool) -> dict:
@@ -374,10 +408,19 @@ def _peek_datagrams(pid: int, what: str, sock: socket.socket) -> tuple[Datagram,
 
 
 def _repair_read(sock: socket.socket) -> TcpRepair:
-    """An established connection's state, read in repair mode (the lock holds its packets)."""
+    """A connection's state, read in repair mode (the lock holds its packets).
+
+    A FIN this end sent has the last sequence number of the send queue: write_seq counts it, and so do the
+    unacknowledged (SIOCOUTQ) and unsent (SIOCOUTQNSD) counts while it is so; the peek gives bytes only. A FIN
+    received: rcv_nxt counts it, SIOCINQ does not.
+    """
     tcp_repair.set_repair(sock, tcp_repair.REPAIR_ON)
-    send_len = tcp_repair.queued(sock, tcp_repair.SIOCOUTQ)
-    unsent = tcp_repair.queued(sock, tcp_repair.SIOCOUTQNSD)
+    state = TCP_STATES.get(tcp_repair.tcp_state(sock), "?")
+    if state not in CONNECTED:  # it moved on since it was first read (a TIME_WAIT's descriptor reads CLOSE)
+        raise OSError(0, f"now in state {state}, which TCP repair cannot make again")
+    fin = state in FIN_SENT
+    send_len = max(tcp_repair.queued(sock, tcp_repair.SIOCOUTQ) - fin, 0)
+    unsent = max(tcp_repair.queued(sock, tcp_repair.SIOCOUTQNSD) - fin, 0)
     recv_len = tcp_repair.queued(sock, tcp_repair.SIOCINQ)
     send_seq = tcp_repair.queue_seq(sock, tcp_repair.SEND_QUEUE)
     send_queue = tcp_repair.peek_queue(sock, tcp_repair.SEND_QUEUE, send_len)
@@ -386,10 +429,10 @@ def _repair_read(sock: socket.socket) -> TcpRepair:
     tcp_repair.select_queue(sock, tcp_repair.NO_QUEUE)
     options = tcp_repair.read_options(sock)
     window = tcp_repair.read_window(sock)
-    return TcpRepair(send_seq=send_seq, recv_seq=recv_seq, send_queue=send_queue, unsent=min(unsent, send_len),
-                     recv_queue=recv_queue, mss=options.mss, snd_wscale=options.snd_wscale,
-                     rcv_wscale=options.rcv_wscale, wscale=options.wscale, sack=options.sack,
-                     timestamps=options.timestamps, timestamp=tcp_repair.read_timestamp(sock),
+    return TcpRepair(state=state, send_seq=send_seq, recv_seq=recv_seq, send_queue=send_queue,
+                     unsent=min(unsent, send_len), recv_queue=recv_queue, mss=options.mss,
+                     snd_wscale=options.snd_wscale, rcv_wscale=options.rcv_wscale, wscale=options.wscale,
+                     sack=options.sack, timestamps=options.timestamps, timestamp=tcp_repair.read_timestamp(sock),
                      snd_wl1=window.snd_wl1, snd_wnd=window.snd_wnd, max_window=window.max_window,
                      rcv_wnd=window.rcv_wnd, rcv_wup=window.rcv_wup)
 
@@ -444,12 +487,23 @@ def _make(record: InetSocket, sock: socket.socket, pid: int, what: str) -> None:
 
 def _make_repaired(record: InetSocket, sock: socket.socket) -> None:
     """The connection made again in repair mode (no handshake, nothing sent), then live; its packets stay
-    dropped by the network lock until the restore has made every socket of the tree."""
+    dropped by the network lock until the restore has made every socket of the tree.
+
+    A closing state: this end's FIN goes in by shutdown(SHUT_WR), in repair mode with the send queue selected
+    when everything before it was sent (it counts as sent, unacknowledged: the retransmission timer sends it
+    again, and the peer acknowledges it once more if it had it), else as an ordinary shutdown after the unsent
+    bytes; the peer's FIN by a segment crafted as the peer's (kernel/tcp_fin.py). Each sequence number starts
+    one lower for it, so the FIN takes the number it had. The order makes the state: FIN_WAIT1 then the peer's
+    FIN is CLOSING, the peer's FIN then this end's is LAST_ACK.
+    """
     tcp = record.tcp
     sent = len(tcp.send_queue) - tcp.unsent
+    fin_sent, fin_received = tcp.state in FIN_SENT, tcp.state in FIN_RECEIVED
+    fin_in_repair = fin_sent and not tcp.unsent
+    send_start = tcp.send_seq - fin_sent - len(tcp.send_queue)
     tcp_repair.set_repair(sock, tcp_repair.REPAIR_ON)  # also lets it bind the port its listener holds
-    tcp_repair.set_queue_seq(sock, tcp_repair.SEND_QUEUE, tcp.send_seq - len(tcp.send_queue))
-    tcp_repair.set_queue_seq(sock, tcp_repair.RECV_QUEUE, tcp.recv_seq - len(tcp.recv_queue))
+    tcp_repair.set_queue_seq(sock, tcp_repair.SEND_QUEUE, send_start)
+    tcp_repair.set_queue_seq(sock, tcp_repair.RECV_QUEUE, tcp.recv_seq - fin_received - len(tcp.recv_queue))
     tcp_repair.select_queue(sock, tcp_repair.NO_QUEUE)
     sock.bind((record.local, record.local_port))
     sock.connect((record.remote, record.remote_port))
@@ -460,7 +514,14 @@ def _make_repaired(record: InetSocket, sock: socket.socket) -> None:
     # What the peer may already have seen goes in as sent; the rest is sent as new data once live.
     tcp_repair.write_queue(sock, tcp_repair.SEND_QUEUE, tcp.send_queue[:sent])
     tcp_repair.write_queue(sock, tcp_repair.RECV_QUEUE, tcp.recv_queue)
+    if fin_in_repair and tcp.state != "LAST_ACK":
+        _shut_sending_in_repair(sock)
+    if fin_received:
+        _receive_fin(record, sock, ack=send_start)
+    if fin_in_repair and tcp.state == "LAST_ACK":
+        _shut_sending_in_repair(sock)
     tcp_repair.select_queue(sock, tcp_repair.NO_QUEUE)
+    # After the peer's FIN: the kernel refuses an rcv_wup past rcv_nxt, and the dumped one counts the FIN.
     tcp_repair.write_window(sock, tcp_repair.Window(tcp.snd_wl1, tcp.snd_wnd, tcp.max_window, tcp.rcv_wnd,
                                                     tcp.rcv_wup))
     tcp_repair.set_repair(sock, tcp_repair.REPAIR_OFF)
@@ -468,6 +529,32 @@ def _make_repaired(record: InetSocket, sock: socket.socket) -> None:
         view = memoryview(tcp.send_queue)[sent:]
         while view:
             view = view[sock.send(view, socket.MSG_DONTWAIT):]
+    if fin_sent and not fin_in_repair:
+        sock.shutdown(socket.SHUT_WR)
+    if record.shutdown & 1 and not fin_received:  # shut down for receiving by the process: nothing is sent
+        sock.shutdown(socket.SHUT_RD)
+
+
+def _shut_sending_in_repair(sock: socket.socket) -> None:
+    """This end's FIN queued as sent and unacknowledged, nothing sent now (repair mode, send queue selected)."""
+    tcp_repair.select_queue(sock, tcp_repair.SEND_QUEUE)
+    sock.shutdown(socket.SHUT_WR)
+
+
+def _receive_fin(record: InetSocket, sock: socket.socket, ack: int) -> None:
+    """The peer's FIN, at the sequence number it had, taken by the socket (it acknowledges ack, its snd_una)."""
+    tcp = record.tcp
+    tcp_repair.select_queue(sock, tcp_repair.NO_QUEUE)
+    before = tcp_repair.tcp_state(sock)
+    window = tcp.snd_wnd >> tcp.snd_wscale if tcp.wscale else tcp.snd_wnd
+    tcp_fin.send_fin(record.family, (record.remote, record.remote_port), (record.local, record.local_port),
+                     seq=tcp.recv_seq - 1, ack=ack, window=window)
+    deadline = time.monotonic() + FIN_WAIT_TIMEOUT
+    while tcp_repair.tcp_state(sock) == before:
+        if time.monotonic() > deadline:
+            raise OSError(0, f"the peer's FIN, sent from a raw socket through the network lock, did not reach it "
+                             f"(still {TCP_STATES.get(before, before)})")
+        time.sleep(0.001)
 
 
 def _make_reset(sock: socket.socket) -> None:

@@ -404,10 +404,11 @@ class Datagram:
 class TcpRepair:
     """An established TCP connection as TCP_REPAIR reads it and writes it back (docs/tcp.md)."""
 
-    send_seq: int  # TCP_QUEUE_SEQ of the send queue: the sequence number after its last byte (write_seq)
-    recv_seq: int  # TCP_QUEUE_SEQ of the receive queue: the next byte expected (rcv_nxt)
-    send_queue: bytes  # written by the process, not yet acknowledged by the peer (sent or not)
-    unsent: int  # how many bytes at the end of send_queue were never sent (SIOCOUTQNSD)
+    state: str  # ESTABLISHED, or a closing one: FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING
+    send_seq: int  # TCP_QUEUE_SEQ of the send queue: write_seq, after its last byte (and its FIN, if sent)
+    recv_seq: int  # TCP_QUEUE_SEQ of the receive queue: rcv_nxt (after the peer's FIN, if received)
+    send_queue: bytes  # written by the process, not yet acknowledged by the peer (sent or not); never a FIN
+    unsent: int  # how many bytes at the end of send_queue were never sent (SIOCOUTQNSD, less a FIN not sent)
     recv_queue: bytes  # received, not yet read by the process
     mss: int  # TCP_MAXSEG
     snd_wscale: int  # the window scale the peer announced (tcpi_snd_wscale); 0 with wscale False

@@ -23,6 +23,8 @@ class InetDiag:
     pending: int  # a listening socket's connections completed and not accepted; else its unread bytes
     backlog: int  # a listening socket's listen() backlog; else its unsent or unacknowledged bytes
     shutdown: int  # 1 receiving, 2 sending shut down
+    peer: str = ""  # the remote address and port: what getpeername cannot tell of a TCP socket still connecting
+    peer_port: int = 0
 
 
 def inet_sockets(protocols: tuple[int, ...] = (socket.IPPROTO_TCP, socket.IPPROTO_UDP)) -> dict[int, InetDiag]:
@@ -37,5 +39,6 @@ def inet_sockets(protocols: tuple[int, ...] = (socket.IPPROTO_TCP, socket.IPPROT
                     found[message["idiag_inode"]] = InetDiag(
                         inode=message["idiag_inode"], protocol=protocol, state=message["idiag_state"],
                         pending=message["idiag_rqueue"], backlog=message["idiag_wqueue"],
-                        shutdown=attrs.get("INET_DIAG_SHUTDOWN", 0) or 0)
+                        shutdown=attrs.get("INET_DIAG_SHUTDOWN", 0) or 0,
+                        peer=message["idiag_dst"], peer_port=message["idiag_dport"])
     return found

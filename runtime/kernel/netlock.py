@@ -12,7 +12,9 @@ How: nftables, through the `nft` command (Debian's nftables package,
 scripts/setup.sh), one table of revive's own, `inet revive`, with two sets
 of 4-tuples (IPv4 and IPv6: local address, local port, remote address,
 remote port) and a rule in the input and the output hooks dropping any TCP
-packet whose 4-tuple, read from either end, is in a set. Locking adds the
+packet whose 4-tuple, read from either end, is in a set; before it, a rule
+accepting packets with the mark MARK, which only the restore's crafted FIN
+segments carry (kernel/tcp_fin.py). Locking adds the
 connection's two 4-tuples (one per direction) to its set; unlocking removes
 them, and the table when both sets are empty. The state lives in the
 kernel, not in this process: the dump kills the process and exits with the
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TABLE = "revive"
 FAMILY = "inet"
+MARK = 0x52564956  # SO_MARK of the packets the lock lets through: the peer's FIN a restored socket must receive
 _SETS = {socket.AF_INET: ("conn4", "ipv4_addr", "ip"), socket.AF_INET6: ("conn6", "ipv6_addr", "ip6")}
 
 
@@ -66,7 +69,8 @@ def _table_script() -> str:
 
 
 def _rules_script() -> str:
-    lines = []
+    # First: what the restore itself sends to a locked connection (kernel/tcp_fin.py) gets through.
+    lines = [f"add rule {FAMILY} {TABLE} {hook} meta mark {MARK:#x} accept" for hook in ("input", "output")]
     for set_name, _, match in _SETS.values():
         for hook in ("input", "output"):
             lines.append(f"add rule {FAMILY} {TABLE} {hook} {match} saddr . tcp sport . {match} daddr . tcp dport "

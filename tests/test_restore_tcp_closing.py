@@ -7,6 +7,7 @@ reply reaches the client; a process that shut down its own sending side
 lock held unsent (FIN_WAIT1, LAST_ACK) sends it after the restore, after its
 last bytes, once. The peer's FIN a restored socket must have received is a
 segment crafted from a raw socket through the lock (kernel/tcp_fin.py).
+A CLOSING one (both FINs sent, this end's not acknowledged) ends both ways.
 Refused, naming the connection and its state: a connection still being made
 (SYN_SENT), one that has ended (its descriptor reads CLOSE; TIME_WAIT is the
 kernel's own socket) and, without --tcp-established, a closing one.
@@ -14,6 +15,7 @@ kernel's own socket) and, without --tcp-established, a closing one.
 
 import dataclasses
 import socket
+import subprocess
 import time
 
 import pytest
@@ -323,3 +325,48 @@ def test_a_corrupt_connection_state_is_refused_naming_the_field():
         entry = FileEntry(1, FdKind.INET, inet=dataclasses.replace(record, tcp=dataclasses.replace(tcp, **change)))
         with pytest.raises(ImageError, match=rf"process-1\.json: files\[0\]\.inet\.tcp\.{field}: "):
             registry.check(entry, "process-1.json", "files[0]")
+
+
+@pytest.fixture
+def one_way_drop():
+    """A table of the test's own dropping, at the peer's input, what one port sends another: sent, never arrived."""
+    tables = []
+
+    def drop(sport: int, dport: int) -> None:
+        subprocess.run(["nft", "-f", "-"], check=True, text=True, input=(
+            "add table inet revive_test\n"
+            "add chain inet revive_test input { type filter hook input priority -300; policy accept; }\n"
+            f"add rule inet revive_test input tcp sport {sport} tcp dport {dport} drop\n"))
+        tables.append(sport)
+
+    yield drop
+    if tables:
+        subprocess.run(["nft", "delete", "table", "inet", "revive_test"], check=False, capture_output=True)
+
+
+def test_closing_with_its_fin_sent_and_the_peers_received_ends_both_ways(reaper, tmp_path, one_way_drop):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        tree = start_tree([PYTHON, "-c", HALF_CLOSER, str(int(socket.AF_INET)), str(port)], tmp_path)
+        try:
+            peer, _ = listener.accept()
+            with peer:
+                one_way_drop(int(tree.info["local"]), port)  # the client's bytes and FIN leave, and are lost
+                (tmp_path / "shut").touch()
+                wait_for(lambda: lines(tree.out, "shut"), what="the client to shut down")
+                peer.shutdown(socket.SHUT_WR)  # reaches the client: both FINs sent, the client's not acked
+                _dump(tree, tcp_established=True)
+                [tcp] = _repaired(tree.images)
+                assert (tcp.state, tcp.send_queue, tcp.unsent) == ("CLOSING", b"last words", 0)
+                subprocess.run(["nft", "delete", "table", "inet", "revive_test"], check=True)
+                tree.restore()
+                # Sent again by the restored socket's retransmission timer, FIN included, once.
+                assert _read_to_eof(peer) == b"last words"
+                (tmp_path / "go").touch()
+                wait_for(lambda: lines(tree.out, "client"), timeout=20, what="the client to read EOF")
+                assert lines(tree.out, "client") == [["client", "got", "then", "EOF"]]
+                wait_for(lambda: _state(peer) == "CLOSE", timeout=20, what="the peer's FIN to be acknowledged")
+        finally:
+            tree.stop()

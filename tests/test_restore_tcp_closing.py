@@ -36,9 +36,11 @@ no_lock_left = test_restore_tcp.no_lock_left  # autouse here too: a lock a faile
 # A server: accepts one client, waits for "go", reads everything until EOF, replies with what it got, closes.
 LATE_READER = """
 import os, socket, sys, time
-family = int(sys.argv[1])
+family, host = int(sys.argv[1]), sys.argv[2]
 server = socket.socket(family, socket.SOCK_STREAM)
-server.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+if host == "::":  # dual-stack: an IPv4 client's connection is an IPv6 socket's, at ::ffff:127.0.0.1
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+server.bind((host, 0))
 server.listen(1)
 os.write(1, f"ready port={server.getsockname()[1]}\\n".encode())
 conn, _ = server.accept()
@@ -103,12 +105,15 @@ def _state(conn: socket.socket) -> str:
             9: "LAST_ACK"}.get(tcp_repair.tcp_state(conn), "?")
 
 
-@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
-def test_a_server_in_close_wait_reads_the_bytes_left_then_eof_and_its_reply_arrives(family, reaper, tmp_path):
-    tree = start_tree([PYTHON, "-c", LATE_READER, str(int(family))], tmp_path)
+@pytest.mark.parametrize("family, host, client_host", [
+    (socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "::1"), (socket.AF_INET6, "::", "127.0.0.1")],
+    ids=["ipv4", "ipv6", "ipv4-mapped"])
+def test_a_server_in_close_wait_reads_the_bytes_left_then_eof_and_its_reply_arrives(family, host, client_host, reaper,
+                                                                                      tmp_path):
+    tree = start_tree([PYTHON, "-c", LATE_READER, str(int(family)), host], tmp_path)
     port = int(tree.info["port"])
     try:
-        with socket.create_connection((LOOPBACK[family], port)) as client:
+        with socket.create_connection((client_host, port)) as client:
             wait_for(lambda: lines(tree.out, "accepted"), what="the server to accept")
             client.sendall(b"the question, " * 100)
             client.shutdown(socket.SHUT_WR)
@@ -370,3 +375,22 @@ def test_closing_with_its_fin_sent_and_the_peers_received_ends_both_ways(reaper,
                 wait_for(lambda: _state(peer) == "CLOSE", timeout=20, what="the peer's FIN to be acknowledged")
         finally:
             tree.stop()
+
+
+def test_the_lock_holds_an_ipv4_client_of_a_dual_stack_server_sending_during_the_dump(reaper, tmp_path):
+    # The server's socket is IPv6 (::ffff:127.0.0.1), the packets IPv4: the lock must match them as IPv4 ones.
+    tree = start_tree([PYTHON, "-c", LATE_READER, str(int(socket.AF_INET6)), "::"], tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", int(tree.info["port"]))) as client:
+            wait_for(lambda: lines(tree.out, "accepted"), what="the server to accept")
+            client.sendall(b"before ")
+            _dump(tree, tcp_established=True)
+            client.sendall(b"during ")  # reaching no socket, it would be answered with a reset
+            time.sleep(0.3)
+            tree.restore()
+            client.sendall(b"after")
+            client.shutdown(socket.SHUT_WR)
+            (tmp_path / "go").touch()
+            assert _read_to_eof(client) == b"server got 19 bytes: " + b"before during after"[-20:]
+    finally:
+        tree.stop()

@@ -11,7 +11,8 @@ through once the restored socket is live: the peer sees only a pause.
 How: nftables, through the `nft` command (Debian's nftables package,
 scripts/setup.sh), one table of revive's own, `inet revive`, with two sets
 of 4-tuples (IPv4 and IPv6: local address, local port, remote address,
-remote port) and a rule in the input and the output hooks dropping any TCP
+remote port; an IPv6 socket's IPv4-mapped connection is IPv4 on the wire,
+so in the IPv4 set) and a rule in the input and the output hooks dropping any TCP
 packet whose 4-tuple, read from either end, is in a set; before it, a rule
 accepting packets with the mark MARK, which only the restore's crafted FIN
 segments carry (kernel/tcp_fin.py). Locking adds the
@@ -85,8 +86,13 @@ def _elements(connections: Iterable[Connection]) -> dict[str, list[str]]:
     """
     found: dict[str, dict[str, None]] = {}
     for conn in connections:
-        local, remote = ipaddress.ip_address(conn.local).compressed, ipaddress.ip_address(conn.remote).compressed
-        items = found.setdefault(_SETS[conn.family][0], {})
+        local, remote = ipaddress.ip_address(conn.local), ipaddress.ip_address(conn.remote)
+        family = conn.family
+        if family == socket.AF_INET6 and local.ipv4_mapped and remote.ipv4_mapped:
+            # An IPv6 socket talking IPv4 (::ffff:a.b.c.d): its packets are IPv4 ones, which only conn4 matches.
+            local, remote, family = local.ipv4_mapped, remote.ipv4_mapped, socket.AF_INET
+        local, remote = local.compressed, remote.compressed
+        items = found.setdefault(_SETS[family][0], {})
         items[f"{local} . {conn.local_port} . {remote} . {conn.remote_port}"] = None
         items[f"{remote} . {conn.remote_port} . {local} . {conn.local_port}"] = None
     return {set_name: list(items) for set_name, items in found.items()}

@@ -23,6 +23,7 @@ than the peer's clock and make the kernel drop the peer's real segments
 as old, PAWS).
 """
 
+import ipaddress
 import socket
 import struct
 
@@ -65,6 +66,11 @@ def fin_segment(family: int, source: tuple[str, int], destination: tuple[str, in
 
 def send_fin(family: int, peer: tuple[str, int], local: tuple[str, int], seq: int, ack: int, window: int) -> None:
     """The peer's FIN (sequence number seq, acknowledging ack) sent to the local end, through the network lock."""
+    if family == socket.AF_INET6 and all(ipaddress.IPv6Address(a).ipv4_mapped for a in (peer[0], local[0])):
+        # An IPv6 socket talking IPv4 (::ffff:a.b.c.d): its segments are IPv4 ones.
+        family = socket.AF_INET
+        peer = (str(ipaddress.IPv6Address(peer[0]).ipv4_mapped), peer[1])
+        local = (str(ipaddress.IPv6Address(local[0]).ipv4_mapped), local[1])
     packet = fin_segment(family, peer, local, seq, ack, window)
     try:
         with socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:

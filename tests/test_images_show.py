@@ -66,7 +66,7 @@ def test_show_of_a_corrupt_image_is_one_line_and_exit_1(image, tmp_path):
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"revive: {name}: sha256 ")
+    assert result.stderr.startswith(f"revive: {name}: digest ")
 
 
 def test_show_without_a_directory_is_bad_usage():

@@ -1,6 +1,5 @@
 """Writing and loading image directories of a real process, and refusing every spoiled one."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from runtime.images.loader import load
 from runtime.images.model import (TASK_SIZE, FdKind, FdSlot, FileEntry, FileNode, Inventory, Process, Tree,
                                   TreeProcess, Vma, VmaKind)
 from runtime.images.writer import ImageWriter
+from runtime.images import digest
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def rewrite_process(directory, change):
     process = codec.loads(Process, (directory / name).read_bytes(), name)
     data = codec.dumps(change(process))
     (directory / name).write_bytes(data)
-    write_inventory(directory, replace(inventory, files={**inventory.files, name: hashlib.sha256(data).hexdigest()}))
+    write_inventory(directory, replace(inventory, files={**inventory.files, name: digest.of_bytes(data)}))
 
 
 def write_inventory(directory, inventory):
@@ -58,8 +58,8 @@ def write_inventory(directory, inventory):
 
 def rehash(directory, name):
     inventory = codec.loads(Inventory, (directory / layout.INVENTORY).read_bytes(), layout.INVENTORY)
-    digest = hashlib.sha256((directory / name).read_bytes()).hexdigest()
-    write_inventory(directory, replace(inventory, files={**inventory.files, name: digest}))
+    write_inventory(directory, replace(inventory, files={**inventory.files,
+                                                         name: digest.of_bytes((directory / name).read_bytes())}))
 
 
 def test_image_of_a_live_process_loads_back_equal(image):
@@ -155,7 +155,7 @@ def test_a_truncated_pages_file_fails_its_checksum(image):
     directory, snap = image
     name = layout.pages_file(snap.process.pid)
     os.truncate(directory / name, (directory / name).stat().st_size - 4096)
-    assert refused(directory).startswith(f"{name}: sha256 ")
+    assert refused(directory).startswith(f"{name}: digest ")
 
 
 def test_a_page_map_beyond_the_pages_file_is_refused(image):
@@ -244,7 +244,7 @@ def test_a_listed_file_that_belongs_to_no_process_is_refused(image):
     extra = layout.xstate_file(snap.process.pid + 1)
     (directory / extra).write_bytes(snap.xstate)
     inventory = load(directory).inventory
-    write_inventory(directory, replace(inventory, files={**inventory.files, extra: hashlib.sha256(snap.xstate).hexdigest()}))
+    write_inventory(directory, replace(inventory, files={**inventory.files, extra: digest.of_bytes(snap.xstate)}))
     assert refused(directory) == f"inventory.json: files['{extra}']: belongs to no process of the image"
 
 

@@ -7,7 +7,6 @@ relies on (a parent created before its child, a session it can make, data
 that fits, a peer that names its socket back), and the loader names it.
 """
 
-import hashlib
 import shutil
 from dataclasses import replace
 
@@ -19,6 +18,7 @@ from runtime.errors import ImageError
 from runtime.images import codec, names as layout
 from runtime.images.loader import load
 from runtime.images.model import Inventory, Tree
+from runtime.images import digest
 from tree_support import descendants, proc_stat, start_tree, subreaper
 
 PYTHON = "/usr/bin/python3"
@@ -60,7 +60,7 @@ def rewrite_tree(directory, change) -> None:
     data = codec.dumps(change(tree))
     (directory / name).write_bytes(data)
     inventory = codec.loads(Inventory, (directory / layout.INVENTORY).read_bytes(), layout.INVENTORY)
-    inventory = replace(inventory, files={**inventory.files, name: hashlib.sha256(data).hexdigest()})
+    inventory = replace(inventory, files={**inventory.files, name: digest.of_bytes(data)})
     (directory / layout.INVENTORY).write_bytes(codec.dumps(inventory))
 
 

@@ -1,6 +1,5 @@
 """The restore command line: a shell job reattached to the caller's stdio, and bad images refused before any fork."""
 
-import hashlib
 import json
 import os
 import signal
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from restore_support import dumped_sleep, run_cli
+from runtime.images import digest
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON_LOOP = "import time\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.01)\n"
@@ -62,7 +62,7 @@ def refit_checksum(images: Path, name: str) -> None:
     """A hostile image is self-consistent: its inventory vouches for the edited file."""
     inventory_path = images / "inventory.json"
     inventory = json.loads(inventory_path.read_text())
-    inventory["files"][name] = hashlib.sha256((images / name).read_bytes()).hexdigest()
+    inventory["files"][name] = digest.of_bytes((images / name).read_bytes())
     inventory_path.write_text(json.dumps(inventory))
 
 

@@ -37,6 +37,7 @@ from restore_support import dumped_sleep, run_cli, wait_for
 from runtime.images import codec
 from runtime.images.model import FdKind, FileEntry, FileNode
 from runtime.restore.handover import ERROR_BYTES_MAX, ErrorChannel
+from runtime.images import digest
 
 REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -76,7 +77,7 @@ def edit_process(images: Path, pid: int, change) -> None:
 
 def refit_checksum(images: Path, name: str) -> None:
     inventory = json.loads((images / "inventory.json").read_text())
-    inventory["files"][name] = hashlib.sha256((images / name).read_bytes()).hexdigest()
+    inventory["files"][name] = digest.of_bytes((images / name).read_bytes())
     (images / "inventory.json").write_text(json.dumps(inventory))
 
 

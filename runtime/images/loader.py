@@ -4,7 +4,7 @@ Why all at once: restore forks a process with the dumped PID and then hands
 the image to a restorer that has already unmapped the old address space;
 after that point there is no way to report "this file is corrupt" to anyone.
 So load() reads the inventory, checks the format version and this CPU's
-xsave features, verifies the sha256 of every file it lists (a truncated
+xsave features, verifies the digest of every file it lists (a truncated
 pages file or a flipped byte anywhere is caught here), decodes every
 process record against the model's declared types, and runs the semantic
 checks (images/checks.py) that the types cannot express. Whatever is wrong,
@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ImageError, shorten
-from runtime.images import checks, codec, host, names as layout
+from runtime.images import checks, codec, digest, host, names as layout
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
 from runtime.images.model import Inventory, Process, Tree
-from runtime.images.writer import file_sha256
 from runtime.images.xsave import check_xsave_area
 from runtime.kernel import fileopen
 
@@ -107,17 +106,17 @@ def load(directory: str | os.PathLike, *, check_cpu: bool = True) -> Checkpoint:
             check_xsave_features(inventory)
         sizes: dict[str, int] = {}
         contents: dict[str, bytes] = {}
-        for name, digest in sorted(inventory.files.items()):
+        for name, expected in sorted(inventory.files.items()):
             file = _open(dir_fd, name, path)
             sizes[name] = os.fstat(file.fileno()).st_size
             if layout.parse_name(name)[0] in ("pages", "shmem"):
                 opened[name] = file
-                _check_digest(file_sha256(file), name, digest)
+                _check_digest(digest.of_file(file), name, expected)
             else:
                 with file:
                     # Parse the very bytes that were hashed, not a second read of a file that may change.
                     contents[name] = _read_whole(file, name, sizes[name])
-                _check_digest(hashlib.sha256(contents[name]).hexdigest(), name, digest)
+                _check_digest(digest.of_bytes(contents[name]), name, expected)
         if layout.TREE not in contents:
             raise ImageError(layout.INVENTORY, "files", f"no {layout.TREE}: every image has its tree")
         tree = codec.loads(Tree, contents[layout.TREE], layout.TREE)
@@ -207,7 +206,7 @@ def _read_whole(file: io.FileIO, name: str, size: int) -> bytes:
 
 def _check_digest(actual: str, name: str, expected: str) -> None:
     if actual != expected:
-        raise ImageError(name, "", f"sha256 {actual} does not match inventory.json ({shorten(expected)}): "
+        raise ImageError(name, "", f"digest {actual} does not match inventory.json ({shorten(expected)}): "
                                    "the file is truncated or corrupt")
 
 
@@ -240,6 +239,10 @@ def _check_version_first(data: Any) -> None:
 def _process_image(directory: Path, process: Process, opened: dict[str, io.FileIO],
                    contents: dict[str, bytes]) -> ProcessImage:
     vdso = None if process.vdso is None else layout.vdso_file(process.pid)
+    if vdso is not None and hashlib.sha256(contents[vdso]).hexdigest() != process.vdso.sha256:
+        # The vDSO's own identity (mm/vdso.py compares it with the running one), not the file's digest.
+        raise ImageError(layout.process_file(process.pid), "vdso.sha256",
+                         f"{shorten(process.vdso.sha256)} is not the sha256 of {vdso}")
     return ProcessImage(
         process=process,
         pages=opened[layout.pages_file(process.pid)],

@@ -26,7 +26,6 @@ the new one; a directory holding anything else is refused.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -34,19 +33,13 @@ import stat
 from pathlib import Path
 
 from runtime.errors import ImageError, shorten
-from runtime.images import checks, codec, host, names as layout
+from runtime.images import checks, codec, digest, host, names as layout
 from runtime.images.cpu import current_xsave_features
 from runtime.images.model import Inventory, Process, Tree
 
 log = logging.getLogger(__name__)
 
 TEMPORARY_INVENTORY = f".{layout.INVENTORY}.tmp"
-
-
-def file_sha256(file: io.FileIO | io.BufferedReader) -> str:
-    """Digest of an open file read in chunks (a pages file may be far larger than memory)."""
-    file.seek(0)
-    return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 class ImageWriter:
@@ -164,7 +157,7 @@ class ImageWriter:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
             with io.FileIO(fd, "rb", closefd=True) as file:
                 sizes[name] = os.fstat(file.fileno()).st_size
-                digests[name] = file_sha256(file)
+                digests[name] = digest.of_file(file)
         inventory = Inventory(
             format_version=layout.FORMAT_VERSION,
             tool=layout.TOOL,

@@ -40,9 +40,9 @@ DUMP = "dump"
 RESTORE = "restore"
 LAZY_RESTORE = "lazy restore (later)"
 PRE_DUMP = "pre-dump (later)"
-TCP = "tcp (later)"
+TCP = "--tcp-established"
 PIDFDS = "pidfds (later)"
-POSIX_TIMERS = "posix timers (later)"
+POSIX_TIMERS = "posix timers"
 REQUIRED_BY = (DUMP, RESTORE)
 
 PAGE_SIZE = mmap.PAGESIZE

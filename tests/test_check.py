@@ -44,7 +44,7 @@ def test_check_says_which_part_of_the_tool_needs_each_feature():
     assert "restore" in lines["clone3 set_tid"]
     assert "dump" in lines["PAGEMAP_SCAN"]
     assert "lazy restore (later)" in lines["userfaultfd"]
-    assert "tcp (later)" in lines["TCP_REPAIR"]
+    assert "--tcp-established" in lines["TCP_REPAIR"]
 
 
 def test_check_json_is_for_programs():

@@ -70,6 +70,12 @@ def _core(args: argparse.Namespace) -> None:
     write_core(args.images_dir, args.output, args.pid)
 
 
+def _exe(args: argparse.Namespace) -> None:
+    from runtime.convert.exe import write_exe  # only this command writes executables
+
+    write_exe(args.images_dir, args.output, args.pid)
+
+
 def _check(args: argparse.Namespace) -> None:
     status = check(args.json)
     if status:
@@ -233,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     core_parser.add_argument("-o", "--output", required=True, metavar="FILE", help="the core file to write")
     core_parser.add_argument("-p", "--pid", type=int, metavar="PID", help="which process of the tree")
     core_parser.set_defaults(run=_core)
+
+    exe_parser = commands.add_parser("exe", help="write a process of an image as an executable that resumes it",
+                                     description="Write process PID of the image in DIR (default: its root) as an "
+                                                 "ELF executable: running it resumes the process under a new PID, "
+                                                 "as any user, its stdio the shell's (docs/exe.md).")
+    exe_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="the image directory")
+    exe_parser.add_argument("-o", "--output", required=True, metavar="FILE", help="the executable to write")
+    exe_parser.add_argument("-p", "--pid", type=int, metavar="PID", help="which process of the tree")
+    exe_parser.set_defaults(run=_exe)
 
     check_parser = commands.add_parser("check", help="probe the kernel features dump and restore rely on",
                                        description="Probe every kernel feature the runtime relies on and print "

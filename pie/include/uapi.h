@@ -155,6 +155,29 @@ struct cap_data {
 #define MSG_CMSG_CLOEXEC 0x40000000
 #define UNIX_PATH_MAX 108
 
+/* Files (the exe loader opens the files a process mapped or held, by path). */
+#define ENOENT 2
+#define ESTALE 116
+#define AT_FDCWD -100
+#define O_RDONLY 0
+#define O_CLOEXEC 02000000
+#define SEEK_SET 0
+#define F_SETFD 2
+
+/* struct stat (x86_64): st_size at byte 48 of 144. */
+struct kernel_stat {
+	u64 dev;
+	u64 ino;
+	u64 nlink;
+	u32 mode;
+	u32 uid;
+	u32 gid;
+	u32 pad0;
+	u64 rdev;
+	s64 size;
+	u8 rest[88];
+};
+
 struct sockaddr_un {
 	u16 sun_family;
 	u8 sun_path[UNIX_PATH_MAX];

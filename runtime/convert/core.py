@@ -20,7 +20,6 @@ zeros (a hole in the core file). The kernel's [vvar] pages and mappings
 marked MADV_DONTDUMP are headers only, as in the kernel's cores.
 """
 
-import errno
 import io
 import os
 import struct
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 
 from runtime.arch import x86_64 as arch
 from runtime.convert import elf
+from runtime.convert.copy import copy_range
 from runtime.errors import ReviveError
 from runtime.images import loader
 from runtime.images.model import Process, SharedMemory, ThreadCore, Vma, VmaAdvice, VmaKind
@@ -47,7 +47,6 @@ PRPSINFO = struct.Struct("<bcbb4xQIIiiii16s80s")
 SIGINFO_SIZE = 128
 REGISTER_ORDER = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi",
                   "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs")
-COPY_CHUNK = 1 << 30  # copy_file_range moves at most about 2 GiB a call
 
 
 class CoreError(ReviveError):
@@ -116,13 +115,13 @@ def _write_memory(fd: int, load: Load, image: ProcessImage, objects: dict[int, S
         for extent in objects[vma.shmem].extents:
             start, end = max(extent.start, vma.offset), min(extent.start + extent.length, vma.offset + vma.size)
             if start < end:
-                _copy(source, extent.offset + start - extent.start, fd, load.offset + start - vma.offset, end - start)
+                copy_range(source, extent.offset + start - extent.start, fd, load.offset + start - vma.offset, end - start)
     elif vma.kind is VmaKind.FILE and vma.path:
         _copy_file(vma, fd, load.offset)
     for run in image.process.page_runs:
         start, end = max(run.vaddr, vma.start), min(run.vaddr + run.size, vma.end)
         if start < end:
-            _copy(image.pages.fileno(), run.offset + start - run.vaddr, fd, load.offset + start - vma.start,
+            copy_range(image.pages.fileno(), run.offset + start - run.vaddr, fd, load.offset + start - vma.start,
                   end - start)
 
 
@@ -134,25 +133,9 @@ def _copy_file(vma: Vma, fd: int, offset: int) -> None:
         return  # gone or unreadable: the image's own pages only
     try:
         length = min(vma.size, max(0, os.fstat(source).st_size - vma.offset))
-        _copy(source, vma.offset, fd, offset, length)
+        copy_range(source, vma.offset, fd, offset, length)
     finally:
         os.close(source)
-
-
-def _copy(source: int, source_offset: int, fd: int, offset: int, length: int) -> None:
-    """length bytes of source at source_offset to fd at offset, in the kernel: copy_file_range within one file
-    system, sendfile from another (copy_file_range refuses with EXDEV); a source that ends early leaves zeros."""
-    while length > 0:
-        try:
-            moved = os.copy_file_range(source, fd, min(length, COPY_CHUNK), source_offset, offset)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            os.lseek(fd, offset, os.SEEK_SET)
-            moved = os.sendfile(fd, source, source_offset, min(length, COPY_CHUNK))
-        if moved == 0:
-            return
-        source_offset, offset, length = source_offset + moved, offset + moved, length - moved
 
 
 def _notes(image: ProcessImage) -> bytes:

@@ -15,7 +15,7 @@ the restorer moves them, so they are kept too.
 Layout: [restorer image + bss (its stack) | restorer_args (the task part) |
 the arrays it points to | restorer_thread[] and, per thread, its pending
 signals and its rt_sigframe], each part 64-byte aligned, handed out by an
-Arena to one filler per concern (_fill_vmas, _fill_threads, ...); then, page
+Arena (runtime/task/restorer_block.py) to one filler per concern (_fill_vmas, _fill_threads, ...); then, page
 aligned and left out of the image bytes (the mapping is zero-filled), one
 restorer stack for each thread but the first, which runs on the blob's.
 """
@@ -30,32 +30,17 @@ from runtime import faults
 from runtime.arch import x86_64 as arch
 from runtime.errors import RestoreError
 from runtime.infect import blobs
-from runtime.images.model import (KERNEL_MAPPING_KINDS, PAGE_SIZE, Creds, Process, ThreadCore, Vma, VmaAdvice,
-                                  VmaKind)
+from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, Creds, Process, ThreadCore, Vma, VmaKind
 from runtime.kernel.procfs.maps import read_mappings
-from runtime.mm import sysv
 from runtime.mm.address_space import free_gaps
 from runtime.mm.vdso import VdsoPlan
-from runtime.task import posix_timers
+from runtime.task.restorer_block import MADV_NUMBERS, Arena, fill_name, fill_signals, fill_thread, fill_vma
 
 # Below 4 GiB sit non-PIE executables and their brk heaps; above the gaps
 # near TASK_SIZE the kernel places mmaps and the stack. Prefer the first gap
 # from here on: far from both, so the child's own allocations do not land there.
 AREA_PREFERRED_START = 1 << 32
 
-
-# madvise(2) advice numbers (include/uapi/asm-generic/mman-common.h); restorer_vma.advice
-# has bit n set for advice n.
-MADV_NUMBERS = {
-    VmaAdvice.RANDOM: 1,
-    VmaAdvice.SEQUENTIAL: 2,
-    VmaAdvice.DONTFORK: 10,
-    VmaAdvice.MERGEABLE: 12,
-    VmaAdvice.HUGEPAGE: 14,
-    VmaAdvice.NOHUGEPAGE: 15,
-    VmaAdvice.DONTDUMP: 16,
-    VmaAdvice.WIPEONFORK: 18,
-}
 
 O_RDONLY = os.O_RDONLY
 O_RDWR = os.O_RDWR
@@ -168,35 +153,6 @@ def plan_fds(process: Process, first: int, shared: dict[int, int] | None = None)
     return helpers
 
 
-class Arena:
-    """The restorer area's bytes after the blob, handed out in order: add(ctype, count) -> (view, address).
-
-    Each part starts 64-byte aligned (an rt_sigframe must be; the rest costs
-    a few bytes). Without a buffer the arena only measures: views are
-    scratch objects and addresses assume base 0, which is how build_area
-    learns the area's size before it can choose where the area goes.
-    """
-
-    ALIGNMENT = 64
-
-    def __init__(self, start: int, base: int = 0, buffer: bytearray | None = None):
-        self.base = base
-        self.end = start
-        self.buffer = buffer
-
-    def add(self, ctype, count: int = 1):
-        array_type = ctype * count
-        offset = self.end
-        self.end = arch.align_up(offset + ctypes.sizeof(array_type), self.ALIGNMENT)
-        view = array_type() if self.buffer is None else array_type.from_buffer(self.buffer, offset)
-        return view, self.base + offset
-
-    def add_bytes(self, data: bytes) -> int:
-        view, address = self.add(ctypes.c_uint8, len(data))
-        view[:] = data
-        return address
-
-
 def _find_area(pid: int, taken: list[Range], size: int) -> Range:
     """The first free range of size bytes at or above AREA_PREFERRED_START, else the lowest one."""
     holes = free_gaps([(r.start, r.end) for r in taken], size)
@@ -212,10 +168,6 @@ def _find_area(pid: int, taken: list[Range], size: int) -> Range:
 def own_layout() -> list[Range]:
     """The runtime's own mappings, which every member (a copy of it) has too until its restorer unmaps them."""
     return [Range(m.start, m.end) for m in read_mappings(os.getpid())]
-
-
-def _siginfo_signo(info: bytes) -> int:
-    return int.from_bytes(info[:4], "little", signed=True)
 
 
 def target_ranges(process: Process) -> list[Range]:
@@ -276,7 +228,7 @@ def _fill_area(arena: Arena, process: Process, xstates: dict[int, bytes], fds: H
         _fill_vdso_moves(args, vdso, temp)
         _fill_vdso_proxy(arena, args, vdso)
     _fill_close_fds(arena, args, fds)
-    _fill_signals(arena, args, process)
+    fill_signals(arena, args, process)
     _fill_creds(args.creds, process)
     _fill_threads(arena, args, process, xstates, stacks)
     args.fail_step = _requested_failure(proto)
@@ -297,18 +249,8 @@ def _fill_vmas(arena: Arena, args, process: Process, fds: HelperFds) -> None:
     slots, args.vmas = arena.add(blobs.protocol().RestorerVma, len(vmas))
     args.nr_vmas = len(vmas)
     for slot, v in zip(slots, vmas):
-        slot.start, slot.end, slot.prot = v.start, v.end, v.prot
-        slot.flags = (arch.MAP_SHARED if v.shared else arch.MAP_PRIVATE) | (arch.MAP_GROWSDOWN if v.growsdown else 0)
-        slot.shmid, slot.shmflg = -1, 0
-        if v.kind is VmaKind.SYSV:
-            slot.fd, slot.offset, slot.shmid = -1, v.offset, v.shmem
-            slot.shmflg = sysv.SHM_RDONLY if v.sysv_readonly else 0
-        elif v.kind is VmaKind.FILE or v.shmem is not None:
-            slot.fd, slot.offset = fds.fd_for(v), v.offset
-        else:
-            slot.fd, slot.offset = -1, 0
-            slot.flags |= arch.MAP_ANONYMOUS
-        slot.advice = sum(1 << MADV_NUMBERS[advice] for advice in v.advice)
+        mapped_by_fd = v.kind is not VmaKind.SYSV and (v.kind is VmaKind.FILE or v.shmem is not None)
+        fill_vma(slot, v, fds.fd_for(v) if mapped_by_fd else -1)
 
 
 def _fill_iovecs(arena: Arena, args, process: Process) -> None:
@@ -354,43 +296,6 @@ def _fill_close_fds(arena: Arena, args, fds: HelperFds) -> None:
     slots[:] = list(fds.all)
 
 
-def _fill_signals(arena: Arena, args, process: Process) -> None:
-    """The process's signal state: actions, interval and POSIX timers, and the signals pending on it as a whole."""
-    for slot, timer in zip(args.itimers, process.itimers):
-        slot.interval_sec, slot.interval_usec = timer.interval_sec, timer.interval_usec
-        slot.value_sec, slot.value_usec = timer.value_sec, timer.value_usec
-    for slot, action in zip(args.sigactions, process.sigactions):
-        slot.handler, slot.flags, slot.restorer, slot.mask = action.handler, action.flags, action.restorer, action.mask
-    pending = _queued_again(process.shared_pending, process)
-    args.nr_pending = len(pending)
-    args.pending = _add_siginfos(arena, blobs.protocol().RestorerSiginfo, pending)
-    _fill_posix_timers(arena, args, process)
-
-
-def _fill_posix_timers(arena: Arena, args, process: Process) -> None:
-    slots, args.posix_timers = arena.add(blobs.protocol().RestorerPosixTimer, len(process.posix_timers))
-    args.nr_posix_timers = len(process.posix_timers)
-    for slot, timer in zip(slots, process.posix_timers):
-        slot.id, slot.clock, slot.signo, slot.notify, slot.tid = (timer.id, timer.clock, timer.signal, timer.notify,
-                                                                  timer.tid)
-        slot.value = timer.sigev_value
-        slot.spec.interval_sec, slot.spec.interval_nsec = timer.interval_sec, timer.interval_nsec
-        slot.spec.value_sec, slot.spec.value_nsec = timer.value_sec, timer.value_nsec
-
-
-def _queued_again(infos: tuple[bytes, ...], process: Process) -> tuple[bytes, ...]:
-    """The pending signals the restorer queues: all but the periodic timers' own, which they queue themselves."""
-    return tuple(info for info in infos if not posix_timers.refired_by_timer(info, process.posix_timers))
-
-
-def _add_siginfos(arena: Arena, siginfo_type, infos: tuple[bytes, ...]) -> int:
-    slots, address = arena.add(siginfo_type, len(infos))
-    for slot, info in zip(slots, infos):
-        slot.signo = _siginfo_signo(info)
-        ctypes.memmove(slot.info, info, len(info))
-    return address
-
-
 def created_threads(process: Process) -> list[ThreadCore]:
     """The threads the restorer creates: all but the leader, or all of them when the dumped leader had exited."""
     return [thread for thread in process.threads if thread.tid != process.pid]
@@ -413,30 +318,9 @@ def _fill_threads(arena: Arena, args, process: Process, xstates: dict[int, bytes
         slot.stack = stacks + position * proto.RESTORER_THREAD_STACK_SIZE if position else 0
         if thread is None:  # the exiting leader: its name, and nothing else to set
             slot.tid, slot.ss_flags = process.pid, SS_DISABLE
-            _fill_name(slot, process.comm)
+            fill_name(slot, process.comm)
             continue
-        slot.tid = thread.tid
-        slot.ss_sp, slot.ss_flags, slot.ss_size = thread.altstack.sp, thread.altstack.flags, thread.altstack.size
-        if thread.rseq is not None:
-            slot.rseq_addr, slot.rseq_len, slot.rseq_sig = thread.rseq.address, thread.rseq.size, thread.rseq.signature
-        # rt_sigreturn does not touch the segment bases: the TLS pointer is set by the restorer.
-        slot.fs_base, slot.gs_base = thread.regs.fs_base, thread.regs.gs_base
-        slot.clear_child_tid = thread.clear_child_tid
-        slot.robust_list, slot.robust_list_len = thread.robust_list, thread.robust_list_len
-        _fill_name(slot, thread.comm or process.comm)
-        pending = _queued_again(thread.pending, process)
-        slot.nr_pending = len(pending)
-        slot.pending = _add_siginfos(arena, proto.RestorerSiginfo, pending)
-        xstate = xstates[thread.tid]
-        frame_view, frame_address = arena.add(ctypes.c_uint8, arch.rt_sigframe_size(len(xstate)))
-        frame, slot.sigreturn_sp = arch.build_rt_sigframe(thread.regs, xstate, thread.blocked, frame_address)
-        frame_view[:len(frame)] = frame
-
-
-def _fill_name(slot, name: str) -> None:
-    """The kernel keeps TASK_COMM_LEN - 1 bytes of a name; the slot is zero-filled, so it ends in NUL."""
-    encoded = os.fsencode(name)[:len(slot.comm) - 1]
-    slot.comm[:len(encoded)] = list(encoded)
+        fill_thread(arena, slot, process, thread, xstates[thread.tid])
 
 
 def _requested_failure(proto) -> int:

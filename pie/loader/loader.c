@@ -1,0 +1,117 @@
+/*
+ * The exe loader: the entry point of an executable `python -m runtime exe`
+ * wrote, which turns the new process the kernel made from it into the
+ * dumped one (docs/exe.md tells the whole story).
+ *
+ * The kernel has already placed the process's anonymous memory from the
+ * PT_LOADs, with its pages, and this blob with its argument block. What is
+ * left, in order: check the executable and the CPU, leave the kernel's
+ * stack, put the vDSO where the process had it, map what the kernel could
+ * not place (the stack, files by path, checked), fill those pages from the
+ * executable, protections and advice, the mm fields (brk, arg and env
+ * ranges, auxv) with PR_SET_MM_MAP (allowed unprivileged: the exe link is
+ * left as it is), signal actions and itimers, descriptors, each thread's own
+ * state, pending signals, POSIX timers, and rt_sigreturn into the saved
+ * registers. The restore steps are the restorer's own (pie/common/).
+ *
+ * Nothing is undone on failure: the process has not run a single
+ * instruction of its own, so one line on stderr and exit status 1 is all.
+ */
+#include "loader.h"
+#include "log.h"
+#include "restore.h"
+#include "syscall.h"
+#include "uapi.h"
+
+void loader_fail(const char *what, long err, u64 detail)
+{
+	log_line("revive exe: %s (errno %ld, detail 0x%lx)", what, -err, detail);
+	sys_call1(__NR_exit_group, 1);
+	__builtin_unreachable();
+}
+
+static void step(const char *what, long ret, u64 detail)
+{
+	if (ret)
+		loader_fail(what, ret, detail);
+}
+
+/* The mappings the kernel placed from PT_LOADs: their own protections (the zero-filled tail of a PT_LOAD is
+ * always read-write) and advice, with the shared steps over a copy of the block naming them. */
+static void finish_placed(const struct loader_args *la, const struct restorer_args *args)
+{
+	struct restorer_args placed = *args;
+	u64 d = 0;
+
+	placed.vmas = la->placed;
+	placed.nr_vmas = la->nr_placed;
+	step("cannot protect a placed mapping", protect_vmas(&placed, &d), d);
+	step("the kernel refused a placed mapping's madvise advice", advise_vmas(&placed, &d), d);
+}
+
+static void map_the_rest(const struct loader_args *la, struct restorer_args *args)
+{
+	u64 d = 0;
+
+	open_mapped_files(la);
+	step("cannot map a mapping the kernel could not place", map_vmas(args, &d), d);
+	check_mapped_files(la);
+	step("cannot read the pages of the mappings from the executable", fill_pages(args, &d), d);
+	step("cannot protect a mapping", protect_vmas(args, &d), d);
+	step("the kernel refused a mapping's madvise advice", advise_vmas(args, &d), d);
+	finish_placed(la, args);
+}
+
+/* A thread's own state; its TID is new, and glibc caches it where clear_child_tid points (its TCB). */
+static void restore_own_thread(struct restorer_thread *thread)
+{
+	u64 d = 0;
+	u32 tid = (u32)sys_call0(__NR_gettid);
+
+	step("cannot register the thread's rseq area", register_rseq(thread, &d), d);
+	step("cannot set the thread's fs/gs base", restore_thread_area(thread, &d), d);
+	step("cannot set the thread's alternate signal stack", restore_altstack(thread, &d), d);
+	step("cannot set the thread's name", set_thread_name(thread, &d), d);
+	step("cannot set the thread's futex links", set_futex_links(thread, &d), d);
+	if (thread->clear_child_tid)
+		*(u32 *)thread->clear_child_tid = tid;
+	thread->tid = tid;
+}
+
+void loader_main(struct loader_args *la, u64 *kernel_sp)
+{
+	struct restorer_args *args = (struct restorer_args *)la->restore;
+	struct restorer_thread *self = (struct restorer_thread *)args->threads;
+	struct kernel_mappings km;
+	long exe;
+	u64 d = 0;
+
+	(void)kernel_sp;
+	log_init(2);
+	step("cannot block signals", block_all_signals(), 0);
+	exe = open_exe();
+	check_exe_checksum((int)exe);
+	check_xfeatures(la);
+	if (exe != args->pages_fd) {
+		step("cannot move the executable's descriptor", sys_call3(__NR_dup3, exe, args->pages_fd, O_CLOEXEC) < 0,
+		     (u64)args->pages_fd);
+		sys_call1(__NR_close, exe);
+	}
+
+	read_kernel_mappings(&km);
+	sys_call2(__NR_munmap, km.stack_start, km.stack_end - km.stack_start);
+	place_vdso(la, args, &km);
+	map_the_rest(la, args);
+	step("PR_SET_MM_MAP refused the dumped mm fields", set_mm_map(args, &d), d);
+	step("cannot set a signal action", restore_sigactions(args, 0, &d), d);
+	step("cannot set an interval timer", restore_itimers(args, &d), d);
+	reopen_fds(la);
+
+	restore_own_thread(self);
+	args->pid = (u32)sys_call0(__NR_getpid);
+	step("cannot queue a pending signal", queue_process_signals(args, &d), d);
+	step("cannot queue a thread's pending signal", queue_thread_signals(self, args->pid, &d), d);
+	step("cannot make a POSIX timer again", restore_posix_timers(args, &d), d);
+	step("cannot close the loader's descriptors", close_fds(args, &d), d);
+	sigreturn_to_task(self->sigreturn_sp);
+}

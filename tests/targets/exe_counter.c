@@ -1,0 +1,67 @@
+/*
+ * Target for `exe`: counts in a loop, printing "counter N pid P" every 20 ms, with a heap it grew before the
+ * dump. Once it finds itself under another PID than the one it started with (resumed from an executable), it
+ * prints "resumed pid=P sbrk=ADDRESS" (the break before anything else moved it), mallocs 100 MiB in 1 KiB pieces,
+ * writes to each, and prints "malloc ok bytes=N sbrk=ADDRESS", then counts on.
+ * Prints "ready pid=.. counter=ADDRESS sbrk=ADDRESS" first.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "say.h"
+
+volatile long counter;
+
+static void grow_heap(void)
+{
+	/* A heap with something in it (kept: the pointers stay reachable). */
+	static void *kept[64];
+	int i;
+
+	for (i = 0; i < 64; i++) {
+		kept[i] = malloc(4096);
+		memset(kept[i], i, 4096);
+	}
+}
+
+static void malloc_100_mib(void)
+{
+	size_t total = 0;
+	char *p;
+
+	while (total < (100UL << 20)) {
+		p = malloc(1024);
+		if (!p) {
+			say("malloc failed after %zu bytes\n", total);
+			return;
+		}
+		p[0] = 1;
+		p[1023] = 2;
+		total += 1024;
+	}
+	say("malloc ok bytes=%zu sbrk=%p\n", total, sbrk(0));
+}
+
+int main(void)
+{
+	pid_t started = getpid();
+
+	grow_heap();
+	say("ready pid=%d counter=%p sbrk=%p\n", started, (void *)&counter, sbrk(0));
+	for (;;) {
+		struct timespec twenty_ms = { 0, 20000000 };
+
+		nanosleep(&twenty_ms, NULL);
+		if (getpid() != started) {
+			started = getpid();
+			say("resumed pid=%d sbrk=%p\n", started, sbrk(0));
+			malloc_100_mib();
+		}
+		counter++;
+		say("counter %ld pid %d\n", counter, (int)getpid());
+	}
+}

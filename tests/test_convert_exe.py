@@ -1,0 +1,177 @@
+"""`exe`: an image written as an ELF executable that resumes the process when run, as an unprivileged user."""
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from dump_support import target_path
+from restore_support import Restorable, lines, run_cli, wait_for
+from runtime.convert.exe import PLACE_LIMIT
+from runtime.images.loader import load
+from runtime.images.model import VmaKind
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture
+def public_dir():
+    """A directory user 65534 can enter and run files from (pytest's tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="revive-exe-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def dumped_counter(tmp_path):
+    proc = Restorable([str(target_path("exe_counter"))], tmp_path)
+    wait_for(lambda: len(lines(proc.out, "counter")) >= 3, what="three counts")
+    proc.dump()
+    yield proc
+    proc.stop()
+
+
+class Run:
+    """The executable started from a shell-like parent as user 65534, its stdout a file; stop() kills and reaps."""
+
+    def __init__(self, exe: Path, out: Path):
+        self.out = out
+        with open(out, "w") as stdout:
+            self.proc = subprocess.Popen(NOBODY + [str(exe)], stdin=subprocess.DEVNULL, stdout=stdout,
+                                         stderr=subprocess.PIPE, cwd=exe.parent, start_new_session=True)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def runs():
+    started: list[Run] = []
+    yield started
+    for run in started:
+        run.stop()
+
+
+def write_exe(images: Path, exe: Path) -> None:
+    done = run_cli("exe", "-D", str(images), "-o", str(exe))
+    assert done.returncode == 0, done.stderr
+
+
+def dumped_counter_value(proc) -> int:
+    """The counter as the image holds it (the page of the global it printed the address of)."""
+    address = int(proc.target.info["counter"], 16)
+    with load(proc.images) as checkpoint:
+        image = checkpoint.root
+        run = next(r for r in image.process.page_runs if r.vaddr <= address < r.vaddr + r.size)
+        return int.from_bytes(os.pread(image.pages.fileno(), 8, run.offset + address - run.vaddr), "little")
+
+
+def test_the_executable_resumes_the_counter_as_nobody_under_a_new_pid(dumped_counter, public_dir, runs):
+    exe = public_dir / "counter"
+    write_exe(dumped_counter.images, exe)
+    dumped = dumped_counter_value(dumped_counter)
+    with load(dumped_counter.images) as checkpoint:
+        brk = checkpoint.root.process.mm.brk
+    run = Run(exe, public_dir / "out.txt")
+    runs.append(run)
+    wait_for(lambda: len(lines(run.out, "counter")) >= 5, what="five counts after resume")
+    resumed = lines(run.out, "resumed")
+    assert resumed == [["resumed", f"pid={run.proc.pid}", f"sbrk={brk:#x}"]], run.out.read_text()
+    assert run.proc.pid != dumped_counter.pid
+    counts = lines(run.out, "counter")
+    values = [int(c[1]) for c in counts]
+    assert values[0] in (dumped, dumped + 1), (dumped, values)
+    assert values == list(range(values[0], values[0] + len(values)))
+    assert all(c[3] == str(run.proc.pid) for c in counts)
+    # 100 MiB of 1 KiB mallocs on the heap the loader gave back its dumped break.
+    malloc = lines(run.out, "malloc")
+    assert malloc and malloc[0][2] == "bytes=104857600", run.out.read_text()
+    status = open(f"/proc/{run.proc.pid}/status").read()
+    assert "\nUid:\t65534\t65534\t65534\t65534\n" in status
+
+
+def test_two_copies_run_at_once_each_on_its_own(dumped_counter, public_dir, runs):
+    exe = public_dir / "counter"
+    write_exe(dumped_counter.images, exe)
+    first, second = Run(exe, public_dir / "one.txt"), Run(exe, public_dir / "two.txt")
+    runs += [first, second]
+    for run in (first, second):
+        wait_for(lambda: len(lines(run.out, "counter")) >= 10, what="ten counts in each copy")
+    starts = []
+    for run in (first, second):
+        counts = lines(run.out, "counter")
+        assert all(c[3] == str(run.proc.pid) for c in counts)
+        values = [int(c[1]) for c in counts]
+        assert values == list(range(values[0], values[0] + len(values)))
+        starts.append(values[0])
+    assert starts[0] == starts[1]
+    assert first.proc.pid != second.proc.pid
+
+
+def test_program_headers_show_the_layout_and_file_says_executable(dumped_counter, public_dir):
+    exe = public_dir / "counter"
+    write_exe(dumped_counter.images, exe)
+    with load(dumped_counter.images) as checkpoint:
+        process = checkpoint.root.process
+    placeable = [v for v in process.vmas if v.kind in (VmaKind.ANON, VmaKind.HEAP) and v.end <= PLACE_LIMIT]
+    assert any(v.kind is VmaKind.HEAP for v in placeable)
+    with open(exe, "rb") as f:
+        elf = ELFFile(f)
+        assert elf.header.e_type == "ET_EXEC" and elf.header.e_machine == "EM_X86_64"
+        assert not [s for s in elf.iter_segments() if s.header.p_type == "PT_INTERP"]
+        loads = [s.header for s in elf.iter_segments() if s.header.p_type == "PT_LOAD"]
+        for v in placeable:
+            covering = [h for h in loads if v.start <= h.p_vaddr < v.end]
+            assert covering and covering[0].p_vaddr == v.start, hex(v.start)
+            assert covering[-1].p_vaddr + covering[-1].p_memsz == v.end, hex(v.start)
+            for h in covering:
+                assert h.p_offset % 4096 == h.p_vaddr % 4096 or h.p_filesz == 0
+        entry_load = next(h for h in loads if h.p_vaddr <= elf.header.e_entry < h.p_vaddr + h.p_memsz)
+        assert not any(v.start < entry_load.p_vaddr + entry_load.p_memsz and entry_load.p_vaddr < v.end
+                       for v in process.vmas)
+    readelf = subprocess.run(["readelf", "-lW", str(exe)], capture_output=True, text=True, check=True).stdout
+    assert readelf.count("LOAD") == len(loads)
+    assert f"{process.vmas[0].start:#018x}" in readelf or any(f"{v.start:#018x}" in readelf for v in placeable)
+    described = subprocess.run(["file", str(exe)], capture_output=True, text=True, check=True).stdout
+    assert "ELF 64-bit LSB executable" in described
+
+
+def test_a_flipped_byte_is_refused_with_one_line(dumped_counter, public_dir):
+    exe = public_dir / "counter"
+    write_exe(dumped_counter.images, exe)
+    with open(exe, "r+b") as f:
+        elf = ELFFile(f)
+        heap = next(s.header for s in elf.iter_segments() if s.header.p_type == "PT_LOAD" and s.header.p_filesz)
+        f.seek(heap.p_offset + 100)
+        byte = f.read(1)
+        f.seek(heap.p_offset + 100)
+        f.write(bytes([byte[0] ^ 0x40]))
+    done = subprocess.run(NOBODY + [str(exe)], capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "corrupt" in done.stderr, done.stderr
+
+
+def test_a_process_of_another_kind_is_refused_before_anything_is_written(tmp_path):
+    proc = Restorable([str(target_path("core_counter"))], tmp_path)
+    try:
+        proc.dump(leave_running=True)
+        exe = tmp_path / "exe"
+        done = run_cli("exe", "-D", str(proc.images), "-o", str(exe))
+        assert done.returncode == 1
+        assert "3 threads" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+        assert not exe.exists()
+    finally:
+        proc.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)

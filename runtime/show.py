@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.tree import Tree as RichTree
 
 from runtime.errors import ReviveError
-from runtime.files import registry, table
+from runtime.files import registry, sockopts, table
 from runtime.images import codec, names, sessions
 from runtime.images.cpu import current_xsave_features, describe_xsave_features
 from runtime.images.loader import Checkpoint, ProcessImage, load
@@ -119,7 +119,8 @@ def _render_tree(checkpoint: Checkpoint, console: Console) -> None:
                                                    f"{len(sock.waiting)} waiting)" if sock.listening else "")
         console.print(f"unix {kind} socket {sock.id}, {peer}: {len(sock.queue)} message(s), "
                       f"{sum(len(m) for m in sock.queue):,} bytes queued, shutdown {sock.shutdown}; "
-                      f"held by {', '.join(holders)}")
+                      + (f"options {sockopts.describe(sock.options)}; " if sock.options else "")
+                      + f"held by {', '.join(holders)}")
     for entry in tree.files:
         holders = [str(pid) for pid, process in processes.items() if any(s.file_id == entry.id for s in process.fds)]
         what, _ = registry.describe(entry)

@@ -8,7 +8,8 @@ at its descriptor like any other file; nothing needs making in pairs.
 
 The dump reads each socket through a descriptor of its own taken with
 pidfd_getfd (the same socket, while the tree is stopped): its addresses,
-the options users set, its state and shutdowns from sock_diag
+the options users set (files/sockopts.py: those that differ from a new
+socket's, set back before it is bound), its buffer sizes, its state and shutdowns from sock_diag
 (kernel/inet_diag.py), a UDP socket's queued datagrams peeked with their
 senders. An established TCP connection, or one closing (FIN_WAIT1,
 FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING), is refused unless the dump is
@@ -51,6 +52,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from runtime.errors import DumpError, ImageError, RestoreError
+from runtime.files import sockopts
 from runtime.files.base import SETFL_FLAGS, FdTable, FileKindBase, held_entries, place, refuse_payload
 from runtime.images.model import Datagram, FdKind, FileEntry, InetSocket, TcpRepair
 from runtime.kernel import inet_diag, netlock, pidfd, tcp_fin, tcp_repair
@@ -135,6 +137,7 @@ class InetEnd(FileKindBase):
             raise ImageError(file, f"{where}.state", "a TCP socket is established, not connected")
         if stream and record.queue:
             raise ImageError(file, f"{where}.queue", "only a UDP socket queues datagrams")
+        sockopts.check(record.options, record.family, record.type, file, f"{where}.options")
         if record.state in ("listening", "established", "bound") and not record.local_port:
             raise ImageError(file, f"{where}.local_port", f"a {record.state} socket has a port")
         if record.state in ("established", "connected") and not (record.remote and record.remote_port):
@@ -181,6 +184,8 @@ class InetEnd(FileKindBase):
             words.append(f"backlog {record.backlog}")
         if record.queue:
             words.append(f"{len(record.queue)} datagrams ({sum(len(d.data) for d in record.queue)} bytes) queued")
+        if record.options:
+            words.append(f"options {sockopts.describe(record.options)}")
         return " ".join(words), ""
 
 
@@ -251,6 +256,7 @@ def save(tables: dict[int, FdTable], shared: tuple[FileEntry, ...], choice: TcpC
     if not held:
         return tables, shared
     diag = inet_diag.inet_sockets()
+    defaults = sockopts.Defaults()
     records: dict[int, InetSocket] = {}
     to_repair: list[tuple[int, str, socket.socket]] = []
     for entry_id, (pid, fd) in sorted(held.items()):
@@ -259,7 +265,7 @@ def save(tables: dict[int, FdTable], shared: tuple[FileEntry, ...], choice: TcpC
         inode = os.fstat(sock.fileno()).st_ino
         what = f"fd {fd} (socket:[{inode}])"
         try:
-            record = _read(pid, fd, sock, diag.get(inode), choice)
+            record = _read(pid, fd, sock, diag.get(inode), choice, defaults)
         except OSError as exc:
             raise DumpError(pid, f"{what}: {exc.strerror or exc}") from exc
         if record.state == "established":
@@ -304,7 +310,7 @@ def _address(sock: socket.socket, peer: bool) -> tuple[str, int]:
 
 
 def _read(pid: int, fd: int, sock: socket.socket, diag: inet_diag.InetDiag | None,
-          choice: TcpChoice) -> InetSocket:
+          choice: TcpChoice, defaults: sockopts.Defaults) -> InetSocket:
     """Everything but a connection's repair state; a DumpError for what is refused.
 
     diag: what sock_diag reports of it, which is nothing for a socket no port is hashed for (unbound, or a
@@ -319,8 +325,9 @@ def _read(pid: int, fd: int, sock: socket.socket, diag: inet_diag.InetDiag | Non
     base = InetSocket(family=sock.family, type=sock.type, state="unbound", local=local if local_port else "",
                       local_port=local_port, remote=remote, remote_port=remote_port,
                       shutdown=diag.shutdown if diag is not None else 0,
-                      **_options(sock, stream))
+                      **_buffers(sock))
     what = f"fd {fd} ({describe_socket(base)})"
+    base = replace(base, options=sockopts.save(sock, defaults, pid, what, connected=stream and bool(remote_port)))
     if not stream:
         state = "connected" if remote_port else "bound" if local_port else "unbound"
         return replace(base, state=state, queue=_peek_datagrams(pid, what, sock))
@@ -363,26 +370,14 @@ def _ended(sock: socket.socket) -> bool:
     return len(info) >= 140 and TCPI_SEGS_OUT.unpack_from(info, 136)[0] > 0
 
 
-def _options(sock: socket.socket, stream: bool) -> dict:
-    """The options users set, as InetSocket's fields; buffer sizes only where they differ from a new socket's."""
-    def get(level: int, name: int) -> int:
-        return sock.getsockopt(level, name)
-
-    options = dict(reuseaddr=bool(get(socket.SOL_SOCKET, socket.SO_REUSEADDR)),
-                   reuseport=bool(get(socket.SOL_SOCKET, socket.SO_REUSEPORT)),
-                   keepalive=bool(get(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
-    if stream:
-        options.update(nodelay=bool(get(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
-                       keepidle=get(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-                       keepintvl=get(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-                       keepcnt=get(socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
-    if sock.family == socket.AF_INET6:
-        options["v6only"] = bool(get(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+def _buffers(sock: socket.socket) -> dict:
+    """rcvbuf and sndbuf, each where it differs from a new socket's (the other options: files/sockopts.py)."""
+    buffers = {}
     with socket.socket(sock.family, sock.type) as fresh:
         for name, option in (("rcvbuf", socket.SO_RCVBUF), ("sndbuf", socket.SO_SNDBUF)):
-            value = get(socket.SOL_SOCKET, option)
-            options[name] = value if value != fresh.getsockopt(socket.SOL_SOCKET, option) else 0
-    return options
+            value = sock.getsockopt(socket.SOL_SOCKET, option)
+            buffers[name] = value if value != fresh.getsockopt(socket.SOL_SOCKET, option) else 0
+    return buffers
 
 
 def _peek_datagrams(pid: int, what: str, sock: socket.socket) -> tuple[Datagram, ...]:
@@ -447,16 +442,8 @@ def connections(entries: tuple[FileEntry, ...]) -> list[netlock.Connection]:
 
 def _make(record: InetSocket, sock: socket.socket, pid: int, what: str) -> None:
     """The socket made as it was dumped (see the module docstring)."""
-    stream = record.type == socket.SOCK_STREAM
-    if record.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(record.v6only))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(record.reuseport))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(record.keepalive))
-    if stream:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(record.nodelay))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, record.keepidle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, record.keepintvl)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, record.keepcnt)
+    # Before the bind (IPV6_V6ONLY, SO_BINDTODEVICE), the connect (TCP_CONGESTION) and the listen (TCP_FASTOPEN).
+    sockopts.apply(sock, record.options, pid, what)
     if record.tcp is not None:
         # Its queues must fit (a repair-mode write waits for buffer room like any other): the dumped sizes, at
         # least twice each queue's bytes, forced past net.core.[rw]mem_max (CAP_NET_ADMIN). They stay fixed.
@@ -482,7 +469,8 @@ def _make(record: InetSocket, sock: socket.socket, pid: int, what: str) -> None:
             sock.listen(record.backlog)
         if record.state == "connected":
             sock.connect((record.remote, record.remote_port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(record.reuseaddr))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, (sockopts.value_of(record.options, "SO_REUSEADDR")
+                                                              or (0,))[0])
 
 
 def _make_repaired(record: InetSocket, sock: socket.socket) -> None:

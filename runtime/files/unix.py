@@ -42,6 +42,11 @@ may have left for the process); descriptors in flight in a queue
 (SCM_RIGHTS). A socket with SO_PASSCRED receives the
 credentials of the process that sends its queued messages again at restore,
 not the original sender's.
+
+Options (SO_PASSCRED, SO_RCVTIMEO, SO_PEEK_OFF, ...): those that differ
+from a new unix socket's are read through the same descriptor and set back
+on the made socket before its queue is filled (files/sockopts.py, which
+also names the ones refused); buffer sizes are kept apart, always set.
 """
 
 import array
@@ -53,7 +58,7 @@ import socket
 from dataclasses import dataclass
 
 from runtime.errors import DumpError, ImageError, RestoreError
-from runtime.files import unix_listen
+from runtime.files import sockopts, unix_listen
 from runtime.files.base import SETFL_FLAGS, above, FdTable, FileKindBase, held_entries, refuse_payload
 from runtime.images.model import FdKind, FileEntry, UnixSocket
 from runtime.kernel import pidfd, sock_diag
@@ -112,6 +117,7 @@ class _Seen:
     listeners: dict[bytes, int]  # the tree's listening sockets by name
     waiting: dict[int, int]  # a client of the tree waiting on a listener of the tree: that listener
     external: bool  # --ext-unix-sk
+    defaults: sockopts.Defaults  # the options of a new unix socket of each type
 
 
 def save(held: dict[int, tuple[int, int]], external: bool = False) -> tuple[UnixSocket, ...]:
@@ -122,7 +128,8 @@ def save(held: dict[int, tuple[int, int]], external: bool = False) -> tuple[Unix
     if not held:
         return ()
     diag = sock_diag.unix_sockets()
-    seen = _Seen(held, diag, unix_listen.listeners(held, diag), unix_listen.waiting_clients(held, diag), external)
+    seen = _Seen(held, diag, unix_listen.listeners(held, diag), unix_listen.waiting_clients(held, diag), external,
+                 sockopts.Defaults())
     saved = []
     for inode, (pid, fd) in sorted(held.items()):
         what = f"fd {fd} (socket:[{inode}])"
@@ -153,6 +160,7 @@ def _save_one(pid: int, what: str, sock: socket.socket, found: sock_diag.UnixDia
         # A peek would also take the ECONNRESET the closing peer may have left for the process to read.
         raise DumpError(pid, f"{what}: connected to a socket that has closed the connection (an error may wait for "
                              "the process, which the dump cannot read without taking it): not supported")
+    options = sockopts.save(sock, seen.defaults, pid, what)  # before the peek moves SO_PEEK_OFF for a while
     queue = () if found.listening else _peek_queue(pid, what, sock)  # a listener queues connections
     external = _external(pid, what, sock, found, name, queue, seen) if outside else b""
     if queue and not connected and not name:
@@ -163,7 +171,7 @@ def _save_one(pid: int, what: str, sock: socket.socket, found: sock_diag.UnixDia
         shutdown=found.shutdown, queue=queue,
         rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
         sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-        passcred=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)),
+        options=options,
         name=b"" if listener else name, mode=0 if listener else unix_listen.socket_file_mode(pid, what, name),
         listening=found.listening, backlog=found.backlog, listener=listener,
         waiting=found.waiting if found.listening else (), external=external)
@@ -241,6 +249,12 @@ def _peek_queue(pid: int, what: str, sock: socket.socket) -> tuple[bytes, ...]:
 
 # -- the restore ------------------------------------------------------------------------------------------------
 
+def check(sockets: tuple[UnixSocket, ...], file: str) -> None:
+    """An ImageError naming the field for an option no unix socket keeps (images/checks.py checks the rest)."""
+    for index, record in enumerate(sockets):
+        sockopts.check(record.options, socket.AF_UNIX, record.type, file, f"sockets[{index}].options")
+
+
 def groups(sockets: tuple[UnixSocket, ...]) -> list[list[UnixSocket]]:
     """The sockets made together: a pair, or a listener with every connection accepted from it and its client
     and every client whose connection waits on it."""
@@ -304,6 +318,8 @@ def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int)
     Queues are filled from the peer, shutdowns applied, each open file put at its slot.
     """
     made: dict[int, socket.socket] = {}
+    # An accepted socket is not a new one: it has its listener's SO_PASSCRED and the like, set back if need be.
+    defaults = sockopts.Defaults() if any(record.listener for record in sockets) else None
     try:
         _make_sockets(sockets, made, pid)
         floor = max((slot for _, slot in ends), default=0) + 1
@@ -314,7 +330,8 @@ def make(sockets: list[UnixSocket], ends: list[tuple[FileEntry, int]], pid: int)
             # getsockopt reports twice what setsockopt was given (the kernel's bookkeeping share).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, max(record.rcvbuf // 2, 1))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(record.sndbuf // 2, 1))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, int(record.passcred))
+            sockopts.apply(sock, record.options, pid, f"unix socket {record.id}",
+                           defaults if record.listener else None)
         for record in sockets:
             if record.queue:
                 _fill_queue(record, made, pid)

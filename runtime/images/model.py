@@ -392,6 +392,15 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class SocketOption:
+    """A socket option a program set: its value where a new socket's differs (runtime/files/sockopts.py)."""
+
+    name: str  # the option's constant: "SO_RCVTIMEO", "TCP_USER_TIMEOUT", "IP_TOS", ...
+    value: tuple[int, ...] = ()  # a number or flag: (n,); a timeval: (seconds, microseconds); a linger: (on, seconds)
+    text: str = ""  # a name's option: TCP_CONGESTION's algorithm, SO_BINDTODEVICE's interface (value then empty)
+
+
+@dataclass(frozen=True)
 class Datagram:
     """A datagram waiting in a UDP socket's receive queue, with the address it came from."""
 
@@ -436,14 +445,9 @@ class InetSocket:
     remote: str  # the peer's address ("" none)
     remote_port: int
     backlog: int = 0  # a listening socket's listen() backlog
-    reuseaddr: bool = False
-    reuseport: bool = False
-    nodelay: bool = False  # TCP_NODELAY
-    keepalive: bool = False  # SO_KEEPALIVE
-    keepidle: int = 0  # TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT (TCP only; 0 for UDP)
-    keepintvl: int = 0
-    keepcnt: int = 0
-    v6only: bool = False  # IPV6_V6ONLY (IPv6 only)
+    # The options set that a new socket of its family and type has otherwise (SO_REUSEADDR, TCP_NODELAY,
+    # SO_KEEPALIVE, TCP_KEEPIDLE, IPV6_V6ONLY, ...), in runtime/files/sockopts.py's order; buffer sizes apart.
+    options: tuple[SocketOption, ...] = ()
     rcvbuf: int = 0  # SO_RCVBUF as getsockopt reports it, when it is not the default a new socket has; 0: default
     sndbuf: int = 0  # SO_SNDBUF, likewise
     shutdown: int = 0  # 1 receiving, 2 sending shut down (INET_DIAG_SHUTDOWN)
@@ -598,7 +602,9 @@ class UnixSocket:
     queue: tuple[bytes, ...] = ()  # what waits in its receive queue, oldest first: one message each (a stream: one)
     rcvbuf: int = 0  # SO_RCVBUF as getsockopt reports it (the kernel doubles what setsockopt is given)
     sndbuf: int = 0  # SO_SNDBUF, likewise
-    passcred: bool = False  # SO_PASSCRED
+    # The options set that a new socket of its type has otherwise (SO_PASSCRED, SO_RCVTIMEO, ...), in
+    # runtime/files/sockopts.py's order.
+    options: tuple[SocketOption, ...] = ()
     name: bytes = b""  # the address it is bound to: an absolute path, or NUL and an abstract name; empty: unbound
     mode: int = 0  # a path-bound socket's file mode (bind makes it under the umask)
     listening: bool = False

@@ -267,6 +267,7 @@ def check_restorable(checkpoint: loader.Checkpoint, stand_ins: tuple[sessions.St
         table.check(image.process.files, names.process_file(image.process.pid))  # each file kind's own checks
         table.check_open_order(image.process, tree.files, names.process_file(image.process.pid))
     table.check(tree.files, names.TREE)
+    unix_kind.check(tree.sockets, names.TREE)
     root = checkpoint.root.process
     if detach and root.controls.pdeath_signal:
         number = root.controls.pdeath_signal

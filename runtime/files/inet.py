@@ -9,9 +9,9 @@ at its descriptor like any other file; nothing needs making in pairs.
 The dump reads each socket through a descriptor of its own taken with
 pidfd_getfd (the same socket, while the tree is stopped): its addresses,
 the options users set (files/sockopts.py: those that differ from a new
-socket's, set back before it is bound), its buffer sizes, its state and shutdowns from sock_diag
-(kernel/inet_diag.py), a UDP socket's queued datagrams peeked with their
-senders. An established TCP connection, or one closing (FIN_WAIT1,
+socket's, set back before it is bound), its buffer sizes, its state and
+shutdowns from sock_diag (kernel/inet_diag.py), a UDP socket's queued
+datagrams peeked with their senders. An established TCP connection, or one closing (FIN_WAIT1,
 FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING), is refused unless the dump is
 given --tcp-established or --tcp-close (docs/tcp.md tells the whole story):
 

@@ -1,5 +1,7 @@
 /*
- * The restorer's steps, run in order by restore.c. Each step returns 0 or a
+ * The restore steps, in pie/common/ because two blobs run them: the
+ * restorer (pie/restorer/restore.c) and the exe loader (pie/loader/loader.c,
+ * docs/exe.md). The step sequence is each blob's own. Each step returns 0 or a
  * negative errno and may set *detail (e.g. the address it failed at) for
  * the error record.
  *
@@ -41,7 +43,8 @@ void sigreturn_to_task(u64 sigreturn_sp) __attribute__((noreturn));
 void exit_thread(void) __attribute__((noreturn));
 
 /* The other threads and their barrier (spawn.c). */
-long create_threads(const struct restorer_args *args, void (*body)(const struct restorer_thread *), u64 *detail);
+long create_threads(const struct restorer_args *args, void (*body)(const struct restorer_thread *), int new_tids,
+		    u64 *detail);
 void wait_for_threads_ready(struct restorer_args *args);
 void thread_ready_wait_go(struct restorer_args *args);
 void release_threads(struct restorer_args *args);

@@ -22,7 +22,12 @@
 long restorer_clone_thread(struct clone_args *args, u64 size, void (*fn)(const struct restorer_thread *),
 			   const struct restorer_thread *arg);
 
-long create_threads(const struct restorer_args *args, void (*body)(const struct restorer_thread *), u64 *detail)
+/*
+ * new_tids: the exe loader's case, where no set_tid is allowed (it needs CAP_CHECKPOINT_RESTORE): each thread
+ * gets whatever TID the kernel gives, and sets its restorer_thread's tid itself (loader.c).
+ */
+long create_threads(const struct restorer_args *args, void (*body)(const struct restorer_thread *), int new_tids,
+		    u64 *detail)
 {
 	const struct restorer_thread *threads = (const struct restorer_thread *)args->threads;
 	u32 i;
@@ -33,8 +38,8 @@ long create_threads(const struct restorer_args *args, void (*body)(const struct 
 			.flags = THREAD_CLONE_FLAGS,
 			.stack = threads[i].stack - RESTORER_THREAD_STACK_SIZE,
 			.stack_size = RESTORER_THREAD_STACK_SIZE,
-			.set_tid = (u64)&tid,
-			.set_tid_size = 1,
+			.set_tid = new_tids ? 0 : (u64)&tid,
+			.set_tid_size = new_tids ? 0 : 1,
 		};
 		long ret;
 
@@ -42,7 +47,7 @@ long create_threads(const struct restorer_args *args, void (*body)(const struct 
 		ret = restorer_clone_thread(&clone, sizeof(clone), body, &threads[i]);
 		if (ret < 0)
 			return ret;
-		if (ret != tid)
+		if (!new_tids && ret != tid)
 			return -EEXIST;
 	}
 	return 0;

@@ -78,6 +78,22 @@ static void restore_own_thread(struct restorer_thread *thread)
 	thread->tid = tid;
 }
 
+/* The block every created thread reads: set once, before the first clone3. */
+static struct restorer_args *restoring;
+
+/* A created thread's whole life in the loader, as in the restorer (restore.c): its own state, its own pending
+ * signals, the barrier, its own context. */
+static void __attribute__((noreturn)) thread_body(const struct restorer_thread *thread)
+{
+	struct restorer_thread *self = (struct restorer_thread *)thread;
+	u64 d = 0;
+
+	restore_own_thread(self);
+	step("cannot queue a thread's pending signal", queue_thread_signals(self, restoring->pid, &d), d);
+	thread_ready_wait_go(restoring);
+	sigreturn_to_task(self->sigreturn_sp);
+}
+
 void loader_main(struct loader_args *la, u64 *kernel_sp)
 {
 	struct restorer_args *args = (struct restorer_args *)la->restore;
@@ -107,11 +123,16 @@ void loader_main(struct loader_args *la, u64 *kernel_sp)
 	step("cannot set an interval timer", restore_itimers(args, &d), d);
 	reopen_fds(la);
 
-	restore_own_thread(self);
+	/* The other threads under new TIDs (no set_tid without privilege), each restoring itself. */
 	args->pid = (u32)sys_call0(__NR_getpid);
+	restoring = args;
+	step("cannot create a thread", create_threads(args, thread_body, 1, &d), d);
+	wait_for_threads_ready(args);
+	restore_own_thread(self);
 	step("cannot queue a pending signal", queue_process_signals(args, &d), d);
 	step("cannot queue a thread's pending signal", queue_thread_signals(self, args->pid, &d), d);
 	step("cannot make a POSIX timer again", restore_posix_timers(args, &d), d);
+	release_threads(args);
 	step("cannot close the loader's descriptors", close_fds(args, &d), d);
 	sigreturn_to_task(self->sigreturn_sp);
 }

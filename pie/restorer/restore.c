@@ -97,7 +97,7 @@ void restore_process(struct restorer_args *args)
 
 	restore_task(args);
 	restoring = args;
-	check(args, RESTORER_STEP_CREATE_THREADS, create_threads(args, thread_body, &d), &d);
+	check(args, RESTORER_STEP_CREATE_THREADS, create_threads(args, thread_body, 0, &d), &d);
 	wait_for_threads_ready(args);
 	restore_thread(args, self);
 

@@ -50,6 +50,7 @@ MAX_PHDRS = 65536 // elf.PHDR.size
 O_ACCMODE, O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC, O_CLOEXEC = 0o3, 0o100, 0o200, 0o400, 0o1000, 0o2000000
 U32_NONE = 0xFFFFFFFF  # prctl_mm_map.exe_fd: leave the exe link (what an unprivileged caller may do)
 CRC_SIZE = 4
+SIGEV_THREAD_ID = 4
 
 
 class ExeError(ReviveError):
@@ -111,8 +112,11 @@ def _refuse_unsupported(process: Process) -> None:
     def refuse(what: str) -> None:
         raise ExeError(f"pid {process.pid}: {what}")
 
-    if len(process.threads) != 1 or process.leader_exited:
-        refuse(f"{len(process.threads)} threads: the executable resumes single-threaded processes only")
+    if process.leader_exited:
+        refuse("its leader had exited (pthread_exit): the executable needs the leader to run the loader")
+    for timer in process.posix_timers:
+        if timer.notify & SIGEV_THREAD_ID:
+            refuse(f"POSIX timer {timer.id} signals thread {timer.tid}, and every thread gets a new TID")
     for v in process.vmas:
         if v.shmem is not None or v.kind is VmaKind.SYSV:
             refuse(f"the mapping at {v.start:#x} is shared memory, which an executable cannot carry")
@@ -169,7 +173,8 @@ def _build_segment(image: ProcessImage, files: dict[int, FileEntry], placed: lis
     measured = Arena(blob.memory_size)
     _fill(measured, proto, image, files, placed, mapped, mapped_runs, pages_offset)
     size = arch.align_up(measured.end, PAGE_SIZE)
-    memsz = size + proto.LOADER_VDSO_TEMP_SIZE
+    stacks = (len(image.process.threads) - 1) * proto.RESTORER_THREAD_STACK_SIZE
+    memsz = size + proto.LOADER_VDSO_TEMP_SIZE + stacks
     taken = [(v.start, v.end) for v in image.process.vmas]
     taken += [(max(v.start - 256 * PAGE_SIZE, 0), v.start) for v in image.process.vmas if v.growsdown]
     holes = [(max(start, SEGMENT_PREFERRED_START), end) for start, end in free_gaps(taken, memsz)]
@@ -180,14 +185,17 @@ def _build_segment(image: ProcessImage, files: dict[int, FileEntry], placed: lis
     blob.place(buffer, start)
     arena = Arena(blob.memory_size, start, buffer)
     la_address = _fill(arena, proto, image, files, placed, mapped, mapped_runs, pages_offset,
-                       temp=start + size)
+                       temp=start + size, stacks=start + size + proto.LOADER_VDSO_TEMP_SIZE)
     ctypes.c_uint64.from_buffer(buffer, blob.exports["loader_args"]).value = la_address
     return Segment(start, bytes(buffer), memsz, start + blob.exports["loader_entry"])
 
 
 def _fill(arena: Arena, proto, image: ProcessImage, files: dict[int, FileEntry], placed: list[Vma],
-          mapped: list[Vma], mapped_runs: list[PageRun], pages_offset: int, temp: int = 0) -> int:
-    """loader_args, the restorer_args it points to and their arrays; returns loader_args' address."""
+          mapped: list[Vma], mapped_runs: list[PageRun], pages_offset: int, temp: int = 0, stacks: int = 0) -> int:
+    """loader_args, the restorer_args it points to and their arrays; returns loader_args' address.
+
+    The loader runs threads[0], the leader, on its own stack; thread i (the others, which it creates) runs on
+    the stack that ends at stacks + i * RESTORER_THREAD_STACK_SIZE, in the segment's zero-filled tail."""
     process = image.process
     (la,), la_address = arena.add(proto.LoaderArgs)
     (args,), la.restore = arena.add(proto.RestorerArgs)
@@ -220,10 +228,11 @@ def _fill(arena: Arena, proto, image: ProcessImage, files: dict[int, FileEntry],
     args.nr_close_fds = 1 + len(paths)
     close[:] = [first_fd] + sorted(paths.values())
     fill_signals(arena, args, process)
-    threads, args.threads = arena.add(proto.RestorerThread, 1)
-    args.nr_threads = 1
-    thread = process.threads[0]
-    fill_thread(arena, threads[0], process, thread, image.xstates[thread.tid])
+    slots, args.threads = arena.add(proto.RestorerThread, len(process.threads))
+    args.nr_threads = len(process.threads)
+    for position, (slot, thread) in enumerate(zip(slots, process.threads)):
+        fill_thread(arena, slot, process, thread, image.xstates[thread.tid])
+        slot.stack = stacks + position * proto.RESTORER_THREAD_STACK_SIZE if position else 0
     la.xfeatures = 0
     for xstate in image.xstates.values():
         la.xfeatures |= arch.xstate_info(xstate).features

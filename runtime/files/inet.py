@@ -11,9 +11,10 @@ pidfd_getfd (the same socket, while the tree is stopped): its addresses,
 the options users set (files/sockopts.py: those that differ from a new
 socket's, set back before it is bound), its buffer sizes, its state and
 shutdowns from sock_diag (kernel/inet_diag.py), a UDP socket's queued
-datagrams peeked with their senders. An established TCP connection, or one closing (FIN_WAIT1,
-FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING), is refused unless the dump is
-given --tcp-established or --tcp-close (docs/tcp.md tells the whole story):
+datagrams peeked with their senders. An established TCP connection, or
+one closing (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING), is
+refused unless the dump is given --tcp-established or --tcp-close
+(docs/tcp.md tells the whole story):
 
 - --tcp-established: every such connection's packets are dropped first (the
   network lock, kernel/netlock.py), then its socket is put in repair mode

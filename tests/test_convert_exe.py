@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from elftools.elf.elffile import ELFFile
 from dump_support import target_path
 from restore_support import Restorable, lines, run_cli, wait_for
 from runtime.convert.exe import PLACE_LIMIT
+from runtime.images.cpu import current_xsave_features
 from runtime.images.loader import load
 from runtime.images.model import VmaKind
+from runtime.infect import blobs
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -160,6 +163,67 @@ def test_a_flipped_byte_is_refused_with_one_line(dumped_counter, public_dir):
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and "corrupt" in done.stderr, done.stderr
+
+
+def patch_and_reseal(exe: Path, offset: int, data: bytes) -> None:
+    """Write data at offset and put a right checksum back, as a file made for another machine would be."""
+    body = bytearray(exe.read_bytes())
+    body[offset:offset + len(data)] = data
+    body[-4:] = zlib.crc32(bytes(body[:-4])).to_bytes(4, "little")
+    exe.write_bytes(bytes(body))
+
+
+def loader_args_offset(exe: Path) -> int:
+    """Where the loader_args block lies in the file: the entry's PT_LOAD, at the address the blob's word holds."""
+    blob = blobs.load("loader")
+    with open(exe, "rb") as f:
+        elf = ELFFile(f)
+        seg = next(s.header for s in elf.iter_segments()
+                   if s.header.p_type == "PT_LOAD" and s.header.p_vaddr == elf.header.e_entry)
+        f.seek(seg.p_offset + blob.exports["loader_args"])
+        address = int.from_bytes(f.read(8), "little")
+    return seg.p_offset + address - seg.p_vaddr
+
+
+def test_a_cpu_without_an_xsave_feature_the_process_used_is_refused(dumped_counter, public_dir):
+    exe = public_dir / "counter"
+    write_exe(dumped_counter.images, exe)
+    missing = next(bit for bit in range(64) if not current_xsave_features() >> bit & 1)
+    field = blobs.protocol().LoaderArgs.xfeatures.offset
+    xfeatures = int.from_bytes(exe.read_bytes()[loader_args_offset(exe) + field:][:8], "little")
+    assert xfeatures & 0b111 == 0b111  # x87, SSE and AVX: the target is built for x86-64-v4
+    patch_and_reseal(exe, loader_args_offset(exe) + field, (xfeatures | 1 << missing).to_bytes(8, "little"))
+    done = subprocess.run(NOBODY + [str(exe)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "lacks xsave features" in done.stderr, done.stderr
+    assert f"detail {1 << missing:#x}" in done.stderr, done.stderr
+
+
+def test_a_mapped_file_changed_or_missing_is_refused_naming_it(public_dir, tmp_path, runs):
+    # The target runs from a copy of its binary, which the executable maps by path.
+    binary = public_dir / "exe_counter"
+    shutil.copy(target_path("exe_counter"), binary)
+    proc = Restorable([str(binary)], tmp_path)
+    try:
+        wait_for(lambda: len(lines(proc.out, "counter")) >= 2, what="two counts")
+        proc.dump()
+    finally:
+        proc.stop()
+    exe = public_dir / "counter"
+    write_exe(proc.images, exe)
+    run = Run(exe, public_dir / "same.txt")  # the same file: it starts
+    runs.append(run)
+    wait_for(lambda: lines(run.out, "resumed"), what="the resume with the binary unchanged")
+    body = bytearray(binary.read_bytes())
+    body[0x1000] ^= 0xFF  # same size, one byte of the code it maps changed
+    binary.write_bytes(bytes(body))
+    done = subprocess.run(NOBODY + [str(exe)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{binary}: changed since the dump" in done.stderr, done.stderr
+    binary.unlink()
+    done = subprocess.run(NOBODY + [str(exe)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{binary}: cannot open it" in done.stderr and "missing" in done.stderr, done.stderr
 
 
 def test_a_process_the_executable_cannot_carry_is_refused_before_anything_is_written(tmp_path):

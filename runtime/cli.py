@@ -8,19 +8,16 @@ is kept here once and each subcommand only adds its parser and its function.
 
 import argparse
 import dataclasses
-import importlib.metadata
 import json
 import logging
 import sys
 
-from runtime.check import check
-from runtime.dump import DumpOptions, dump
 from runtime.errors import ReviveError, shorten
-from runtime.files import inherit
-from runtime.infect.session import infect
 from runtime.mm.vdso import VdsoMode
-from runtime.restore import restore
-from runtime.show import show
+
+# Each subcommand imports what it needs inside its own function, when it runs: a dump of a small process
+# takes tens of milliseconds, and importing every command's modules (pyroute2, rich, the convert code) up
+# front would cost more than that (issue 18; tests/test_startup.py checks what `import runtime.cli` loads).
 
 PARASITE_COMMANDS = ("noop", "echo", "misc", "sigactions", "thread")
 # Longer than any message the runtime composes; a longer one is cut, never spread over lines.
@@ -32,6 +29,8 @@ def _parasite(args: argparse.Namespace) -> None:
         raise SystemExit(_usage_error("parasite echo needs a VALUE"))
     if args.cmd != "echo" and args.value is not None:
         raise SystemExit(_usage_error(f"parasite {args.cmd} takes no VALUE"))
+    from runtime.infect.session import infect
+
     with infect(args.pid) as parasite:
         if args.cmd == "noop":
             result = parasite.noop()
@@ -47,6 +46,8 @@ def _parasite(args: argparse.Namespace) -> None:
 
 
 def _dump(args: argparse.Namespace) -> None:
+    from runtime.dump import DumpOptions, dump
+
     dump(args.pid, args.images_dir, DumpOptions(leave_running=args.leave_running, shell_job=args.shell_job,
                                                 force_dir=args.force_dir, ghost_limit=args.ghost_limit,
                                                 ext_unix_sk=args.ext_unix_sk, external=frozenset(args.external),
@@ -54,6 +55,8 @@ def _dump(args: argparse.Namespace) -> None:
 
 
 def _restore(args: argparse.Namespace) -> None:
+    from runtime.restore import restore
+
     status = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
                      vdso_mode=VdsoMode(args.vdso), inherit_fds=tuple(args.inherit_fd))
     if status:
@@ -61,6 +64,8 @@ def _restore(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
+    from runtime.show import show
+
     show(args.directory, args.json)
 
 
@@ -77,6 +82,8 @@ def _exe(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    from runtime.check import check
+
     status = check(args.json)
     if status:
         raise SystemExit(status)
@@ -87,10 +94,23 @@ def version_text() -> str:
 
     From a checkout that was never installed every other command still works: only --version says so.
     """
+    import importlib.metadata  # tens of milliseconds (it reads the installed distributions): only when asked
+
     try:
         return f"revive {importlib.metadata.version('revive')}"
     except importlib.metadata.PackageNotFoundError:
         return "revive (version unknown: not installed; scripts/setup.sh installs it)"
+
+
+class _Version(argparse.Action):
+    """--version, whose text (version_text) is looked up only when the option is given, not for every command."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
 
 
 def _add_logging_options(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +170,16 @@ def _parsed(parse):
     return convert
 
 
+def _inherit_type(name: str):
+    """runtime.files.inherit's parser NAME as an argparse type, its module imported only when the option is given."""
+    def parse(text: str):
+        from runtime.files import inherit
+
+        return getattr(inherit, name)(text)
+    parse.__name__ = name
+    return _parsed(parse)
+
+
 def _size(text: str) -> int:
     """A byte count with an optional K, M or G suffix (powers of 1024)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -201,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     dump_parser.add_argument("-j", "--shell-job", action="store_true",
                              help="the tree's stdio terminal or pipes, and the root's session and group, "
                                   "belong to the caller's shell")
-    dump_parser.add_argument("--external", type=_parsed(inherit.parse_external), action="append", default=[],
+    dump_parser.add_argument("--external", type=_inherit_type("parse_external"), action="append", default=[],
                              metavar="pipe:[INODE]",
                              help="a pipe a process outside the tree holds too: its ends are saved without its "
                                   "bytes, and the restore takes them with --inherit-fd (repeatable)")
@@ -219,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore_parser.add_argument("--vdso", choices=[m.value for m in VdsoMode], default=VdsoMode.AUTO.value,
                                 help="remap the running vDSO to the dumped place (needs the same vDSO), "
                                      "proxy the dumped one, or auto: remap when they match (docs/vdso.md)")
-    restore_parser.add_argument("--inherit-fd", type=_parsed(inherit.parse_inherit_fd), action="append", default=[],
+    restore_parser.add_argument("--inherit-fd", type=_inherit_type("parse_inherit_fd"), action="append", default=[],
                                 metavar="fd[N]:pipe:[INODE]",
                                 help="this caller's fd N is the end of the pipe dumped with --external pipe:[INODE] "
                                      "(repeatable: one for each end the tree held)")
@@ -257,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser.set_defaults(run=_check)
 
     for each in (parser, *commands.choices.values()):
-        each.add_argument("--version", action="version", version=version_text(), help="print the version and exit")
+        each.add_argument("--version", action=_Version, help="print the version and exit")
     return parser
 
 

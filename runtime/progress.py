@@ -12,7 +12,7 @@ that counter ten times a second; both reads are cheap (one fstat, one small
 
 The bar is drawn on stderr, only when stderr is a terminal and only once
 the transfer has lasted DELAY seconds, so short commands, pipes and log
-files get nothing extra. REVIVE_PROGRESS_DELAY overrides DELAY (tests set 0
+files get nothing extra (not even rich's import, which happens then). REVIVE_PROGRESS_DELAY overrides DELAY (tests set 0
 to see the bar on a transfer shorter than a second).
 """
 
@@ -22,11 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-
-from rich.console import Console
-from rich import filesize
-from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TextColumn
-from rich.text import Text
+from functools import cache
 
 from runtime.errors import ReviveError
 
@@ -36,23 +32,32 @@ POLL_INTERVAL = 0.1
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-class _RateColumn(ProgressColumn):
-    """Bytes per second since the transfer started: one that ends between two polls still has its rate."""
+@cache
+def _columns():
+    """The bar's own columns, made when a bar is first drawn: rich takes tens of milliseconds to import, more
+    than a whole dump of a small process, and most commands never draw a bar (no terminal, or done in time)."""
+    from rich import filesize
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
 
-    def __init__(self, started: float):
-        super().__init__()
-        self.started = started
+    class RateColumn(ProgressColumn):
+        """Bytes per second since the transfer started: one that ends between two polls still has its rate."""
 
-    def render(self, task: Task) -> Text:
-        elapsed = time.monotonic() - self.started
-        if not task.completed or elapsed <= 0:
-            return Text("?")
-        return Text(f"{filesize.decimal(int(task.completed / elapsed))}/s")
+        def __init__(self, started: float):
+            super().__init__()
+            self.started = started
 
+        def render(self, task: Task) -> Text:
+            elapsed = time.monotonic() - self.started
+            if not task.completed or elapsed <= 0:
+                return Text("?")
+            return Text(f"{filesize.decimal(int(task.completed / elapsed))}/s")
 
-class _PagesColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{int(task.completed) // PAGE_SIZE}/{int(task.total or 0) // PAGE_SIZE} pages")
+    class PagesColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(f"{int(task.completed) // PAGE_SIZE}/{int(task.total or 0) // PAGE_SIZE} pages")
+
+    return RateColumn, PagesColumn
 
 
 @contextlib.contextmanager
@@ -86,9 +91,13 @@ def _draw(label: str, total: int, done: Callable[[], int], delay: float, finishe
           started: float) -> None:
     if finished.wait(delay):
         return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    rate_column, pages_column = _columns()
     # No stdout/stderr redirection: it would swap sys.stderr under the main thread.
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), _PagesColumn(), DownloadColumn(binary_units=True),
-                   _RateColumn(started), console=Console(file=sys.stderr), auto_refresh=False,
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), pages_column(), DownloadColumn(binary_units=True),
+                   rate_column(started), console=Console(file=sys.stderr), auto_refresh=False,
                    redirect_stdout=False, redirect_stderr=False)
     moved = 0
     with bar:

@@ -12,9 +12,18 @@ import ctypes
 import struct
 from dataclasses import dataclass
 
-from ptrace.binding.linux_struct import user_regs_struct
 
-UserRegs = user_regs_struct  # struct user_regs_struct, as PTRACE_GETREGS fills it
+class UserRegs(ctypes.Structure):
+    """struct user_regs_struct (arch/x86/include/asm/user_64.h), as PTRACE_GETREGS fills it.
+
+    Declared here rather than taken from python-ptrace: importing its bindings runs `ldconfig -p` (its
+    find_library("c")), tens of milliseconds of every command (issue 18).
+    """
+
+    _fields_ = [(name, ctypes.c_ulong) for name in (
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
+        "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs")]
+
 
 NT_PRSTATUS = 1
 NT_X86_XSTATE = 0x202

@@ -12,7 +12,6 @@ SCM_RIGHTS carries descriptors both ways.
 """
 
 import os
-import secrets
 import select
 import socket
 from collections.abc import Callable
@@ -37,7 +36,7 @@ class Channel:
     def listen(cls, pid: int, check_task: Callable[[], None]) -> "Channel":
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            listener.bind(b"\0revive-parasite-" + secrets.token_hex(8).encode())
+            listener.bind(b"\0revive-parasite-" + os.urandom(8).hex().encode())
             listener.listen(1)
         except OSError:
             listener.close()

@@ -9,7 +9,6 @@ them for every TCP and UDP socket of the network namespace, by inode (what
 import socket
 from dataclasses import dataclass
 
-from pyroute2 import DiagSocket
 
 ALL_STATES = 0xFFFFFFFF
 TCP_LISTEN = 10
@@ -29,6 +28,8 @@ class InetDiag:
 
 def inet_sockets(protocols: tuple[int, ...] = (socket.IPPROTO_TCP, socket.IPPROTO_UDP)) -> dict[int, InetDiag]:
     """Every TCP and UDP socket (IPv4 and IPv6) of the runtime's network namespace, by inode."""
+    from pyroute2 import DiagSocket  # a quarter of a second to import: only once a socket is dumped
+
     found = {}
     with DiagSocket() as diag:
         diag.bind()

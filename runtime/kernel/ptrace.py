@@ -1,10 +1,11 @@
-"""The thin ptrace layer: one function per request, over python-ptrace's raw ptrace().
+"""The thin ptrace layer: one function per request, over glibc's ptrace() through the one libc handle.
 
 Why: python-ptrace has no SEIZE/INTERRUPT/LISTEN, no register sets for the
-xsave area, no signal-mask or rseq requests. They are added here, in one
+xsave area, no signal-mask or rseq requests, and importing its bindings
+runs `ldconfig -p` (its find_library), tens of milliseconds of every
+command; the raw call is one ctypes prototype. Every request is here, in one
 place, and every failure is translated once into a PtraceError naming the
-task and the request, so no caller sees a bare OSError or python-ptrace's
-own exception. Waiting is here too (waitpid with __WALL, because threads
+task and the request, so no caller sees a bare OSError. Waiting is here too (waitpid with __WALL, because threads
 are not children of the tracer and are invisible to a plain waitpid).
 """
 
@@ -13,11 +14,9 @@ import os
 import signal
 from dataclasses import dataclass
 
-import ptrace.binding.func as _binding
-import ptrace.error as _pterror
-
 from runtime.arch import x86_64 as arch
 from runtime.errors import PtraceError
+from runtime.kernel.libc import libc as _libc
 
 PTRACE_PEEKDATA = 2
 PTRACE_POKEDATA = 5
@@ -73,11 +72,21 @@ class RseqConfiguration:
     flags: int
 
 
+# long ptrace(request, pid, addr, data): every argument passed as a machine word; the result unsigned, as a
+# PEEK returns a word (-1 is both a word and the failure, told apart by errno).
+_libc.ptrace.argtypes = (ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_libc.ptrace.restype = ctypes.c_ulong
+_FAILED = ctypes.c_ulong(-1).value
+
+
 def _call(request: int, tid: int, addr: int = 0, data: int = 0, peek: bool = False) -> int:
-    try:
-        return _binding.ptrace(request, tid, addr, data, check_errno=peek)
-    except _pterror.PtraceError as exc:
-        raise PtraceError(tid, _NAMES.get(request, hex(request)), exc.errno or 0) from exc
+    ctypes.set_errno(0)
+    result = _libc.ptrace(request, tid, addr, data)
+    if result == _FAILED:
+        errno = ctypes.get_errno()
+        if errno or not peek:
+            raise PtraceError(tid, _NAMES.get(request, hex(request)), errno)
+    return result
 
 
 def seize(tid: int, options: int = PTRACE_O_TRACESYSGOOD) -> None:

@@ -19,7 +19,6 @@ import array
 import socket
 from dataclasses import dataclass
 
-from pyroute2 import DiagSocket
 
 # UDIAG_SHOW_* (include/uapi/linux/unix_diag.h): name, vfs inode, peer, pending connections (ICONS), queue lengths.
 UDIAG_SHOW = 0x01 | 0x02 | 0x04 | 0x08 | 0x10
@@ -41,6 +40,8 @@ class UnixDiag:
 
 def unix_sockets() -> dict[int, UnixDiag]:
     """Every unix socket of the runtime's network namespace, by inode."""
+    from pyroute2 import DiagSocket  # a quarter of a second to import: only once a socket is dumped
+
     found = {}
     with DiagSocket() as diag:
         diag.bind()

@@ -31,9 +31,6 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from runtime.errors import RestoreError, VdsoError
 from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, Process, VdsoInfo, VdsoSymbol, VmaKind
 from runtime.kernel.procfs.maps import SPECIAL_KINDS, Mapping, read_mappings
@@ -256,6 +253,8 @@ def choose_address(restored: Sequence[tuple[int, int]], size: int,
 
 def _elf_extent(image: bytes) -> int:
     """Bytes of the image the ELF headers describe (sections, segments, header tables)."""
+    from elftools.elf.elffile import ELFFile  # tens of milliseconds to import: only a proxy needs it
+
     elf = ELFFile(io.BytesIO(image))
     hdr = elf.header
     ends = [hdr["e_phoff"] + hdr["e_phnum"] * hdr["e_phentsize"],
@@ -274,6 +273,8 @@ def proxy_origin(image: bytes) -> str | None:
 
 
 def _mark(image: bytearray, origin: str) -> None:
+    from elftools.common.exceptions import ELFError
+
     try:
         extent = _elf_extent(bytes(image))
     except ELFError as exc:

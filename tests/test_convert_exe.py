@@ -280,3 +280,41 @@ def test_threads_resume_under_new_tids_and_pthread_kill_reaches_the_other(dumped
 def test_an_error_checking_mutex_locked_before_the_dump_is_unlocked_after(dumped_threads, public_dir, runs):
     run = resumed_threads(dumped_threads, public_dir, runs)
     assert lines(run.out, "unlock") == [["unlock", "rc=0"]]
+
+
+PYTHON_PROGRAM = """
+import os, time
+started = os.getpid()
+n = 0
+print("ready pid=%d" % started, flush=True)
+while True:
+    time.sleep(0.02)
+    if os.getpid() != started:
+        started = os.getpid()
+        import decimal, json
+        print("resumed", json.dumps({"pid": started, "seventh": str(decimal.Decimal(1) / 7)}), flush=True)
+    n += 1
+    print("count", n, flush=True)
+"""
+
+
+def test_python3_resumes_and_imports_modules(tmp_path, public_dir, runs):
+    script = tmp_path / "count.py"
+    script.write_text(PYTHON_PROGRAM)
+    proc = Restorable(["/usr/bin/python3", str(script)], tmp_path)
+    try:
+        wait_for(lambda: len(lines(proc.out, "count")) >= 3, what="three counts")
+        proc.dump()
+    finally:
+        proc.stop()
+    last = int(lines(proc.out, "count")[-1][1])
+    exe = public_dir / "python"
+    write_exe(proc.images, exe)
+    run = Run(exe, public_dir / "out.txt")
+    runs.append(run)
+    wait_for(lambda: len(lines(run.out, "count")) >= 3, what="three counts after resume")
+    resumed = lines(run.out, "resumed")
+    # json (pure Python) and decimal (a C extension: a new file mapping) imported after the resume.
+    assert resumed == [["resumed", '{"pid":', f"{run.proc.pid},", '"seventh":', '"0.1428571428571428571428571429"}']]
+    values = [int(c[1]) for c in lines(run.out, "count")]
+    assert values[0] in (last, last + 1) and values == list(range(values[0], values[0] + len(values)))

@@ -1,0 +1,105 @@
+"""Executable size against image size, and the time from ./FILE to the process running its own code again.
+
+A python3 program holding MIB of patterned memory (a bytearray of one
+non-zero byte: every page present) prints the wall clock (time.time_ns)
+every 10 ms; it is dumped into /dev/shm, `python -m runtime exe` writes the
+executable there, and the executable is started with the clock read just
+before: the resume time is the first printed clock after the resume minus
+that (the program sleeps at most 10 ms first, so the figure is at most 10 ms
+high). In the same run `restore` of the same image is timed for comparison
+(its process runs its own code when the command returns with -d).
+Medians of --repeat runs. Prints figures; asserts nothing but that the
+executable resumes.
+
+usage: python benchmarks/exe.py [--sizes 64,1024] [--repeat 3]
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from measure import SHM, kill_and_reap, runtime, wait_for_line
+from runtime.kernel.clone import become_subreaper
+
+PROGRAM = """
+import os, sys, time
+memory = bytearray(b"\\x5a") * (int(sys.argv[1]) << 20)
+started = os.getpid()
+print("ready pid=%d" % started, flush=True)
+while True:
+    time.sleep(0.01)
+    if os.getpid() != started:
+        print("resumed at", time.time_ns(), flush=True)
+        started = os.getpid()
+"""
+
+
+def du(path: Path) -> int:
+    return sum(os.stat(p).st_blocks * 512 for p in ([path] if path.is_file() else path.rglob("*")))
+
+
+def bench_once(mib: int) -> tuple[int, int, float, float, float]:
+    """(image bytes, executable bytes, exe write seconds, seconds to own code, restore seconds)."""
+    work = Path(tempfile.mkdtemp(prefix="revive-bench-", dir=SHM))
+    work.chmod(0o755)
+    try:
+        (work / "program.py").write_text(PROGRAM)
+        log = work / "out.log"
+        with open(log, "w") as out:
+            target = subprocess.Popen(["/usr/bin/python3", str(work / "program.py"), str(mib)], cwd=work,
+                                      stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        try:
+            wait_for_line(log, "ready")
+            runtime("dump", "-t", str(target.pid), "-D", str(work / "images"))
+        finally:
+            target.wait()
+        exe = work / "resume"
+        write_s, _ = runtime("exe", "-D", str(work / "images"), "-o", str(exe))
+        resumed_log = work / "resumed.log"
+        with open(resumed_log, "w") as out:
+            start = time.time_ns()
+            run = subprocess.Popen([str(exe)], cwd=work, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                   start_new_session=True)
+        try:
+            line = wait_for_line(resumed_log, "resumed at")
+        finally:
+            kill_and_reap(run.pid)
+        own_code_s = (int(line.split()[-1]) - start) / 1e9
+        restore_s, _ = runtime("restore", "-D", str(work / "images"), "-d")
+        kill_and_reap_restored(target.pid)
+        return du(work / "images"), du(exe), write_s, own_code_s, restore_s
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def kill_and_reap_restored(pid: int) -> None:
+    """The restored process is a child of the runtime, which exited: this process, a subreaper, reaps it."""
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="64,1024", help="MiB of patterned memory, comma separated")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    become_subreaper()
+    print(f"{'MiB':>6} {'image MiB':>10} {'exe MiB':>8} {'exe write s':>12} {'./FILE to own code s':>21} "
+          f"{'restore -d s':>13}")
+    for mib in (int(size) for size in args.sizes.split(",")):
+        runs = [bench_once(mib) for _ in range(args.repeat)]
+        image, exe = runs[0][0] / (1 << 20), runs[0][1] / (1 << 20)
+        write_s, own_s, restore_s = (statistics.median(r[i] for r in runs) for i in (2, 3, 4))
+        print(f"{mib:6d} {image:10.1f} {exe:8.1f} {write_s:12.3f} {own_s:21.3f} {restore_s:13.3f}")
+    print(f"medians of {args.repeat}; /dev/shm; sizes on disk; the resume time is at most 10 ms high "
+          "(the program's sleep); /usr/bin/python3 target")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,7 +5,7 @@ thread exits (pthread_join waits on it), and walks the robust list when it
 dies, so another process waiting on a robust mutex it held gets EOWNERDEAD
 instead of hanging forever. Both live in the kernel's task, not in memory,
 so each thread sets both again itself in the restorer (set_futex_links,
-pie/restorer/thread.c). The robust list is read here from outside with
+pie/common/thread.c). The robust list is read here from outside with
 get_robust_list; clear_child_tid only the thread itself can tell (the
 parasite's PR_GET_TID_ADDRESS).
 """

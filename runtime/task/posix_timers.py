@@ -5,7 +5,7 @@ Why they need the parasite: /proc/PID/timers names each timer, its clock
 and whom it signals with what value (kernel/procfs/timers.py), but when it
 fires next and its period only timer_gettime tells, which answers the
 owning process alone. The restorer makes each again with its own id
-(prctl PR_TIMER_CREATE_RESTORE_IDS, pie/restorer/timers.c) and arms it
+(prctl PR_TIMER_CREATE_RESTORE_IDS, pie/common/timers.c) and arms it
 with the time it had left, so a timer frozen 10 s before firing fires
 10 s after the restore, as the process's interval timers do.
 

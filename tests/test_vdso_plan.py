@@ -3,18 +3,20 @@
 import ctypes
 import dataclasses
 import hashlib
+import io
 import mmap
 import os
 import time
 
 import capstone
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from dump_support import start_target, target_path
 from runtime.errors import VdsoError
 from runtime.images.model import TASK_SIZE, VdsoInfo
 from runtime.kernel.procfs import maps
-from runtime.kernel.procfs.vdso import parse_symbols
+from runtime.kernel.procfs.vdso import ElfError, parse_symbols
 from runtime.mm import vdso
 from vdso_images import rename_symbols, shift_functions
 
@@ -69,6 +71,23 @@ def executable(running):
     area = Executable(len(running.vdso.image))
     yield area
     area.close()
+
+
+def test_symbols_read_with_struct_are_the_ones_pyelftools_reads(running):
+    elf = ELFFile(io.BytesIO(running.vdso.image))
+    base = min(seg["p_vaddr"] for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
+    expected = sorted((sym.name, sym["st_value"] - base, sym["st_size"])
+                      for sym in elf.get_section_by_name(".dynsym").iter_symbols()
+                      if sym.name and sym["st_shndx"] not in ("SHN_UNDEF", "SHN_ABS")
+                      and sym["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT"))
+    assert [(s.name, s.offset, s.size) for s in parse_symbols(running.vdso.image)] == expected
+    assert any(name == "__vdso_clock_gettime" for name, _, _ in expected)
+
+
+@pytest.mark.parametrize("cut", [16, 64, 0x200])
+def test_a_truncated_vdso_image_is_an_elf_error_not_a_crash(running, cut):
+    with pytest.raises(ElfError):
+        parse_symbols(running.vdso.image[:cut])
 
 
 def test_running_vdso_moves_as_one_block_with_its_vvar_pages(running):

@@ -19,7 +19,6 @@ import ctypes
 import errno
 import os
 import re
-import tempfile
 
 from runtime.errors import DumpError, ImageError, RestoreError, shorten
 from runtime.files.base import FileKindBase, place, refuse_payload
@@ -127,6 +126,8 @@ def _mount_point(device: int) -> str | None:
 
 def _add_watches(fd: int, watches: tuple[InotifyWatch, ...], number: int, pid: int) -> None:
     """Each watch under its descriptor: a scratch directory watched and unwatched for each one skipped."""
+    import tempfile  # only a restore of inotify watches makes a scratch directory
+
     following = 1
     with tempfile.TemporaryDirectory(prefix="revive-inotify-") as scratch:
         for watch in watches:

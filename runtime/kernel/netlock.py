@@ -27,7 +27,6 @@ and the restore removes exactly those. After a crash of the runtime,
 import ipaddress
 import logging
 import socket
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -99,6 +98,8 @@ def _elements(connections: Iterable[Connection]) -> dict[str, list[str]]:
 
 
 def _nft(script: str, *args: str) -> str:
+    import subprocess  # only a dump or restore with TCP connections runs nft: the others do not import it
+
     try:
         done = subprocess.run(["nft", *args, "-f", "-"], input=script, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
@@ -110,6 +111,8 @@ def _nft(script: str, *args: str) -> str:
 
 
 def _exists() -> bool:
+    import subprocess
+
     done = subprocess.run(["nft", "list", "table", FAMILY, TABLE], capture_output=True, check=False)
     return done.returncode == 0
 
@@ -152,6 +155,8 @@ def locked() -> dict[str, set[str]]:
     if not _exists():
         return {}
     found: dict[str, set[str]] = {}
+    import subprocess
+
     for set_name, _, _ in _SETS.values():
         out = subprocess.run(["nft", "-n", "list", "set", FAMILY, TABLE, set_name], capture_output=True, text=True,
                              check=False).stdout

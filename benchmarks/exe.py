@@ -1,4 +1,4 @@
-"""Executable size against image size, and the time from ./FILE to the process running its own code again.
+"""Executable size against image size (with and without --standalone), and the time from ./FILE to own code.
 
 A python3 program holding MIB of patterned memory (a bytearray of one
 non-zero byte: every page present) prints the wall clock (time.time_ns)
@@ -43,8 +43,9 @@ def du(path: Path) -> int:
     return sum(os.stat(p).st_blocks * 512 for p in ([path] if path.is_file() else path.rglob("*")))
 
 
-def bench_once(mib: int) -> tuple[int, int, float, float, float]:
-    """(image bytes, executable bytes, exe write seconds, seconds to own code, restore seconds)."""
+def bench_once(mib: int) -> tuple[int, int, float, float, float, int]:
+    """(image bytes, executable bytes, exe write seconds, seconds to own code, restore seconds,
+    --standalone executable bytes)."""
     work = Path(tempfile.mkdtemp(prefix="revive-bench-", dir=SHM))
     work.chmod(0o755)
     try:
@@ -60,6 +61,8 @@ def bench_once(mib: int) -> tuple[int, int, float, float, float]:
             target.wait()
         exe = work / "resume"
         write_s, _ = runtime("exe", "-D", str(work / "images"), "-o", str(exe))
+        runtime("exe", "-D", str(work / "images"), "-o", str(work / "standalone"), "--standalone")
+        standalone = du(work / "standalone")
         resumed_log = work / "resumed.log"
         with open(resumed_log, "w") as out:
             start = time.time_ns()
@@ -72,7 +75,7 @@ def bench_once(mib: int) -> tuple[int, int, float, float, float]:
         own_code_s = (int(line.split()[-1]) - start) / 1e9
         restore_s, _ = runtime("restore", "-D", str(work / "images"), "-d")
         kill_and_reap_restored(target.pid)
-        return du(work / "images"), du(exe), write_s, own_code_s, restore_s
+        return du(work / "images"), du(exe), write_s, own_code_s, restore_s, standalone
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -89,13 +92,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     become_subreaper()
-    print(f"{'MiB':>6} {'image MiB':>10} {'exe MiB':>8} {'exe write s':>12} {'./FILE to own code s':>21} "
-          f"{'restore -d s':>13}")
+    print(f"{'MiB':>6} {'image MiB':>10} {'exe MiB':>8} {'standalone MiB':>15} {'exe write s':>12} "
+          f"{'./FILE to own code s':>21} {'restore -d s':>13}")
     for mib in (int(size) for size in args.sizes.split(",")):
         runs = [bench_once(mib) for _ in range(args.repeat)]
-        image, exe = runs[0][0] / (1 << 20), runs[0][1] / (1 << 20)
+        image, exe, standalone = (runs[0][i] / (1 << 20) for i in (0, 1, 5))
         write_s, own_s, restore_s = (statistics.median(r[i] for r in runs) for i in (2, 3, 4))
-        print(f"{mib:6d} {image:10.1f} {exe:8.1f} {write_s:12.3f} {own_s:21.3f} {restore_s:13.3f}")
+        print(f"{mib:6d} {image:10.1f} {exe:8.1f} {standalone:15.1f} {write_s:12.3f} {own_s:21.3f} "
+              f"{restore_s:13.3f}")
     print(f"medians of {args.repeat}; /dev/shm; sizes on disk; the resume time is at most 10 ms high "
           "(the program's sleep); /usr/bin/python3 target")
     return 0

@@ -78,7 +78,7 @@ def _core(args: argparse.Namespace) -> None:
 def _exe(args: argparse.Namespace) -> None:
     from runtime.convert.exe import write_exe  # only this command writes executables
 
-    write_exe(args.images_dir, args.output, args.pid)
+    write_exe(args.images_dir, args.output, args.pid, args.standalone)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     exe_parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="the image directory")
     exe_parser.add_argument("-o", "--output", required=True, metavar="FILE", help="the executable to write")
     exe_parser.add_argument("-p", "--pid", type=int, metavar="PID", help="which process of the tree")
+    exe_parser.add_argument("--standalone", action="store_true",
+                            help="embed the mapped files' contents (libraries, the program): FILE then runs where "
+                                 "they are missing or different")
     exe_parser.set_defaults(run=_exe)
 
     check_parser = commands.add_parser("check", help="probe the kernel features dump and restore rely on",

@@ -1,6 +1,7 @@
 """`exe`: an image written as an ELF executable that resumes the process when run, as an unprivileged user."""
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -42,13 +43,16 @@ def dumped_counter(tmp_path):
 
 
 class Run:
-    """The executable started from a shell-like parent as user 65534, its stdout a file; stop() kills and reaps."""
+    """The executable started from a shell-like parent as user 65534, its stdout a file; stop() kills and reaps.
 
-    def __init__(self, exe: Path, out: Path):
+    become: a preexec_fn that makes the child user 65534 itself (instead of setpriv)."""
+
+    def __init__(self, exe: Path, out: Path, become=None):
         self.out = out
+        argv = [str(exe)] if become else NOBODY + [str(exe)]
         with open(out, "w") as stdout:
-            self.proc = subprocess.Popen(NOBODY + [str(exe)], stdin=subprocess.DEVNULL, stdout=stdout,
-                                         stderr=subprocess.PIPE, cwd=exe.parent, start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                                         cwd=exe.parent, start_new_session=True, preexec_fn=become)
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -318,3 +322,59 @@ def test_python3_resumes_and_imports_modules(tmp_path, public_dir, runs):
     assert resumed == [["resumed", '{"pid":', f"{run.proc.pid},", '"seventh":', '"0.1428571428571428571428571429"}']]
     values = [int(c[1]) for c in lines(run.out, "count")]
     assert values[0] in (last, last + 1) and values == list(range(values[0], values[0] + len(values)))
+
+
+LIBRARIES = "/usr/lib/x86_64-linux-gnu"
+
+
+def hidden_files_then_nobody(hidden: list[str]):
+    """For Popen's preexec_fn: a mount namespace where each hidden directory is an empty tmpfs, then uid 65534.
+    Python and setpriv need the libraries themselves, so this runs in the forked child before its exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def enter() -> None:
+        if libc.unshare(CLONE_NEWNS) or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
+            raise OSError(ctypes.get_errno(), "unshare/mount")
+        for path in hidden:
+            if libc.mount(b"tmpfs", path.encode(), b"tmpfs", 0, None):
+                raise OSError(ctypes.get_errno(), f"mount tmpfs on {path}")
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+    return enter
+
+
+CLONE_NEWNS, MS_REC, MS_PRIVATE = 0x20000, 0x4000, 1 << 18
+
+
+def test_standalone_runs_with_the_libraries_and_program_hidden(public_dir, tmp_path, runs):
+    bin_dir = public_dir / "bin"
+    bin_dir.mkdir(mode=0o755)
+    binary = bin_dir / "exe_counter"
+    shutil.copy(target_path("exe_counter"), binary)
+    proc = Restorable([str(binary)], tmp_path)
+    try:
+        wait_for(lambda: len(lines(proc.out, "counter")) >= 2, what="two counts")
+        proc.dump()
+    finally:
+        proc.stop()
+    with load(proc.images) as checkpoint:
+        mapped = {v.path for v in checkpoint.root.process.vmas if v.kind is VmaKind.FILE}
+    assert str(binary) in mapped and any(path.startswith(LIBRARIES) for path in mapped), mapped
+    standalone, by_path = public_dir / "standalone", public_dir / "by-path"
+    done = run_cli("exe", "-D", str(proc.images), "-o", str(standalone), "--standalone")
+    assert done.returncode == 0, done.stderr
+    write_exe(proc.images, by_path)
+    hide = hidden_files_then_nobody([LIBRARIES, str(bin_dir)])
+
+    run = Run(standalone, public_dir / "out.txt", become=hide)
+    runs.append(run)
+    wait_for(lambda: lines(run.out, "malloc") and len(lines(run.out, "counter")) >= 3, what="the standalone resume")
+    assert lines(run.out, "resumed")[0][1] == f"pid={run.proc.pid}"
+    maps = open(f"/proc/{run.proc.pid}/maps").read()
+    assert LIBRARIES not in maps and str(binary) not in maps
+
+    refused = subprocess.run([str(by_path)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                             cwd=public_dir, preexec_fn=hide)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "cannot open it" in refused.stderr and "missing" in refused.stderr, refused.stderr

@@ -34,7 +34,7 @@ from runtime.convert.copy import copy_range
 from runtime.errors import ReviveError
 from runtime.images import loader
 from runtime.images.loader import ProcessImage
-from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, FdKind, FileEntry, PageRun, Process, Vma, VmaKind
+from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, FdKind, FileEntry, Process, Vma, VmaKind
 from runtime.infect import blobs
 from runtime.mm.address_space import free_gaps
 from runtime.task.restorer_block import Arena, fill_signals, fill_thread, fill_vma
@@ -78,8 +78,12 @@ class Segment:
     entry: int
 
 
-def write_exe(directory: str | os.PathLike, output: str | os.PathLike, pid: int | None = None) -> Process:
-    """Write the executable that resumes process pid of the image (default: its root); the process written."""
+def write_exe(directory: str | os.PathLike, output: str | os.PathLike, pid: int | None = None,
+              standalone: bool = False) -> Process:
+    """Write the executable that resumes process pid of the image (default: its root); the process written.
+
+    standalone: the file mappings' contents are embedded (the files as they are now, the image's pages over
+    them) and mapped as private memory, so the executable needs none of those files where it runs."""
     with loader.load(directory, check_cpu=False) as checkpoint:  # the executable checks the CPU it runs on
         images = {image.process.pid: image for image in checkpoint.processes}
         image = images.get(checkpoint.root.process.pid if pid is None else pid)
@@ -87,12 +91,13 @@ def write_exe(directory: str | os.PathLike, output: str | os.PathLike, pid: int 
             raise ExeError(f"{directory}: no live process {pid} in the image (it holds {sorted(images)})")
         process = image.process
         shared = {entry.id: entry for entry in checkpoint.tree.files}
-        _refuse_unsupported(process)
+        _refuse_unsupported(process, standalone)
         files = {entry.id: entry for entry in process.files} | shared
-        placed = [v for v in process.vmas if _placeable(v)]
-        mapped = [v for v in process.vmas if not _placeable(v) and v.kind not in KERNEL_MAPPING_KINDS]
-        loads = _plan_loads(process, placed)
-        mapped_runs = _runs_in(process.page_runs, mapped)
+        embedded = _embedded_contents(image) if standalone else {}
+        placed = [v for v in process.vmas if _placeable(v, embedded)]
+        mapped = [v for v in process.vmas if not _placeable(v, embedded) and v.kind not in KERNEL_MAPPING_KINDS]
+        loads = _plan_loads(process, placed, embedded)
+        mapped_runs = _pieces(process, mapped, embedded)
         headers_size = elf.EHDR.size + elf.PHDR.size * (len(loads) + 1)
         offset = arch.align_up(headers_size, PAGE_SIZE)
         laid = []
@@ -101,13 +106,13 @@ def write_exe(directory: str | os.PathLike, output: str | os.PathLike, pid: int 
             offset += arch.align_up(load.filesz, PAGE_SIZE)
         pages_offset = offset
         offset += sum(run.size for run in mapped_runs)
-        segment = _build_segment(image, files, placed, mapped, mapped_runs, pages_offset)
+        segment = _build_segment(image, files, placed, mapped, mapped_runs, pages_offset, embedded)
         segment_offset = arch.align_up(offset, PAGE_SIZE)
-        _write(output, image, laid, mapped_runs, pages_offset, segment, segment_offset)
+        _write(output, image, laid, mapped_runs, pages_offset, segment, segment_offset, embedded)
         return process
 
 
-def _refuse_unsupported(process: Process) -> None:
+def _refuse_unsupported(process: Process, standalone: bool) -> None:
     """What this executable cannot bring back is refused before anything is written, naming it."""
     def refuse(what: str) -> None:
         raise ExeError(f"pid {process.pid}: {what}")
@@ -122,33 +127,72 @@ def _refuse_unsupported(process: Process) -> None:
             refuse(f"the mapping at {v.start:#x} is shared memory, which an executable cannot carry")
         if v.kind is VmaKind.FILE and not v.path:
             refuse(f"the file mapping at {v.start:#x} has no path to map again")
+        if standalone and v.kind is VmaKind.FILE and v.shared and v.prot & mmap.PROT_WRITE:
+            refuse(f"the mapping at {v.start:#x} writes to {v.path}: --standalone cannot embed a shared writable "
+                   f"file mapping")
     if process.vdso is not None and process.vdso.proxy:
         refuse("its vDSO is a proxy revive installed; the executable moves only the kernel's own vDSO")
 
 
-def _placeable(v: Vma) -> bool:
-    """Private anonymous memory (heap included) the kernel can map from a PT_LOAD at its dumped address."""
+def _placeable(v: Vma, embedded: dict[int, bytes]) -> bool:
+    """Private anonymous memory (heap included), or an embedded file mapping, that the kernel can map from a
+    PT_LOAD at its dumped address."""
+    if v.start in embedded:
+        return v.end <= PLACE_LIMIT
     return (v.kind in (VmaKind.ANON, VmaKind.HEAP) and not v.shared and v.shmem is None and not v.growsdown
             and v.end <= PLACE_LIMIT)
 
 
-def _runs_in(runs: tuple[PageRun, ...], vmas: list[Vma]) -> list[PageRun]:
-    """The image's page runs clipped to vmas (runs never cross a mapping, but clip anyway), in address order."""
+@dataclass(frozen=True)
+class Piece:
+    """size bytes of memory at vaddr: the image's pages at offset in its pages file, or data (embedded)."""
+
+    vaddr: int
+    size: int
+    offset: int = 0
+    data: bytes | None = None
+
+
+def _pieces(process: Process, vmas: list[Vma], embedded: dict[int, bytes]) -> list[Piece]:
+    """What the file holds of vmas, in address order: an embedded mapping whole, else the image's page runs
+    clipped to the mappings (runs never cross a mapping, but clip anyway)."""
     out = []
-    for run in runs:
-        for v in vmas:
+    for v in vmas:
+        if v.start in embedded:
+            out.append(Piece(v.start, v.size, data=embedded[v.start]))
+            continue
+        for run in process.page_runs:
             start, end = max(run.vaddr, v.start), min(run.vaddr + run.size, v.end)
             if start < end:
-                out.append(PageRun(start, (end - start) // PAGE_SIZE, run.offset + start - run.vaddr))
+                out.append(Piece(start, end - start, run.offset + start - run.vaddr))
     return out
 
 
-def _plan_loads(process: Process, placed: list[Vma]) -> list[Load]:
+def _embedded_contents(image: ProcessImage) -> dict[int, bytes]:
+    """Each file mapping's memory (by start): the file's bytes as they are now (zeros past its end), the
+    image's pages over them. A read-only shared mapping (a cache file) becomes private memory with its bytes."""
+    contents = {}
+    for v in image.process.vmas:
+        if v.kind is not VmaKind.FILE:
+            continue
+        try:
+            with open(v.path, "rb") as f:
+                data = bytearray(os.pread(f.fileno(), v.size, v.offset).ljust(v.size, b"\0"))
+        except OSError as exc:
+            raise ExeError(f"pid {image.process.pid}: {v.path}: {exc.strerror} (--standalone embeds it)") from exc
+        for piece in _pieces(image.process, [v], {}):
+            data[piece.vaddr - v.start:piece.vaddr - v.start + piece.size] = os.pread(image.pages.fileno(),
+                                                                                  piece.size, piece.offset)
+        contents[v.start] = bytes(data)
+    return contents
+
+
+def _plan_loads(process: Process, placed: list[Vma], embedded: dict[int, bytes]) -> list[Load]:
     """At most two PT_LOADs per placed mapping: its pages from the first saved one to the last (pages the
     image lacks in between are zeros in the file), and, before them, the untouched start (memsz only)."""
     loads = []
     for v in placed:
-        runs = _runs_in(process.page_runs, [v])
+        runs = _pieces(process, [v], embedded)
         if not runs:
             loads.append(Load(v, v.start, 0, v.size))
             continue
@@ -166,12 +210,12 @@ def _file_flags(v: Vma) -> int:
 
 
 def _build_segment(image: ProcessImage, files: dict[int, FileEntry], placed: list[Vma], mapped: list[Vma],
-                   mapped_runs: list[PageRun], pages_offset: int) -> Segment:
+                   mapped_runs: list[Piece], pages_offset: int, embedded: dict[int, bytes]) -> Segment:
     """The loader's segment, filled twice like the restorer area: once to measure, once in place."""
     blob = blobs.load("loader")
     proto = blobs.protocol()
     measured = Arena(blob.memory_size)
-    _fill(measured, proto, image, files, placed, mapped, mapped_runs, pages_offset)
+    _fill(measured, proto, image, files, placed, mapped, mapped_runs, pages_offset, embedded)
     size = arch.align_up(measured.end, PAGE_SIZE)
     stacks = (len(image.process.threads) - 1) * proto.RESTORER_THREAD_STACK_SIZE
     memsz = size + proto.LOADER_VDSO_TEMP_SIZE + stacks
@@ -184,14 +228,15 @@ def _build_segment(image: ProcessImage, files: dict[int, FileEntry], placed: lis
     buffer = bytearray(size)
     blob.place(buffer, start)
     arena = Arena(blob.memory_size, start, buffer)
-    la_address = _fill(arena, proto, image, files, placed, mapped, mapped_runs, pages_offset,
+    la_address = _fill(arena, proto, image, files, placed, mapped, mapped_runs, pages_offset, embedded,
                        temp=start + size, stacks=start + size + proto.LOADER_VDSO_TEMP_SIZE)
     ctypes.c_uint64.from_buffer(buffer, blob.exports["loader_args"]).value = la_address
     return Segment(start, bytes(buffer), memsz, start + blob.exports["loader_entry"])
 
 
 def _fill(arena: Arena, proto, image: ProcessImage, files: dict[int, FileEntry], placed: list[Vma],
-          mapped: list[Vma], mapped_runs: list[PageRun], pages_offset: int, temp: int = 0, stacks: int = 0) -> int:
+          mapped: list[Vma], mapped_runs: list[Piece], pages_offset: int, embedded: dict[int, bytes], temp: int = 0,
+          stacks: int = 0) -> int:
     """loader_args, the restorer_args it points to and their arrays; returns loader_args' address.
 
     The loader runs threads[0], the leader, on its own stack; thread i (the others, which it creates) runs on
@@ -203,16 +248,19 @@ def _fill(arena: Arena, proto, image: ProcessImage, files: dict[int, FileEntry],
     first_fd = max([slot.fd for slot in process.fds] + [2]) + 1
     args.pages_fd = first_fd
     paths: dict[tuple[str, int], int] = {}
-    for v in mapped:
-        if v.kind is VmaKind.FILE and (v.path, _file_flags(v)) not in paths:
+    by_path = [v for v in mapped if v.kind is VmaKind.FILE and v.start not in embedded]
+    for v in by_path:
+        if (v.path, _file_flags(v)) not in paths:
             paths[(v.path, _file_flags(v))] = first_fd + 1 + len(paths)
     _fill_files(arena, proto, la, paths, process.pid)
-    _fill_checks(arena, proto, la, mapped, process.pid)
+    _fill_checks(arena, proto, la, by_path, process.pid)
     _fill_fds(arena, proto, la, process, files)
     vmas, args.vmas = arena.add(proto.RestorerVma, len(mapped))
     args.nr_vmas = len(mapped)
     for slot, v in zip(vmas, mapped):
-        fill_vma(slot, v, paths[(v.path, _file_flags(v))] if v.kind is VmaKind.FILE else -1)
+        fill_vma(slot, v, paths[(v.path, _file_flags(v))] if v in by_path else -1)
+        if v.start in embedded:  # its bytes are in the file now: private memory, even of a shared read-only map
+            slot.flags = slot.flags & ~arch.MAP_SHARED | arch.MAP_PRIVATE
     placed_slots, la.placed = arena.add(proto.RestorerVma, len(placed))
     la.nr_placed = len(placed)
     for slot, v in zip(placed_slots, placed):
@@ -310,8 +358,8 @@ def _fill_vdso(arena: Arena, la, image: ProcessImage) -> None:
     la.vclock_start, la.vclock_size = info.vvar_vclock_start or 0, info.vvar_vclock_size
 
 
-def _write(output: str | os.PathLike, image: ProcessImage, loads: list[Load], mapped_runs: list[PageRun],
-           pages_offset: int, segment: Segment, segment_offset: int) -> None:
+def _write(output: str | os.PathLike, image: ProcessImage, loads: list[Load], mapped_runs: list[Piece],
+           pages_offset: int, segment: Segment, segment_offset: int, embedded: dict[int, bytes]) -> None:
     fd = os.open(output, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o755)
     try:
         headers = [elf.file_header(elf.ET_EXEC, segment.entry, len(loads) + 1)]
@@ -322,13 +370,13 @@ def _write(output: str | os.PathLike, image: ProcessImage, loads: list[Load], ma
         os.pwrite(fd, b"".join(headers), 0)
         pages = image.pages.fileno()
         for load in loads:
-            for run in _runs_in(image.process.page_runs, [load.vma]):
-                if load.vaddr <= run.vaddr < load.vaddr + load.filesz:
-                    copy_range(pages, run.offset, fd, load.offset + run.vaddr - load.vaddr, run.size)
+            for piece in _pieces(image.process, [load.vma], embedded):
+                if load.vaddr <= piece.vaddr < load.vaddr + load.filesz:
+                    _write_piece(fd, pages, piece, load.offset + piece.vaddr - load.vaddr)
         offset = pages_offset
-        for run in mapped_runs:
-            copy_range(pages, run.offset, fd, offset, run.size)
-            offset += run.size
+        for piece in mapped_runs:
+            _write_piece(fd, pages, piece, offset)
+            offset += piece.size
         os.pwrite(fd, segment.image, segment_offset)
         os.pwrite(fd, _crc_of(fd, segment_offset + len(segment.image)).to_bytes(CRC_SIZE, "little"),
                   segment_offset + len(segment.image))
@@ -337,6 +385,13 @@ def _write(output: str | os.PathLike, image: ProcessImage, loads: list[Load], ma
         raise ExeError(f"{output}: {exc.strerror}") from exc
     finally:
         os.close(fd)
+
+
+def _write_piece(fd: int, pages: int, piece: Piece, offset: int) -> None:
+    if piece.data is not None:
+        os.pwrite(fd, piece.data, offset)
+    else:
+        copy_range(pages, piece.offset, fd, offset, piece.size)
 
 
 def _crc_of(fd: int, length: int) -> int:

@@ -1,7 +1,5 @@
 """`python -m runtime`: the command line (runtime/cli.py)."""
 
-import sys
+from runtime.cli import run
 
-from runtime.cli import main
-
-sys.exit(main())
+run()

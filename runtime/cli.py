@@ -10,16 +10,20 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
+from typing import NoReturn
 
 from runtime.errors import ReviveError, shorten
-from runtime.mm.vdso import VdsoMode
 
 # Each subcommand imports what it needs inside its own function, when it runs: a dump of a small process
 # takes tens of milliseconds, and importing every command's modules (pyroute2, rich, the convert code) up
 # front would cost more than that (issue 18; tests/test_startup.py checks what `import runtime.cli` loads).
 
 PARASITE_COMMANDS = ("noop", "echo", "misc", "sigactions", "thread")
+# runtime.mm.vdso.VdsoMode's values, the first the default: named here so that building the parser imports no
+# checkpoint model (tests/test_startup.py checks that they are the enum's).
+VDSO_MODES = ("auto", "remap", "proxy")
 # Longer than any message the runtime composes; a longer one is cut, never spread over lines.
 MESSAGE_SHOWN_MAX = 2000
 
@@ -55,6 +59,7 @@ def _dump(args: argparse.Namespace) -> None:
 
 
 def _restore(args: argparse.Namespace) -> None:
+    from runtime.mm.vdso import VdsoMode
     from runtime.restore import restore
 
     status = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
@@ -246,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="return once the tree runs instead of waiting for its root")
     restore_parser.add_argument("-j", "--shell-job", action="store_true",
                                 help="reattach the tree's stdio to this caller's terminal or pipes")
-    restore_parser.add_argument("--vdso", choices=[m.value for m in VdsoMode], default=VdsoMode.AUTO.value,
+    restore_parser.add_argument("--vdso", choices=VDSO_MODES, default=VDSO_MODES[0],
                                 help="remap the running vDSO to the dumped place (needs the same vDSO), "
                                      "proxy the dumped one, or auto: remap when they match (docs/vdso.md)")
     restore_parser.add_argument("--inherit-fd", type=_inherit_type("parse_inherit_fd"), action="append", default=[],
@@ -308,3 +313,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"revive: {shorten(str(exc), MESSAGE_SHOWN_MAX)}", file=sys.stderr)
         return 1
     return 0
+
+
+def run() -> NoReturn:
+    """The program (`python -m runtime`, the `revive` script): main, then an exit that skips the teardown.
+
+    Why os._exit: freeing the interpreter's two hundred modules at exit takes tens of milliseconds, as
+    long as a whole dump of a small process (issue 18), and nothing of the runtime needs it: the image
+    files are closed by then (no buffered writes: FileIO, with-blocks), no atexit handler or non-daemon
+    thread is the runtime's, the log is flushed by logging.shutdown and stdout and stderr here. An
+    exception other than SystemExit still ends the usual way, with its traceback.
+    """
+    try:
+        status = main()
+    except SystemExit as exc:
+        status = exc.code
+    if status is None:
+        status = 0
+    elif not isinstance(status, int):
+        print(status, file=sys.stderr)
+        status = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            status = status or 120  # what the interpreter's own exit gives for a stream it cannot flush
+    os._exit(status)

@@ -13,19 +13,24 @@ import sys
 from pathlib import Path
 
 from restore_support import wait_for
+from runtime import cli
+from runtime.mm.vdso import VdsoMode
 from tree_support import reap
 
 REPO = Path(__file__).resolve().parent.parent
 # What no dump or restore of a process without sockets, inotify watches or a proxied vDSO needs.
 HEAVY = ("pyroute2", "rich", "elftools", "ptrace", "lief", "jinja2", "capstone", "importlib.metadata",
          "subprocess", "tempfile")
-# `python -m runtime ARGS`, writing the names in sys.modules to OUT when it ends (argv: OUT ARGS...).
-REPORTING = ("import runpy, sys\n"
+# The command line's main with ARGS, writing the names in sys.modules to OUT when it ends (argv: OUT ARGS...);
+# not `python -m runtime`, whose end (cli.run) is an os._exit that would skip the writing.
+REPORTING = ("import sys\n"
              "out = sys.argv.pop(1)\n"
+             "from runtime.cli import main\n"
              "try:\n"
-             "    runpy.run_module('runtime', run_name='__main__', alter_sys=True)\n"
+             "    status = main()\n"
              "finally:\n"
-             "    open(out, 'w').write('\\n'.join(sorted(sys.modules)))\n")
+             "    open(out, 'w').write('\\n'.join(sorted(sys.modules)))\n"
+             "sys.exit(status)\n")
 
 
 def command_modules(out: Path, *args: str) -> set[str]:
@@ -46,6 +51,10 @@ def test_importing_the_command_line_loads_no_command_and_no_heavy_library():
     assert "runtime.cli" in modules
     assert heavy_in(modules) == []
     assert not modules & {"runtime.dump", "runtime.restore", "runtime.check", "runtime.show", "runtime.files.inet"}
+
+
+def test_the_command_lines_vdso_modes_are_the_enums_with_auto_first():
+    assert cli.VDSO_MODES == tuple(mode.value for mode in VdsoMode) and VdsoMode(cli.VDSO_MODES[0]) is VdsoMode.AUTO
 
 
 def test_dump_and_restore_of_a_sleep_load_no_heavy_library(tmp_path, reaper):

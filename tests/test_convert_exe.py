@@ -106,6 +106,26 @@ def test_the_executable_resumes_the_counter_as_nobody_under_a_new_pid(dumped_cou
     assert "\nUid:\t65534\t65534\t65534\t65534\n" in status
 
 
+def test_a_regular_file_is_reopened_at_its_offset(public_dir, tmp_path, runs):
+    data = public_dir / "data.txt"
+    data.write_text("01234" "56789" "abcdef")
+    data.chmod(0o644)
+    proc = Restorable([str(target_path("exe_counter")), str(data)], tmp_path)
+    try:
+        wait_for(lambda: len(lines(proc.out, "counter")) >= 2, what="two counts")
+        proc.dump()
+    finally:
+        proc.stop()
+    with load(proc.images) as checkpoint:
+        (slot,) = [s for s in checkpoint.root.process.fds if s.fd > 2]
+    exe = public_dir / "counter"
+    write_exe(proc.images, exe)
+    run = Run(exe, public_dir / "out.txt")
+    runs.append(run)
+    wait_for(lambda: lines(run.out, "malloc"), what="the resume")
+    assert lines(run.out, "file") == [["file", f"fd={slot.fd}", "read=56789"]], run.out.read_text()
+
+
 def test_two_copies_run_at_once_each_on_its_own(dumped_counter, public_dir, runs):
     exe = public_dir / "counter"
     write_exe(dumped_counter.images, exe)

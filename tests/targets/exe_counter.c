@@ -3,9 +3,12 @@
  * dump. Once it finds itself under another PID than the one it started with (resumed from an executable), it
  * prints "resumed pid=P sbrk=ADDRESS" (the break before anything else moved it), mallocs 100 MiB in 1 KiB pieces,
  * writes to each, and prints "malloc ok bytes=N sbrk=ADDRESS", then counts on.
- * Prints "ready pid=.. counter=ADDRESS sbrk=ADDRESS" first.
+ * Prints "ready pid=.. counter=ADDRESS sbrk=ADDRESS" first. With a file name argument, it opens the file and
+ * reads its first 5 bytes before the dump, and after the resume prints "file fd=N read=TEXT", the next 5 bytes
+ * it reads from the same descriptor (the executable reopens the file at its offset).
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,10 +49,22 @@ static void malloc_100_mib(void)
 	say("malloc ok bytes=%zu sbrk=%p\n", total, sbrk(0));
 }
 
-int main(void)
+static void read_on(int fd)
+{
+	char text[6] = "";
+
+	if (fd >= 0 && read(fd, text, 5) == 5)
+		say("file fd=%d read=%s\n", fd, text);
+}
+
+int main(int argc, char **argv)
 {
 	pid_t started = getpid();
+	char first[5];
+	int fd = -1;
 
+	if (argc > 1 && ((fd = open(argv[1], O_RDONLY)) < 0 || read(fd, first, 5) != 5))
+		return 1;
 	grow_heap();
 	say("ready pid=%d counter=%p sbrk=%p\n", started, (void *)&counter, sbrk(0));
 	for (;;) {
@@ -59,6 +74,7 @@ int main(void)
 		if (getpid() != started) {
 			started = getpid();
 			say("resumed pid=%d sbrk=%p\n", started, sbrk(0));
+			read_on(fd);
 			malloc_100_mib();
 		}
 		counter++;

@@ -99,6 +99,8 @@ def test_the_executable_resumes_the_counter_as_nobody_under_a_new_pid(dumped_cou
     assert values[0] in (dumped, dumped + 1), (dumped, values)
     assert values == list(range(values[0], values[0] + len(values)))
     assert all(c[3] == str(run.proc.pid) for c in counts)
+    # Memory above PLACE_LIMIT: mapped and filled by the loader, not by a PT_LOAD.
+    assert "\nhigh=5eed5eed12345678\n" in run.out.read_text(), run.out.read_text()
     # 100 MiB of 1 KiB mallocs on the heap the loader gave back its dumped break.
     malloc = lines(run.out, "malloc")
     assert malloc and malloc[0][2] == "bytes=104857600", run.out.read_text()
@@ -150,6 +152,8 @@ def test_program_headers_show_the_layout_and_file_says_executable(dumped_counter
     with load(dumped_counter.images) as checkpoint:
         process = checkpoint.root.process
     placeable = [v for v in process.vmas if v.kind in (VmaKind.ANON, VmaKind.HEAP) and v.end <= PLACE_LIMIT]
+    high = [v for v in process.vmas if v.kind is VmaKind.ANON and v.start == 0x7FF100000000]
+    assert high, "the target's high mapping"
     assert any(v.kind is VmaKind.HEAP for v in placeable)
     with open(exe, "rb") as f:
         elf = ELFFile(f)
@@ -162,6 +166,7 @@ def test_program_headers_show_the_layout_and_file_says_executable(dumped_counter
             assert covering[-1].p_vaddr + covering[-1].p_memsz == v.end, hex(v.start)
             for h in covering:
                 assert h.p_offset % 4096 == h.p_vaddr % 4096 or h.p_filesz == 0
+        assert not [h for h in loads if h.p_vaddr >= PLACE_LIMIT]
         entry_load = next(h for h in loads if h.p_vaddr <= elf.header.e_entry < h.p_vaddr + h.p_memsz)
         assert not any(v.start < entry_load.p_vaddr + entry_load.p_memsz and entry_load.p_vaddr < v.end
                        for v in process.vmas)

@@ -6,18 +6,25 @@
  * Prints "ready pid=.. counter=ADDRESS sbrk=ADDRESS" first. With a file name argument, it opens the file and
  * reads its first 5 bytes before the dump, and after the resume prints "file fd=N read=TEXT", the next 5 bytes
  * it reads from the same descriptor (the executable reopens the file at its offset).
+ * It also keeps two pages of anonymous memory at HIGH (above where the kernel could place a PT_LOAD, so the
+ * loader maps and fills them) holding a pattern, and prints "high=VALUE" after the resume.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "say.h"
 
 volatile long counter;
+static volatile unsigned long *high;
+
+#define HIGH 0x7ff100000000UL
+#define HIGH_PATTERN 0x5eed5eed12345678UL
 
 static void grow_heap(void)
 {
@@ -66,6 +73,9 @@ int main(int argc, char **argv)
 	if (argc > 1 && ((fd = open(argv[1], O_RDONLY)) < 0 || read(fd, first, 5) != 5))
 		return 1;
 	grow_heap();
+	high = mmap((void *)HIGH, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (high != MAP_FAILED)
+		high[512] = HIGH_PATTERN; /* the second page */
 	say("ready pid=%d counter=%p sbrk=%p\n", started, (void *)&counter, sbrk(0));
 	for (;;) {
 		struct timespec twenty_ms = { 0, 20000000 };
@@ -75,6 +85,7 @@ int main(int argc, char **argv)
 			started = getpid();
 			say("resumed pid=%d sbrk=%p\n", started, sbrk(0));
 			read_on(fd);
+			say("high=%lx\n", high == MAP_FAILED ? 0UL : high[512]);
 			malloc_100_mib();
 		}
 		counter++;

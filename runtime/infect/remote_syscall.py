@@ -33,11 +33,11 @@ from runtime.arch import x86_64 as arch
 from runtime.errors import InfectError, PtraceError
 from runtime.kernel import ptrace
 from runtime.kernel.procfs import mem
-from runtime.kernel.procfs.maps import VSYSCALL, read_mappings
+from runtime.kernel.procfs.maps import VSYSCALL, read_layout
 
 
 def vdso_range(pid: int) -> tuple[int, int]:
-    for m in read_mappings(pid):
+    for m in read_layout(pid):
         if m.name == "[vdso]":
             return m.start, m.end
     raise InfectError(pid, "has no [vdso] mapping to run injected syscalls from")
@@ -149,7 +149,7 @@ def find_gadgets(pid: int) -> Gadgets:
     Smaller mappings are searched first: the C library, where both live,
     comes before a large program or interpreter library.
     """
-    regions = [(m.end - m.start, m.start) for m in read_mappings(pid)
+    regions = [(m.end - m.start, m.start) for m in read_layout(pid)
                if m.prot & mmap.PROT_EXEC and m.name != VSYSCALL]
     sigreturn = sigreturn_len = syscall_ret = 0
     for size, start in sorted(regions):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from runtime.errors import RestoreError, VdsoError
 from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, Process, VdsoInfo, VdsoSymbol, VmaKind
-from runtime.kernel.procfs.maps import SPECIAL_KINDS, Mapping, read_mappings
+from runtime.kernel.procfs.maps import SPECIAL_KINDS, Mapping, read_layout
 from runtime.kernel.procfs.mem import read_memory
 from runtime.kernel.procfs.vdso import Vdso, read_vdso
 from runtime.mm.address_space import free_gaps
@@ -179,7 +179,7 @@ ELF_MAGIC = b"\x7fELF"
 def read_running_vdso() -> RunningVdso:
     """The running kernel's vDSO and vvar pages as mapped in this very process."""
     pid = os.getpid()
-    pieces = tuple(Piece(kind, m.start, m.end - m.start) for m in read_mappings(pid)
+    pieces = tuple(Piece(kind, m.start, m.end - m.start) for m in read_layout(pid)
                    for kind in [SPECIAL_KINDS.get(m.name)] if kind in KERNEL_MAPPING_KINDS)
     vdso = next((p for p in pieces if p.kind == VmaKind.VDSO), None)
     if vdso is None:

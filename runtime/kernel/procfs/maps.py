@@ -1,4 +1,4 @@
-"""The address space of a process: /proc/PID/smaps read into Mappings and Vmas.
+"""The address space of a process: /proc/PID/smaps (or maps, read_layout) read into Mappings and Vmas.
 
 Why smaps rather than maps: the maps line does not say whether a mapping
 grows down (MAP_GROWSDOWN) or other properties the kernel only prints as
@@ -147,3 +147,13 @@ def _mapping(match: re.Match, vmflags: frozenset[str]) -> Mapping:
 
 def read_mappings(pid: int) -> tuple[Mapping, ...]:
     return parse_smaps(pid, read_text(pid, "smaps"))
+
+
+def read_layout(pid: int) -> tuple[Mapping, ...]:
+    """The mappings from /proc/PID/maps: where each lies, its permissions and name, no VmFlags (empty).
+
+    For callers that only need where things are (the running vDSO, the code
+    to inject syscalls from): to print smaps the kernel walks the page tables
+    of every mapping for its figures, a few ms for the runtime's own Python.
+    """
+    return parse_smaps(pid, read_text(pid, "maps"))

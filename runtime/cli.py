@@ -14,6 +14,7 @@ import os
 import sys
 from typing import NoReturn
 
+from runtime import codecache
 from runtime.errors import ReviveError, shorten
 
 # Each subcommand imports what it needs inside its own function, when it runs: a dump of a small process
@@ -322,12 +323,15 @@ def run() -> NoReturn:
     long as a whole dump of a small process (issue 18), and nothing of the runtime needs it: the image
     files are closed by then (no buffered writes: FileIO, with-blocks), no atexit handler or non-daemon
     thread is the runtime's, the log is flushed by logging.shutdown and stdout and stderr here. An
-    exception other than SystemExit still ends the usual way, with its traceback.
+    exception other than SystemExit still ends the usual way, with its traceback. The dataclasses the
+    command makes compile through runtime/codecache.py, which keeps their code for the next run.
     """
+    cache = codecache.install()
     try:
         status = main()
     except SystemExit as exc:
         status = exc.code
+    cache.save()
     if status is None:
         status = 0
     elif not isinstance(status, int):

@@ -31,7 +31,7 @@ from runtime.arch import x86_64 as arch
 from runtime.errors import RestoreError
 from runtime.infect import blobs
 from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, Creds, Process, ThreadCore, Vma, VmaKind
-from runtime.kernel.procfs.maps import read_mappings
+from runtime.kernel.procfs.maps import read_layout
 from runtime.mm.address_space import free_gaps
 from runtime.mm.vdso import VdsoPlan
 from runtime.task.restorer_block import MADV_NUMBERS, Arena, fill_name, fill_signals, fill_thread, fill_vma
@@ -167,7 +167,7 @@ def _find_area(pid: int, taken: list[Range], size: int) -> Range:
 
 def own_layout() -> list[Range]:
     """The runtime's own mappings, which every member (a copy of it) has too until its restorer unmaps them."""
-    return [Range(m.start, m.end) for m in read_mappings(os.getpid())]
+    return [Range(m.start, m.end) for m in read_layout(os.getpid())]
 
 
 def target_ranges(process: Process) -> list[Range]:

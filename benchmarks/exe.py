@@ -29,13 +29,13 @@ from runtime.kernel.clone import become_subreaper
 PROGRAM = """
 import os, sys, time
 memory = bytearray(b"\\x5a") * (int(sys.argv[1]) << 20)
-started = os.getpid()
-print("ready pid=%d" % started, flush=True)
+started = os.getppid()  # resumed by ./FILE: its parent is pid 1 of its PID namespace
+print("ready pid=%d" % os.getpid(), flush=True)
 while True:
     time.sleep(0.01)
-    if os.getpid() != started:
+    if os.getppid() != started:
         print("resumed at", time.time_ns(), flush=True)
-        started = os.getpid()
+        started = os.getppid()
 """
 
 

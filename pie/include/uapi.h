@@ -205,11 +205,71 @@ struct cmsghdr {
 #define CMSG_SPACE(len) (sizeof(struct cmsghdr) + CMSG_ALIGN(len))
 #define CMSG_DATA(cmsg) ((u8 *)((struct cmsghdr *)(cmsg) + 1))
 
+/*
+ * Namespaces and the processes around the exe loader (pie/loader/namespaces.c): unshare's and clone3's flags,
+ * waiting, polling, signalfd and the siginfo fields read.
+ */
+#define ECHILD 10
+#define ENOSPC 28
+#define EUSERS 87
+#define CLONE_PIDFD 0x00001000
+#define CLONE_NEWUSER 0x10000000
+#define CLONE_NEWPID 0x20000000
+#define SIGCHLD 17
+#define SIGTSTP 20
+#define SIGTTIN 21
+#define SIGTTOU 22
+#define SIG_UNBLOCK 1
+#define SI_KERNEL 0x80
+#define CLD_EXITED 1
+#define PR_SET_PDEATHSIG 1
+#define P_PID 1
+#define WNOHANG 1
+#define WEXITED 4
+#define WALL 0x40000000 /* __WALL */
+#define O_WRONLY 1
+#define O_NONBLOCK 04000
+#define POLLIN 1
+#define RLIMIT_CORE 4
+
+struct pollfd {
+	s32 fd;
+	s16 events;
+	s16 revents;
+};
+
+/* signalfd's record: the signal and its si_code, then fields not read here. */
+struct signalfd_info {
+	u32 signo;
+	s32 err;
+	s32 code;
+	u8 rest[116];
+};
+
+/* The siginfo waitid fills for a child: si_code CLD_EXITED (status: the exit code) or a signal's death. */
+struct child_siginfo {
+	s32 signo;
+	s32 err;
+	s32 code;
+	s32 pad0;
+	s32 pid;
+	u32 uid;
+	s32 status;
+	u8 rest[100];
+};
+
+struct kernel_rlimit {
+	u64 cur;
+	u64 max;
+};
+
 _Static_assert(sizeof(struct kernel_stack) == 24, "stack_t");
 _Static_assert(sizeof(struct clone_args) == 88, "struct clone_args (CLONE_ARGS_SIZE_VER2)");
 _Static_assert(sizeof(struct cap_data) == 12, "struct __user_cap_data_struct");
 _Static_assert(sizeof(struct sockaddr_un) == 110, "struct sockaddr_un");
 _Static_assert(sizeof(struct msghdr) == 56, "struct msghdr");
 _Static_assert(sizeof(struct cmsghdr) == 16, "struct cmsghdr");
+_Static_assert(sizeof(struct signalfd_info) == 128, "struct signalfd_siginfo");
+_Static_assert(sizeof(struct child_siginfo) == 128, "siginfo_t");
 
 #endif

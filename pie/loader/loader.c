@@ -62,7 +62,40 @@ static void map_the_rest(const struct loader_args *la, struct restorer_args *arg
 	finish_placed(la, args);
 }
 
-/* A thread's own state; its TID is new, and glibc caches it where clear_child_tid points (its TCB). */
+/* The block every created thread reads: set once, before the first clone3. */
+static struct restorer_args *restoring;
+
+/* Outside namespaces (the fallback) every thread has a new TID, which glibc must cache. */
+static int new_ids;
+
+/*
+ * In its namespaces the thread has every capability there (the user namespace is new); it keeps those of the
+ * dumped ones, as the process had them (capabilities are per thread).
+ */
+static long narrow_caps(const struct restorer_creds *c, u64 *detail)
+{
+	struct cap_header header = { .version = LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct cap_data now[2], want[2];
+	long ret;
+	int i;
+
+	*detail = (u64)__NR_capget << 32;
+	ret = sys_call2(__NR_capget, &header, now);
+	if (ret)
+		return ret;
+	for (i = 0; i < 2; i++) {
+		want[i].permitted = (u32)(c->cap_permitted >> (32 * i)) & now[i].permitted;
+		want[i].effective = (u32)(c->cap_effective >> (32 * i)) & want[i].permitted;
+		want[i].inheritable = (u32)(c->cap_inheritable >> (32 * i)) & want[i].permitted;
+	}
+	*detail = (u64)__NR_capset << 32;
+	return sys_call2(__NR_capset, &header, want);
+}
+
+/*
+ * A thread's own state. Outside namespaces its TID is new, and glibc caches it where clear_child_tid points (its
+ * TCB): pthread_kill aims with it. In them the TID is the dumped one and the cached one is right.
+ */
 static void restore_own_thread(struct restorer_thread *thread)
 {
 	u64 d = 0;
@@ -73,13 +106,14 @@ static void restore_own_thread(struct restorer_thread *thread)
 	step("cannot set the thread's alternate signal stack", restore_altstack(thread, &d), d);
 	step("cannot set the thread's name", set_thread_name(thread, &d), d);
 	step("cannot set the thread's futex links", set_futex_links(thread, &d), d);
-	if (thread->clear_child_tid)
-		*(u32 *)thread->clear_child_tid = tid;
-	thread->tid = tid;
+	if (new_ids) {
+		if (thread->clear_child_tid)
+			*(u32 *)thread->clear_child_tid = tid;
+		thread->tid = tid;
+	} else {
+		step("cannot narrow the thread's capabilities to the dumped ones", narrow_caps(&restoring->creds, &d), d);
+	}
 }
-
-/* The block every created thread reads: set once, before the first clone3. */
-static struct restorer_args *restoring;
 
 /* A created thread's whole life in the loader, as in the restorer (restore.c): its own state, its own pending
  * signals, the barrier, its own context. */
@@ -99,7 +133,7 @@ void loader_main(struct loader_args *la, u64 *kernel_sp)
 	struct restorer_args *args = (struct restorer_args *)la->restore;
 	struct restorer_thread *self = (struct restorer_thread *)args->threads;
 	struct kernel_mappings km;
-	long exe;
+	long exe, why = 0;
 	u64 d = 0;
 
 	(void)kernel_sp;
@@ -108,6 +142,10 @@ void loader_main(struct loader_args *la, u64 *kernel_sp)
 	exe = open_exe();
 	check_exe_checksum((int)exe);
 	check_xfeatures(la);
+	new_ids = !enter_namespaces(args, &why);
+	if (new_ids && args->nr_threads > 1)
+		log_line("revive exe: no PID namespace here (errno %ld): the threads resume under new TIDs, and a "
+			 "mutex they held that records its owner (error-checking, recursive, robust) is now wrong", -why);
 	if (exe != args->pages_fd) {
 		step("cannot move the executable's descriptor", sys_call3(__NR_dup3, exe, args->pages_fd, O_CLOEXEC) < 0,
 		     (u64)args->pages_fd);
@@ -123,10 +161,10 @@ void loader_main(struct loader_args *la, u64 *kernel_sp)
 	step("cannot set an interval timer", restore_itimers(args, &d), d);
 	reopen_fds(la);
 
-	/* The other threads under new TIDs (no set_tid without privilege), each restoring itself. */
+	/* The other threads, each restoring itself: under their dumped TIDs in the namespaces, else new ones. */
 	args->pid = (u32)sys_call0(__NR_getpid);
 	restoring = args;
-	step("cannot create a thread", create_threads(args, thread_body, 1, &d), d);
+	step("cannot create a thread", create_threads(args, thread_body, new_ids, &d), d);
 	wait_for_threads_ready(args);
 	restore_own_thread(self);
 	step("cannot queue a pending signal", queue_process_signals(args, &d), d);

@@ -31,6 +31,10 @@ struct kernel_mappings {
 void read_kernel_mappings(struct kernel_mappings *km);
 void place_vdso(const struct loader_args *la, struct restorer_args *args, const struct kernel_mappings *km);
 
+/* namespaces.c: 1 in the process under its dumped PID (P and C1 never return), 0 where there are no namespaces
+ * to be had (*why: unshare's error). */
+int enter_namespaces(const struct restorer_args *args, long *why);
+
 /* fds.c */
 void reopen_fds(const struct loader_args *la);
 

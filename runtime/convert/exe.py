@@ -270,6 +270,7 @@ def _fill(arena: Arena, proto, image: ProcessImage, files: dict[int, FileEntry],
     for slot, run in zip(iovs, mapped_runs):
         slot.base, slot.len = run.vaddr, run.size
     _fill_mm(arena, args, process)
+    _fill_ids(args, process)
     _fill_vdso(arena, la, image)
     la.temp = temp
     close, args.close_fds = arena.add(ctypes.c_int32, 1 + len(paths))
@@ -345,6 +346,15 @@ def _fill_mm(arena: Arena, args, process: Process) -> None:
     auxv, args.mm.auxv = arena.add(ctypes.c_uint64, len(mm.auxv))
     auxv[:] = list(mm.auxv)
     args.mm.auxv_size, args.mm.exe_fd = ctypes.sizeof(auxv), U32_NONE
+
+
+def _fill_ids(args, process: Process) -> None:
+    """The ids the loader gives back in its namespaces: the dumped uid and gid, mapped onto the runner's, and
+    each thread's capability sets, narrowed to the dumped ones (the rest of restorer_creds is unused here)."""
+    creds = process.creds
+    args.creds.uid, args.creds.gid = creds.uids[0], creds.gids[0]
+    args.creds.cap_effective, args.creds.cap_permitted = creds.cap_effective, creds.cap_permitted
+    args.creds.cap_inheritable = creds.cap_inheritable
 
 
 def _fill_vdso(arena: Arena, la, image: ProcessImage) -> None:

@@ -1,8 +1,9 @@
 /*
  * Target for `exe`: counts in a loop, printing "counter N pid P" every 20 ms, with a heap it grew before the
- * dump. Once it finds itself under another PID than the one it started with (resumed from an executable), it
- * prints "resumed pid=P sbrk=ADDRESS" (the break before anything else moved it), mallocs 100 MiB in 1 KiB pieces,
- * writes to each, and prints "malloc ok bytes=N sbrk=ADDRESS", then counts on.
+ * dump. Once it finds itself with another parent or PID than the ones it started with (resumed from an executable:
+ * in its PID namespace it keeps its PID and has pid 1 as its parent, without one it has a new PID), it prints
+ * "resumed pid=P ppid=Q sbrk=ADDRESS" (the break before anything else moved it), mallocs 100 MiB in 1 KiB
+ * pieces, writes to each, and prints "malloc ok bytes=N sbrk=ADDRESS", then counts on. SIGTERM makes it print "term pid=P" and exit with status 7.
  * Prints "ready pid=.. counter=ADDRESS sbrk=ADDRESS" first. With a file name argument, it opens the file and
  * reads its first 5 bytes before the dump, and after the resume prints "file fd=N read=TEXT", the next 5 bytes
  * it reads from the same descriptor (the executable reopens the file at its offset).
@@ -11,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,13 @@ static volatile unsigned long *high;
 
 #define HIGH 0x7ff100000000UL
 #define HIGH_PATTERN 0x5eed5eed12345678UL
+
+static void on_term(int sig)
+{
+	(void)sig;
+	say("term pid=%d\n", (int)getpid());
+	_exit(7);
+}
 
 static void grow_heap(void)
 {
@@ -66,9 +75,13 @@ static void read_on(int fd)
 
 int main(int argc, char **argv)
 {
-	pid_t started = getpid();
+	struct sigaction term = { .sa_handler = on_term };
+	pid_t started = getpid(), parent = getppid();
 	char first[5];
 	int fd = -1;
+
+	if (sigaction(SIGTERM, &term, NULL))
+		return 1;
 
 	if (argc > 1 && ((fd = open(argv[1], O_RDONLY)) < 0 || read(fd, first, 5) != 5))
 		return 1;
@@ -81,9 +94,10 @@ int main(int argc, char **argv)
 		struct timespec twenty_ms = { 0, 20000000 };
 
 		nanosleep(&twenty_ms, NULL);
-		if (getpid() != started) {
+		if (getppid() != parent || getpid() != started) {
+			parent = getppid();
 			started = getpid();
-			say("resumed pid=%d sbrk=%p\n", started, sbrk(0));
+			say("resumed pid=%d ppid=%d sbrk=%p\n", (int)getpid(), (int)parent, sbrk(0));
 			read_on(fd);
 			say("high=%lx\n", high == MAP_FAILED ? 0UL : high[512]);
 			malloc_100_mib();

@@ -1,6 +1,6 @@
 /*
  * Target for `exe` with threads: a worker thread locks an error-checking mutex and counts; main counts and,
- * once it finds itself under another PID than the one it started with (resumed from an executable), sends
+ * once it finds itself with another parent or PID than it started with (resumed from an executable), sends
  * the worker SIGUSR1 with pthread_kill and tells the worker to unlock its mutex.
  * Prints "ready pid=..", "worker tid=T" (the worker's TID, again after the resume), "kill rc=R" (pthread_kill's
  * return), "handler tid=T" (the TID of the thread the handler ran in), "unlock rc=R" (the worker's
@@ -33,7 +33,7 @@ static void pause_20ms(void)
 
 static void *work(void *arg)
 {
-	pid_t started = getpid();
+	pid_t started = getpid(), parent = getppid();
 	long n = 0;
 
 	(void)arg;
@@ -41,7 +41,8 @@ static void *work(void *arg)
 	say("worker tid=%d\n", gettid());
 	for (;;) {
 		pause_20ms();
-		if (getpid() != started) {
+		if (getppid() != parent || getpid() != started) {
+			parent = getppid();
 			started = getpid();
 			say("worker tid=%d\n", gettid());
 		}
@@ -58,7 +59,7 @@ int main(void)
 {
 	struct sigaction sa = { .sa_handler = on_usr1 };
 	pthread_mutexattr_t attr;
-	pid_t started = getpid();
+	pid_t started = getpid(), parent = getppid();
 	long n = 0;
 
 	pthread_mutexattr_init(&attr);
@@ -69,7 +70,8 @@ int main(void)
 	say("ready pid=%d\n", started);
 	for (;;) {
 		pause_20ms();
-		if (getpid() != started) {
+		if (getppid() != parent || getpid() != started) {
+			parent = getppid();
 			started = getpid();
 			pause_20ms(); /* the worker says its new TID first */
 			say("kill rc=%d\n", pthread_kill(worker, SIGUSR1));

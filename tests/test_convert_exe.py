@@ -56,20 +56,24 @@ class Run:
                                          cwd=exe.parent, start_new_session=True, preexec_fn=become)
 
     def stop(self) -> None:
-        """P, the process the shell started, killed: C1 gets its parent-death SIGKILL, and the namespace goes."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
+        """C1, pid 1 of the namespace, killed first (the kernel kills the process, C1 reaps it, P reaps C1 and dies
+        of the same signal), then P, the process the shell started, in case it was alone; P reaped."""
+        for pid in (first_child(self.proc.pid), self.proc.pid):
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait()
 
     def resumed_pid(self) -> int:
         """The resumed process's PID out here: P's grandchild (P -> C1, pid 1 of its namespace -> the process)."""
-        def child(pid: int) -> int | None:
-            with contextlib.suppress(OSError):
-                found = open(f"/proc/{pid}/task/{pid}/children").read().split()
-                return int(found[0]) if found else None
-            return None
-        wait_for(lambda: (c1 := child(self.proc.pid)) and child(c1), what="the resumed process")
-        return child(child(self.proc.pid))
+        wait_for(lambda: (c1 := first_child(self.proc.pid)) and first_child(c1), what="the resumed process")
+        return first_child(first_child(self.proc.pid))
+
+
+def first_child(pid: int) -> int | None:
+    with contextlib.suppress(OSError):
+        found = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        return int(found[0]) if found else None
+    return None
 
 
 def ns_pids(status_path: str) -> list[int]:
@@ -166,6 +170,24 @@ def test_two_copies_run_at_once_each_on_its_own(dumped_counter, public_dir, runs
         starts.append(values[0])
     assert starts[0] == starts[1]
     assert first.resumed_pid() != second.resumed_pid()
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 7), (signal.SIGUSR2, -signal.SIGUSR2)])
+def test_a_signal_sent_to_the_shells_child_reaches_the_process_and_the_shell_gets_its_status(
+        dumped_counter, public_dir, runs, sig, status):
+    # SIGTERM: its handler prints and exits 7; SIGUSR2 (no handler) kills it, and P dies of it too.
+    exe = public_dir / "counter"
+    write_exe(dumped_counter.images, exe)
+    run = Run(exe, public_dir / "out.txt")
+    runs.append(run)
+    wait_for(lambda: lines(run.out, "malloc"), what="the resume")
+    outer = run.resumed_pid()
+    run.proc.send_signal(sig)
+    assert run.proc.wait(timeout=10) == status
+    terms = lines(run.out, "term")
+    assert terms == ([["term", f"pid={dumped_counter.pid}"]] if sig == signal.SIGTERM else []), run.out.read_text()
+    assert not os.path.exists(f"/proc/{outer}")  # reaped by C1, its namespace's init, which P reaped
+    assert run.proc.stderr.read() == b""
 
 
 def test_program_headers_show_the_layout_and_file_says_executable(dumped_counter, public_dir):
@@ -336,6 +358,48 @@ def test_an_error_checking_mutex_locked_before_the_dump_is_unlocked_after(dumped
     # The mutex's __owner holds the worker's dumped TID, and so does the TID glibc caches in its namespace.
     run = resumed_threads(dumped_threads, public_dir, runs)
     assert lines(run.out, "unlock") == [["unlock", "rc=0"]]
+    run.stop()
+    assert run.proc.stderr.read() == b""
+
+
+# A user namespace where no more user namespaces may be made (max_user_namespaces 0, which its root may set):
+# unshare fails with ENOSPC, as on a machine that allows none, and the executable resumes as it did before.
+NO_NAMESPACES = ("unshare", "-Ur", "sh", "-c", 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$0"')
+
+
+def test_without_namespaces_threads_resume_under_new_tids_and_say_so(dumped_threads, public_dir, runs):
+    exe = public_dir / "threads"
+    write_exe(dumped_threads.images, exe)
+    run = Run(exe, public_dir / "out.txt", wrap=(*NOBODY, *NO_NAMESPACES))
+    runs.append(run)
+    wait_for(lambda: lines(run.out, "unlock") and len(lines(run.out, "tick")) >= 10, what="the resumed threads")
+    with load(dumped_threads.images) as checkpoint:
+        dumped = [t.tid for t in checkpoint.root.process.threads]
+    (worker,) = lines(run.out, "worker")
+    tid = int(worker[1].split("=")[1])
+    assert tid not in dumped and os.path.exists(f"/proc/{run.proc.pid}/task/{tid}")
+    assert first_child(run.proc.pid) is None  # no C1: P is the process
+    # The TID glibc caches is rewritten to the new one: pthread_kill still reaches the worker...
+    assert lines(run.out, "kill") == [["kill", "rc=0"]], run.out.read_text()
+    assert lines(run.out, "handler") == [["handler", f"tid={tid}"]], run.out.read_text()
+    # ... but the mutex's owner is the old TID: unlock is refused (EPERM), as the line on stderr warns.
+    assert lines(run.out, "unlock") == [["unlock", "rc=1"]], run.out.read_text()
+    run.stop()
+    err = run.proc.stderr.read().decode()
+    assert err.count("\n") == 1 and "no PID namespace here (errno 28)" in err, err
+
+
+def test_without_namespaces_a_single_threaded_process_resumes_under_a_new_pid_silently(dumped_counter, public_dir,
+                                                                                        runs):
+    exe = public_dir / "counter"
+    write_exe(dumped_counter.images, exe)
+    run = Run(exe, public_dir / "out.txt", wrap=(*NOBODY, *NO_NAMESPACES))
+    runs.append(run)
+    wait_for(lambda: lines(run.out, "malloc") and len(lines(run.out, "counter")) >= 3, what="the resume")
+    (resumed,) = lines(run.out, "resumed")
+    assert resumed[1] == f"pid={run.proc.pid}" and run.proc.pid != dumped_counter.pid, resumed
+    run.stop()
+    assert run.proc.stderr.read() == b""
 
 
 PYTHON_PROGRAM = """

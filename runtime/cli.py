@@ -61,10 +61,22 @@ def _dump(args: argparse.Namespace) -> None:
 
 def _restore(args: argparse.Namespace) -> None:
     from runtime.mm.vdso import VdsoMode
-    from runtime.restore import restore
 
-    status = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
-                     vdso_mode=VdsoMode(args.vdso), inherit_fds=tuple(args.inherit_fd))
+    if args.new_pid:
+        if args.shell_job:
+            raise SystemExit(_usage_error("restore --new-pid cannot take the caller's session (--shell-job): "
+                                          "the copy has a PID namespace of its own"))
+        from runtime.restore.new_pid import restore_in_new_namespace
+
+        status, root = restore_in_new_namespace(args.images_dir, args.restore_detached,
+                                                vdso_mode=VdsoMode(args.vdso), inherit_fds=tuple(args.inherit_fd))
+        if args.restore_detached:
+            print(f"restored in a new PID namespace: pid {root}", flush=True)
+    else:
+        from runtime.restore import restore
+
+        status = restore(args.images_dir, detach=args.restore_detached, shell_job=args.shell_job,
+                         vdso_mode=VdsoMode(args.vdso), inherit_fds=tuple(args.inherit_fd))
     if status:
         raise SystemExit(status)
 
@@ -259,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 metavar="fd[N]:pipe:[INODE]",
                                 help="this caller's fd N is the end of the pipe dumped with --external pipe:[INODE] "
                                      "(repeatable: one for each end the tree held)")
+    restore_parser.add_argument("--new-pid", action="store_true",
+                                help="restore a copy in a PID namespace of its own: inside, every PID as dumped; "
+                                     "outside, new ones (with -d, the root's is printed), so the original and "
+                                     "other copies may run too")
     _add_logging_options(restore_parser)
     restore_parser.set_defaults(run=_restore)
 

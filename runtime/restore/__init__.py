@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 # The kinds whose open files a member makes for the processes it forks, at tree-wide numbers.
 MADE_KINDS = (FdKind.PIPE, FdKind.FIFO, FdKind.UNIX, FdKind.MEMFD, FdKind.DELETED)
-STAND_IN_NAME = "revive-stand-in"  # what a stand-in for a gone session or group leader calls itself
+STAND_IN_NAME = "revive-stand-in"
+# What a restore that waits for its root passes on to it (wait_relaying_signals).
+RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # what a stand-in for a gone session or group leader calls itself
 
 
 def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_mode: VdsoMode = VdsoMode.AUTO,
@@ -332,13 +334,17 @@ def _open_fds() -> list[int]:
     return [int(name) for name in os.listdir("/proc/self/fd")]
 
 
-def wait_relaying_signals(pid: int) -> int:
-    """Wait for the restored process (our child); SIGINT/SIGTERM sent to us go to it."""
-    relayed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-    previous = {sig: signal.signal(sig, lambda sig, _frame: os.kill(pid, sig)) for sig in relayed}
+def wait_relaying_signals(pid: int, to: int | None = None) -> int:
+    """Wait for our child pid, the restored process or (--new-pid) what holds it; SIGINT, SIGTERM, SIGHUP and
+    SIGQUIT sent to us go to the restored process, to (default: pid)."""
+    target = pid if to is None else to
+    previous = {sig: signal.signal(sig, lambda sig, _frame: os.kill(target, sig)) for sig in RELAYED_SIGNALS}
+    # Any of them the caller held blocked until now is delivered here, to the handlers.
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, RELAYED_SIGNALS)
     try:
         _, status = os.waitpid(pid, 0)
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)

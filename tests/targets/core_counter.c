@@ -36,10 +36,13 @@ int main(void)
 {
 	struct sigaction sa = { .sa_handler = on_usr1 };
 	pthread_t workers[2];
-	sigset_t none;
+	sigset_t none, usr1;
 
+	/* SIGUSR1 is taken only inside sigsuspend: one that comes while main prints waits for the next one. */
 	sigemptyset(&none);
-	if (sigaction(SIGUSR1, &sa, NULL) || pthread_create(&workers[0], NULL, worker_loop, NULL) ||
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	if (sigprocmask(SIG_BLOCK, &usr1, NULL) || sigaction(SIGUSR1, &sa, NULL) || pthread_create(&workers[0], NULL, worker_loop, NULL) ||
 	    pthread_create(&workers[1], NULL, worker_loop, NULL))
 		return 1;
 	say("ready pid=%d counter=%p\n", getpid(), (void *)&counter);

@@ -37,7 +37,7 @@ from runtime.images.loader import ProcessImage
 from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, FdKind, FileEntry, Process, Vma, VmaKind
 from runtime.infect import blobs
 from runtime.mm.address_space import free_gaps
-from runtime.task.restorer_block import Arena, fill_signals, fill_thread, fill_vma
+from runtime.task.restorer_block import Arena, fill_mm, fill_signals, fill_thread, fill_vma
 
 # The kernel puts a new process's stack below TASK_SIZE by up to 16 GiB (its random offset) and
 # the mmap base below that: a PT_LOAD above this limit could collide with the stack, and exec
@@ -269,7 +269,7 @@ def _fill(arena: Arena, proto, image: ProcessImage, files: dict[int, FileEntry],
     args.nr_iovs, args.pages_offset = len(mapped_runs), pages_offset
     for slot, run in zip(iovs, mapped_runs):
         slot.base, slot.len = run.vaddr, run.size
-    _fill_mm(arena, args, process)
+    fill_mm(arena, args, process, U32_NONE)  # the exe link kept: no privilege needed
     _fill_ids(args, process)
     _fill_vdso(arena, la, image)
     la.temp = temp
@@ -335,17 +335,6 @@ def _fill_fds(arena: Arena, proto, la, process: Process, files: dict[int, FileEn
     for out, (slot, entry) in zip(slots, reopened):
         out.path, out.pos, out.fd, out.cloexec = _add_string(arena, entry.node.path), entry.pos, slot.fd, slot.cloexec
         out.flags = entry.flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_CLOEXEC)
-
-
-def _fill_mm(arena: Arena, args, process: Process) -> None:
-    """prctl_mm_map as the process had it; exe_fd -1 keeps the exe link, so no privilege is needed."""
-    mm = process.mm
-    for name in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
-                 "arg_start", "arg_end", "env_start", "env_end"):
-        setattr(args.mm, name, getattr(mm, name))
-    auxv, args.mm.auxv = arena.add(ctypes.c_uint64, len(mm.auxv))
-    auxv[:] = list(mm.auxv)
-    args.mm.auxv_size, args.mm.exe_fd = ctypes.sizeof(auxv), U32_NONE
 
 
 def _fill_ids(args, process: Process) -> None:

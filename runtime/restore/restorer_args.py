@@ -34,7 +34,7 @@ from runtime.images.model import KERNEL_MAPPING_KINDS, PAGE_SIZE, Creds, Process
 from runtime.kernel.procfs.maps import read_layout
 from runtime.mm.address_space import free_gaps
 from runtime.mm.vdso import VdsoPlan
-from runtime.task.restorer_block import MADV_NUMBERS, Arena, fill_name, fill_signals, fill_thread, fill_vma
+from runtime.task.restorer_block import MADV_NUMBERS, Arena, fill_mm, fill_name, fill_signals, fill_thread, fill_vma
 
 # Below 4 GiB sit non-PIE executables and their brk heaps; above the gaps
 # near TASK_SIZE the kernel places mmaps and the stack. Prefer the first gap
@@ -223,7 +223,7 @@ def _fill_area(arena: Arena, process: Process, xstates: dict[int, bytes], fds: H
     _fill_keep(arena, args, keep)
     _fill_vmas(arena, args, process, fds)
     _fill_iovecs(arena, args, process)
-    _fill_mm(arena, args, process, fds)
+    fill_mm(arena, args, process, fds.exe)
     if vdso is not None:
         _fill_vdso_moves(args, vdso, temp)
         _fill_vdso_proxy(arena, args, vdso)
@@ -261,17 +261,6 @@ def _fill_iovecs(arena: Arena, args, process: Process) -> None:
     args.pages_offset = runs[0].offset if runs else 0
     for slot, run in zip(slots, runs):
         slot.base, slot.len = run.vaddr, run.size
-
-
-def _fill_mm(arena: Arena, args, process: Process, fds: HelperFds) -> None:
-    """prctl_mm_map for set_mm_map; the auxv it points to is copied into the area."""
-    mm = process.mm
-    for name in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
-                 "arg_start", "arg_end", "env_start", "env_end"):
-        setattr(args.mm, name, getattr(mm, name))
-    auxv, args.mm.auxv = arena.add(ctypes.c_uint64, len(mm.auxv))
-    auxv[:] = list(mm.auxv)
-    args.mm.auxv_size, args.mm.exe_fd = ctypes.sizeof(auxv), fds.exe
 
 
 def _fill_vdso_moves(args, vdso: VdsoPlan, temp: Range) -> None:

@@ -141,3 +141,15 @@ def fill_vma(slot, v: Vma, fd: int) -> None:
         slot.fd, slot.offset = -1, 0
         slot.flags |= arch.MAP_ANONYMOUS
     slot.advice = sum(1 << MADV_NUMBERS[advice] for advice in v.advice)
+
+
+def fill_mm(arena: Arena, args, process: Process, exe_fd: int) -> None:
+    """prctl_mm_map for set_mm_map, the auxv it points to copied into the area; exe_fd: the exe link's new
+    file, or U32 -1 to keep the link (which needs no privilege)."""
+    mm = process.mm
+    for name in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
+                 "arg_start", "arg_end", "env_start", "env_end"):
+        setattr(args.mm, name, getattr(mm, name))
+    auxv, args.mm.auxv = arena.add(ctypes.c_uint64, len(mm.auxv))
+    auxv[:] = list(mm.auxv)
+    args.mm.auxv_size, args.mm.exe_fd = ctypes.sizeof(auxv), exe_fd

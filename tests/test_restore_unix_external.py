@@ -10,6 +10,7 @@ comes back as a new connection the server accepts (dumped through the
 command line's --ext-unix-sk).
 """
 
+import contextlib
 import os
 import socket
 
@@ -77,6 +78,16 @@ def test_a_datagram_socket_connected_outside_keeps_its_queue_and_reaches_the_pee
             tree.stop()
 
 
+@contextlib.contextmanager
+def listening_outside(path):
+    """A stream server of the test's own, outside any dumped tree, listening at path."""
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen(2)
+        server.settimeout(5)
+        yield server
+
+
 CLIENT = """
 import os, socket, sys, time
 client = socket.socket(socket.AF_UNIX)
@@ -93,10 +104,7 @@ time.sleep(1000)
 
 def test_a_stream_client_of_a_server_outside_comes_back_as_a_new_connection(reaper, tmp_path):
     path = tmp_path / "server.sock"
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(path))
-        server.listen(2)
-        server.settimeout(5)
+    with listening_outside(path) as server:
         tree = start_tree([PYTHON, "-c", CLIENT, str(path)], tmp_path)
         try:
             first, _ = server.accept()
@@ -125,10 +133,7 @@ def test_a_stream_client_of_a_server_outside_comes_back_as_a_new_connection(reap
 def test_a_stream_client_with_bytes_queued_from_outside_is_refused_even_with_the_flag(reaper, tmp_path):
     """Only the outside server could send those bytes again."""
     path = tmp_path / "server.sock"
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(path))
-        server.listen(2)
-        server.settimeout(5)
+    with listening_outside(path) as server:
         tree = start_tree([PYTHON, "-c", CLIENT, str(path)], tmp_path)
         try:
             first, _ = server.accept()
@@ -151,10 +156,7 @@ def test_a_stream_client_with_bytes_queued_from_outside_is_refused_even_with_the
 
 def test_a_restore_whose_outside_server_is_gone_fails_naming_it_and_leaves_no_process(reaper, tmp_path):
     path = tmp_path / "server.sock"
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(path))
-        server.listen(2)
-        server.settimeout(5)
+    with listening_outside(path) as server:
         tree = start_tree([PYTHON, "-c", CLIENT, str(path)], tmp_path)
         try:
             with server.accept()[0]:
@@ -192,10 +194,7 @@ time.sleep(1000)
 def test_a_client_whose_outside_server_closed_the_connection_is_refused_and_keeps_its_error(reaper, tmp_path):
     """A peek would take the ECONNRESET the server left by closing with "hello" unread: refused before it."""
     path = tmp_path / "server.sock"
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(path))
-        server.listen(2)
-        server.settimeout(5)
+    with listening_outside(path) as server:
         tree = start_tree([PYTHON, "-c", RESET, str(path)], tmp_path)
         try:
             server.accept()[0].close()

@@ -3,6 +3,8 @@
 import contextlib
 import ctypes
 import os
+import pty
+import select
 import shutil
 import signal
 import subprocess
@@ -188,6 +190,68 @@ def test_a_signal_sent_to_the_shells_child_reaches_the_process_and_the_shell_get
     assert terms == ([["term", f"pid={dumped_counter.pid}"]] if sig == signal.SIGTERM else []), run.out.read_text()
     assert not os.path.exists(f"/proc/{outer}")  # reaped by C1, its namespace's init, which P reaped
     assert run.proc.stderr.read() == b""
+
+
+class Terminal:
+    """A shell on a pseudo-terminal (pty.fork), as a user runs FILE: output read as it comes, keys typed."""
+
+    def __init__(self, script: str):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execvp("bash", ["bash", "-c", script])
+        self.output = b""
+
+    def wait_for(self, text: bytes, after: int = 0) -> None:
+        def seen() -> bool:
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:
+                with contextlib.suppress(OSError):
+                    self.output += os.read(self.fd, 65536)
+            return text in self.output[after:]
+        wait_for(seen, what=f"{text!r} on the terminal")
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def close(self) -> None:
+        """The shell's session killed and the shell reaped, unless a test reaped it (pid 0)."""
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def state(pid: int) -> str:
+    return next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("State:"))
+
+
+def test_ctrl_z_in_a_shell_stops_the_job_fg_continues_it_ctrl_c_ends_it(dumped_counter, public_dir):
+    exe = public_dir / "counter"
+    write_exe(dumped_counter.images, exe)
+    # The shell gives the job the terminal: its signals go to P, C1 and the process alike, and P sends none again.
+    terminal = Terminal(f"set -m; {' '.join(NOBODY)} {exe}; echo status=$?; read go; fg; echo status=$?")
+    try:
+        terminal.wait_for(b"malloc ok")
+        shell_child = first_child(terminal.pid)
+        outer = first_child(first_child(shell_child))
+        terminal.type(b"\x1a")  # Ctrl-Z: the job stops, P with SIGTSTP as a program would, and the shell says so
+        terminal.wait_for(b"status=148")
+        assert state(shell_child) == "T"
+        wait_for(lambda: state(outer) == "T", what="the process stopped by the terminal's SIGTSTP")
+        mark = len(terminal.output)
+        terminal.type(b"\n")  # fg: the shell's SIGCONT to the job
+        terminal.wait_for(b"counter", after=mark)
+        assert state(outer) in "SR"
+        terminal.type(b"\x03")  # Ctrl-C: the process dies of SIGINT (once: P does not send it again)...
+        _, status = os.waitpid(terminal.pid, 0)
+        terminal.pid = 0
+        # ... and so does P; a script whose foreground job died of SIGINT stops there, with 128 + SIGINT.
+        assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGINT, status
+        assert b"status=" not in terminal.output[mark:]
+        assert not os.path.exists(f"/proc/{outer}") and not os.path.exists(f"/proc/{shell_child}")
+    finally:
+        terminal.close()
 
 
 def test_program_headers_show_the_layout_and_file_says_executable(dumped_counter, public_dir):

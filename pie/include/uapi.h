@@ -209,7 +209,6 @@ struct cmsghdr {
  * Namespaces and the processes around the exe loader (pie/loader/namespaces.c): unshare's and clone3's flags,
  * waiting, polling, signalfd and the siginfo fields read.
  */
-#define ECHILD 10
 #define ENOSPC 28
 #define EUSERS 87
 #define CLONE_PIDFD 0x00001000
@@ -219,6 +218,7 @@ struct cmsghdr {
 #define SIGTSTP 20
 #define SIGTTIN 21
 #define SIGTTOU 22
+#define SIG_BLOCK 0
 #define SIG_UNBLOCK 1
 #define SI_KERNEL 0x80
 #define CLD_EXITED 1

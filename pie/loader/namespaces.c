@@ -114,6 +114,16 @@ static void __attribute__((noreturn)) end_as(s32 status)
 	__builtin_unreachable();
 }
 
+/* P stops as a program does on sig: raised while blocked, then let through (and blocked again once continued). */
+static void stop_as(int sig)
+{
+	u64 mask = SIGMASK(sig);
+
+	sys_call2(__NR_kill, sys_call0(__NR_getpid), sig);
+	sys_call4(__NR_rt_sigprocmask, SIG_UNBLOCK, &mask, NULL, KERNEL_SIGSET_SIZE);
+	sys_call4(__NR_rt_sigprocmask, SIG_BLOCK, &mask, NULL, KERNEL_SIGSET_SIZE);
+}
+
 /*
  * A signal P received. Sent by a process (si_code <= 0: kill, sigqueue, tgkill): forwarded to C2. Sent by the
  * kernel: a terminal's signals go to the whole foreground process group, C2 included, so they are not sent
@@ -124,7 +134,7 @@ static void forward(const struct signalfd_info *si, int target, u64 *early)
 {
 	if (si->code > 0) {
 		if (si->code == SI_KERNEL && (si->signo == SIGTSTP || si->signo == SIGTTIN || si->signo == SIGTTOU))
-			sys_call2(__NR_kill, sys_call0(__NR_getpid), SIGSTOP);
+			stop_as((int)si->signo);
 		return;
 	}
 	if (target < 0)

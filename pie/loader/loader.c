@@ -5,14 +5,16 @@
  *
  * The kernel has already placed the process's anonymous memory from the
  * PT_LOADs, with its pages, and this blob with its argument block. What is
- * left, in order: check the executable and the CPU, leave the kernel's
- * stack, put the vDSO where the process had it, map what the kernel could
- * not place (the stack, files by path, checked), fill those pages from the
- * executable, protections and advice, the mm fields (brk, arg and env
- * ranges, auxv) with PR_SET_MM_MAP (allowed unprivileged: the exe link is
- * left as it is), signal actions and itimers, descriptors, each thread's own
- * state, pending signals, POSIX timers, and rt_sigreturn into the saved
- * registers. The restore steps are the restorer's own (pie/common/).
+ * left, in order: check the executable and the CPU, enter a user and a PID
+ * namespace of the process's own, where it gets its dumped PID and TIDs
+ * (namespaces.c: from there on this runs in C2, the process; the one the
+ * shell started waits for it), leave the kernel's stack, put the vDSO where
+ * the process had it, map what the kernel could not place (the stack, files
+ * by path, checked), fill those pages from the executable, protections and
+ * advice, the mm fields (brk, arg and env ranges, auxv) with PR_SET_MM_MAP
+ * (allowed unprivileged: the exe link is left as it is), signal actions and
+ * itimers, descriptors, each thread's own state, pending signals, POSIX
+ * timers, and rt_sigreturn into the saved registers. The restore steps are the restorer's own (pie/common/).
  *
  * Nothing is undone on failure: the process has not run a single
  * instruction of its own, so one line on stderr and exit status 1 is all.

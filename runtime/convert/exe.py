@@ -12,7 +12,9 @@ files by path (checked: size and a crc32 of each mapped range), fills them
 from the executable, sets the mm fields (brk included) with PR_SET_MM_MAP,
 signal state and descriptors, and rt_sigreturns into the saved registers,
 with the restore steps the restorer runs (pie/common/). Nothing is
-privileged: it runs as any user, under a new PID, as a child of the shell.
+privileged: it runs as any user, under its dumped PID and TIDs in a user and
+PID namespace of its own (new ones where namespaces cannot be had), its
+stdio the shell's.
 
 File layout: headers; the placed mappings' bytes (each at an offset
 congruent to its address mod 4096, as PT_LOADs need); the pages of the

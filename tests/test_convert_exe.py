@@ -58,11 +58,17 @@ class Run:
                                          cwd=exe.parent, start_new_session=True, preexec_fn=become)
 
     def stop(self) -> None:
-        """C1, pid 1 of the namespace, killed first (the kernel kills the process, C1 reaps it, P reaps C1 and dies
-        of the same signal), then P, the process the shell started, in case it was alone; P reaped."""
-        for pid in (first_child(self.proc.pid), self.proc.pid):
-            with contextlib.suppress(ProcessLookupError, TypeError):
-                os.kill(pid, signal.SIGKILL)
+        """C1, pid 1 of the namespace, killed first: the kernel kills the process, C1 reaps it, P reaps C1 and dies
+        of the same signal (killing P first would leave C1 to pid 1, which here reaps nothing); then P, in case it
+        was alone (the fallback) or is slow; P reaped."""
+        c1 = first_child(self.proc.pid)
+        if c1 is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c1, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
         self.proc.wait()
 
     def resumed_pid(self) -> int:
@@ -214,7 +220,15 @@ class Terminal:
         os.write(self.fd, keys)
 
     def close(self) -> None:
-        """The shell's session killed and the shell reaped, unless a test reaped it (pid 0)."""
+        """The shell's job (P, whose C1 is killed first, as Run.stop does) ended while the shell is there to reap
+        it, then the shell killed and reaped, unless a test reaped it (pid 0)."""
+        job = first_child(self.pid) if self.pid else None
+        c1 = first_child(job) if job else None
+        if c1:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c1, signal.SIGKILL)
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: not os.path.exists(f"/proc/{job}"), what="the job's end")
         if self.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)

@@ -15,6 +15,7 @@ usage: python benchmarks/exe.py [--sizes 64,1024] [--repeat 3]
 """
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -71,13 +72,25 @@ def bench_once(mib: int) -> tuple[int, int, float, float, float, int]:
         try:
             line = wait_for_line(resumed_log, "resumed at")
         finally:
-            kill_and_reap(run.pid)
+            end_resumed(run)
         own_code_s = (int(line.split()[-1]) - start) / 1e9
         restore_s, _ = runtime("restore", "-D", str(work / "images"), "-d")
         kill_and_reap_restored(target.pid)
         return du(work / "images"), du(exe), write_s, own_code_s, restore_s, standalone
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def end_resumed(run: subprocess.Popen) -> None:
+    """C1 (P's child, pid 1 of the process's namespace) killed first: the kernel kills the process, C1 reaps it,
+    P reaps C1 and dies of the same signal; P killed first would leave C1 to whoever reaps orphans."""
+    with contextlib.suppress(OSError):
+        for pid in Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split():
+            os.kill(int(pid), 9)
+    try:
+        run.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        kill_and_reap(run.pid)
 
 
 def kill_and_reap_restored(pid: int) -> None:

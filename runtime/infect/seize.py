@@ -157,6 +157,8 @@ def _seize_thread(pid: int, tid: int) -> Thread | None:
     except PtraceError as exc:
         if exc.errno == errno.ESRCH:
             return None
+        if exc.errno == errno.EPERM and _exited(pid, tid):
+            return None  # ptrace refuses a thread that has exited (its exit_state set) with EPERM too
         if exc.errno == errno.EPERM:
             tracer = read_status(pid).tracer_pid
             if tracer and tracer != os.getpid():
@@ -168,6 +170,15 @@ def _seize_thread(pid: int, tid: int) -> Thread | None:
     if stop is None:
         return None
     return Thread(tid, stop.is_group_stop)
+
+
+def _exited(pid: int, tid: int) -> bool:
+    """The thread is gone, or a zombie or dead thread whose exit ptrace sees."""
+    try:
+        state = read_text(pid, f"task/{tid}/stat").rsplit(")", 1)[1].split()[0]
+    except NoSuchProcess:
+        return True
+    return state in ("Z", "X", "x")
 
 
 def seize(pid: int) -> Seized:

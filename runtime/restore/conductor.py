@@ -45,6 +45,8 @@ SEIZE_OPTIONS = ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL
 WCOREFLAG = 0x80  # the core-dump bit of a wait status
 # How long the reaping of a failed restore waits for a killed member to become ours to reap.
 REAP_SECONDS = 5.0
+# How long a restore waits for a child that was dumped stopped to be seen stopped again.
+STOP_SECONDS = 2.0
 
 
 @dataclass
@@ -244,9 +246,14 @@ class Conductor:
                 os.kill(pid, signal.SIGSTOP)
             for tid in self.running[pid]:
                 ptrace.detach(tid)
-        if self.tree.members[self.tree.root].plan.process.controls.stopped:
-            # Return once it is stopped (or already continued): as it was when dumped.
-            os.waitpid(self.tree.root, os.WUNTRACED | os.WCONTINUED)
+        # Return once every process dumped stopped is stopped again (or already continued): as it was when dumped.
+        for pid in self.running:
+            if not self.tree.members[pid].plan.process.controls.stopped:
+                continue
+            if pid == self.tree.root:
+                os.waitpid(pid, os.WUNTRACED | os.WCONTINUED)
+            else:
+                _wait_stopped(pid)  # another member's child: its stop can only be seen in /proc
 
     # -- failure ----------------------------------------------------------------------------------------------
 
@@ -262,6 +269,18 @@ class Conductor:
             _reap([tid for pid in pids for tid in self.traced.get(pid, [])] + pids)
         finally:
             set_subreaper(was_subreaper)
+
+
+def _wait_stopped(pid: int) -> None:
+    """Until pid is in its group stop (state T), gone, or STOP_SECONDS have passed (a SIGCONT may come first)."""
+    deadline = time.monotonic() + STOP_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if read_stat(pid).state == "T":
+                return
+        except ReviveError:
+            return
+        time.sleep(0.001)
 
 
 def _reap(tids: list[int]) -> None:

@@ -115,7 +115,8 @@ def _write_memory(fd: int, load: Load, image: ProcessImage, objects: dict[int, S
         for extent in objects[vma.shmem].extents:
             start, end = max(extent.start, vma.offset), min(extent.start + extent.length, vma.offset + vma.size)
             if start < end:
-                copy_range(source, extent.offset + start - extent.start, fd, load.offset + start - vma.offset, end - start)
+                copy_range(source, extent.offset + start - extent.start, fd, load.offset + start - vma.offset,
+                           end - start)
     elif vma.kind is VmaKind.FILE and vma.path:
         _copy_file(vma, fd, load.offset)
     for run in image.process.page_runs:

@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 
 # The kinds whose open files a member makes for the processes it forks, at tree-wide numbers.
 MADE_KINDS = (FdKind.PIPE, FdKind.FIFO, FdKind.UNIX, FdKind.MEMFD, FdKind.DELETED)
-STAND_IN_NAME = "revive-stand-in"
+STAND_IN_NAME = "revive-stand-in"  # what a stand-in for a gone session or group leader calls itself
 # What a restore that waits for its root passes on to it (wait_relaying_signals).
-RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # what a stand-in for a gone session or group leader calls itself
+RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def restore(directory: str, detach: bool = False, shell_job: bool = False, vdso_mode: VdsoMode = VdsoMode.AUTO,

@@ -27,16 +27,17 @@ import os
 import signal
 
 from runtime.errors import RestoreError, ReviveError
+from runtime.images import codec, names
+from runtime.images.model import Inventory
 from runtime.kernel import namespaces
 from runtime.kernel.procfs.files import read_text
+from runtime.restore import RELAYED_SIGNALS, restore, wait_relaying_signals  # the ordinary restore runs inside
 
 log = logging.getLogger(__name__)
 
 
 def restore_in_new_namespace(directory: str, detach: bool, **options) -> tuple[int, int]:
     """(the root's exit status, 0 with detach; the root's PID outside the namespace)."""
-    from runtime.restore import RELAYED_SIGNALS, restore  # the ordinary restore, which runs inside
-
     report_r, report_w = os.pipe()
     # A signal the command is sent before it knows the root waits, and is relayed to the root once it does.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED_SIGNALS)
@@ -56,8 +57,6 @@ def restore_in_new_namespace(directory: str, detach: bool, **options) -> tuple[i
 
 def _finish(directory: str, detach: bool, helper: int, said: str) -> tuple[int, int]:
     """What pid 1 said: the root's PID inside, or why the restore failed."""
-    from runtime.restore import wait_relaying_signals
-
     if not said.startswith("ok "):
         os.waitpid(helper, 0)
         said = said.removeprefix("error ").strip() or "the new PID namespace's init died before it said why"
@@ -134,9 +133,6 @@ def _outside_pid(helper: int, inner: int) -> int:
 
 def _root_of(directory: str) -> int:
     """The image's root PID, for a failure's message (0 when even the inventory cannot be read)."""
-    from runtime.images import codec, names
-    from runtime.images.model import Inventory
-
     try:
         with open(os.path.join(directory, names.INVENTORY), "rb") as f:
             return codec.loads(Inventory, f.read(), names.INVENTORY).root_pid

@@ -11,7 +11,7 @@ import pytest
 
 from dump_support import target_path
 from restore_support import REPO, Restorable, lines, run_cli, wait_for
-from tree_support import children, exists
+from tree_support import children, descendants, exists, start_tree
 
 
 @pytest.fixture
@@ -95,12 +95,7 @@ def test_without_d_the_command_waits_and_relays_a_signal_to_the_copy(counter):
 
 def _grandchildren(pid: int) -> list[int]:
     """Every process below pid (the helper, the namespace's init, the copy)."""
-    found, todo = [], [pid]
-    while todo:
-        for child in children(todo.pop()):
-            found.append(child)
-            todo.append(child)
-    return [p for p in found if exists(p)]
+    return [p for p in descendants(pid)[1:] if exists(p)]
 
 
 def test_a_corrupt_image_is_refused_and_leaves_no_process(counter):
@@ -121,3 +116,21 @@ def test_a_corrupt_image_is_refused_and_leaves_no_process(counter):
 def test_new_pid_with_shell_job_is_a_usage_error(counter):
     done = run_cli("restore", "-D", str(counter.images), "--new-pid", "-j")
     assert done.returncode == 2 and "--new-pid" in done.stderr
+
+
+def test_a_tree_copy_keeps_every_pid_inside(reaper, tmp_path):
+    """A shell with two sleeping children, copied beside the original: inside, each process has its dumped PID."""
+    tree = start_tree(["bash", "-c", 'sleep 1000 & sleep 1000 & echo "ready pids=$$,$(jobs -p | paste -sd,)"; wait'],
+                      tmp_path)
+    try:
+        dumped = sorted(int(pid) for pid in tree.info["pids"].split(","))
+        tree.dump(leave_running=True)
+        copy = restore_copy(tree.images)
+        inside = sorted(nspids(pid)[-1] for pid in descendants(copy))  # the copy's root and its children
+        assert inside == dumped and nspids(copy) == [copy, tree.root]
+        assert all(exists(pid) for pid in dumped), "the original tree runs on"
+        os.kill(copy, signal.SIGKILL)
+        wait_for(lambda: not exists(copy), what="the copy to go with its namespace")
+    finally:
+        tree.stop()
+        _reap_our_orphans()

@@ -185,15 +185,18 @@ def seize(pid: int) -> Seized:
     """Stop every thread of process pid under ptrace; release() (or `with`) lets them go."""
     # A zombie leader that check_seizable let through has threads running on (pthread_exit in main).
     seized = Seized(pid, leader_exited=check_seizable(pid).state in ("Z", "X"))
+    exited: set[int] = set()  # threads gone, or exited and still listed (a zombie's) until their process is reaped
     try:
         while True:
-            new = [tid for tid in list_tids(pid) if tid not in seized.threads
+            new = [tid for tid in list_tids(pid) if tid not in seized.threads and tid not in exited
                    and not (tid == pid and seized.leader_exited)]
             if not new:
                 break
             for tid in new:
                 thread = _seize_thread(pid, tid)
-                if thread is not None:
+                if thread is None:
+                    exited.add(tid)
+                else:
                     seized.threads[tid] = thread
         if not seized.threads or (pid not in seized.threads and not seized.leader_exited):
             check_seizable(pid)

@@ -10,8 +10,10 @@ who calls each and when.
 from __future__ import annotations
 
 import abc
+import contextlib
 import fcntl
 import os
+import socket
 import stat
 
 from runtime.errors import ImageError
@@ -19,6 +21,8 @@ from collections.abc import Callable, Iterator
 
 from runtime.images.model import FdKind, FdSlot, FileEntry
 from runtime.kernel.procfs.fds import OpenFile
+
+SO_PEEK_OFF = 42  # asm-generic/socket.h
 
 
 class FileKindBase(abc.ABC):
@@ -91,6 +95,31 @@ def place(fd: int, number: int, inheritable: bool) -> int:
         os.dup2(fd, number, inheritable=inheritable)
         os.close(fd)
     return number
+
+
+@contextlib.contextmanager
+def peeking(sock: socket.socket) -> Iterator[None]:
+    """The socket's peek offset at the head of its receive queue while the block peeks at it, set back after.
+
+    Why: with SO_PEEK_OFF set, each MSG_PEEK starts where the last one
+    ended, so a queue is read message by message without consuming it (the
+    kind's copy of the socket is the process's own: its queue must be left
+    as it was).
+    """
+    before = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    try:
+        yield
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, before)
+
+
+def peek_next(sock: socket.socket, size: int, ancillary_size: int = 0) -> tuple | None:
+    """The next message of the queue (recvmsg's data, ancillary, flags, address) inside peeking; None at its end."""
+    try:
+        return sock.recvmsg(size, ancillary_size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
 
 
 def above(fd: int, floor: int) -> int:

@@ -54,14 +54,14 @@ from dataclasses import dataclass, field, replace
 
 from runtime.errors import DumpError, ImageError, RestoreError
 from runtime.files import sockopts
-from runtime.files.base import SETFL_FLAGS, FdTable, FileKindBase, held_entries, place, refuse_payload
+from runtime.files.base import (SETFL_FLAGS, FdTable, FileKindBase, held_entries, peek_next, peeking, place,
+                                refuse_payload)
 from runtime.images.model import Datagram, FdKind, FileEntry, InetSocket, TcpRepair
 from runtime.kernel import inet_diag, netlock, pidfd, tcp_fin, tcp_repair
 from runtime.kernel.procfs.fds import FileKind, OpenFile
 
 log = logging.getLogger(__name__)
 
-SO_PEEK_OFF = 42
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 UDP_PEEK_MAX = 1 << 16  # the largest UDP datagram
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
@@ -383,23 +383,16 @@ def _buffers(sock: socket.socket) -> dict:
 
 def _peek_datagrams(pid: int, what: str, sock: socket.socket) -> tuple[Datagram, ...]:
     """Every datagram of the receive queue with its sender, oldest first, the queue left as it was."""
-    before = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
-    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
     found = []
-    try:
-        while True:
-            try:
-                data, _, flags, source = sock.recvmsg(UDP_PEEK_MAX, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
+    with peeking(sock):
+        while (peeked := peek_next(sock, UDP_PEEK_MAX)) is not None:
+            data, _, flags, source = peeked
             if flags & socket.MSG_TRUNC:
                 raise DumpError(pid, f"{what}: a datagram of more than {UDP_PEEK_MAX} bytes in its queue")
             if not data:
                 # An empty datagram does not move the peek offset: the ones behind it cannot be reached.
                 raise DumpError(pid, f"{what}: an empty datagram in its queue: not supported")
             found.append(Datagram(source[0], source[1], data))
-    finally:
-        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, before)
     return tuple(found)
 
 

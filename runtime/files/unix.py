@@ -59,12 +59,12 @@ from dataclasses import dataclass
 
 from runtime.errors import DumpError, ImageError, RestoreError
 from runtime.files import sockopts, unix_listen
-from runtime.files.base import SETFL_FLAGS, above, FdTable, FileKindBase, held_entries, refuse_payload
+from runtime.files.base import (SETFL_FLAGS, FdTable, FileKindBase, above, held_entries, peek_next, peeking,
+                                refuse_payload)
 from runtime.images.model import FdKind, FileEntry, UnixSocket
 from runtime.kernel import pidfd, sock_diag
 from runtime.kernel.procfs.fds import FileKind, OpenFile
 
-SO_PEEK_OFF = 42
 TYPES = (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET)
 RCV_SHUTDOWN, SEND_SHUTDOWN = 1, 2
 PEEK_MAX = 1 << 22  # larger than any message a socket queue holds (its SO_RCVBUF is capped far below)
@@ -217,16 +217,10 @@ def _connected(sock: socket.socket) -> bool:
 
 def _peek_queue(pid: int, what: str, sock: socket.socket) -> tuple[bytes, ...]:
     """Every message of the receive queue, oldest first, the queue left as it was (a stream's bytes: one)."""
-    before = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
-    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
     messages = []
-    try:
-        while True:
-            try:
-                data, ancillary, flags, _ = sock.recvmsg(PEEK_MAX, socket.CMSG_SPACE(4 * FDS_IN_FLIGHT_MAX),
-                                                         socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
+    with peeking(sock):
+        while (peeked := peek_next(sock, PEEK_MAX, socket.CMSG_SPACE(4 * FDS_IN_FLIGHT_MAX))) is not None:
+            data, ancillary, flags, _ = peeked
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds = array.array("i")
@@ -240,8 +234,6 @@ def _peek_queue(pid: int, what: str, sock: socket.socket) -> tuple[bytes, ...]:
             if not data:
                 break  # a stream whose peer shut down: nothing more
             messages.append(data)
-    finally:
-        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, before)
     if sock.type == socket.SOCK_STREAM and messages:
         return (b"".join(messages),)
     return tuple(messages)
